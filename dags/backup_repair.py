@@ -1,0 +1,20 @@
+"""
+### Cross-cloud repair
+
+**What it does:** finds copies of kept backups that are missing or fail their checksum in any cloud and
+re-copies them from a cloud whose copy is good (the ciphertext as it is, never re-encrypted), checks them
+again, writes the manifest where the copy is whole, and updates the catalog: a degraded backup becomes
+validated.
+
+**When it runs:** daily at 03:45 UTC (every kept backup), and after each committed backup (degraded ones only).
+
+**Runbook:**
+- *"could not be repaired":* no cloud holds a good copy of an object, or the target cloud is down. If no good
+  copy exists anywhere, that backup is lost: check the next older one with `wedsync-dr verify`.
+"""
+
+from wedsync_dr.orchestration import build_repair_dag
+from wedsync_dr.policy import load_policy
+
+# The backup_repair Airflow DAG.
+backup_repair = build_repair_dag(load_policy(), doc_md=__doc__)

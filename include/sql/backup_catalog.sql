@@ -1,0 +1,162 @@
+-- backup_catalog: what wedsync-dr knows about its backups. It is a cache of the manifests in the
+-- clouds (`wedsync-dr rebuild-catalog` recreates it from any one cloud) plus operational history
+-- (validations, alerts, health checks, drills, restores). Idempotent: applied on every run.
+
+CREATE SCHEMA IF NOT EXISTS backup_catalog;
+SET search_path TO backup_catalog;
+
+CREATE TABLE IF NOT EXISTS backups (
+    backup_id        text PRIMARY KEY,                 -- <class>-<UTC yyyymmddThhmmssZ>-<random>
+    data_class       text NOT NULL,
+    status           text NOT NULL CHECK (status IN ('running', 'validated', 'degraded', 'failed', 'deleted')),
+    prefix           text NOT NULL,                    -- object key prefix shared by all clouds
+    started_at       timestamptz NOT NULL,
+    finished_at      timestamptz,
+    snapshot_at      timestamptz,                      -- the instant the data was read at
+    labels           text[] NOT NULL DEFAULT '{}',     -- e.g. {emergency}
+    reason           text,
+    requested_by     text,
+    scope            jsonb,
+    dag_id           text,
+    run_id           text,
+    object_count     integer,
+    row_count        bigint,
+    plaintext_bytes  bigint,
+    compressed_bytes bigint,
+    ciphertext_bytes bigint,
+    clouds_ok        text[] NOT NULL DEFAULT '{}',
+    clouds_failed    text[] NOT NULL DEFAULT '{}',
+    retain_until     timestamptz,
+    manifest         jsonb,
+    error            text
+);
+CREATE INDEX IF NOT EXISTS backups_class_time ON backups (data_class, started_at DESC);
+
+CREATE TABLE IF NOT EXISTS backup_objects (
+    backup_id         text NOT NULL REFERENCES backups ON DELETE CASCADE,
+    name              text NOT NULL,
+    key               text NOT NULL,
+    source            text,                           -- table name, or wedding:<id>
+    wedding_id        bigint,
+    rows              bigint,
+    plaintext_sha256  char(64) NOT NULL,
+    plaintext_size    bigint NOT NULL,
+    ciphertext_sha256 char(64) NOT NULL,
+    ciphertext_size   bigint NOT NULL,
+    PRIMARY KEY (backup_id, name)
+);
+CREATE INDEX IF NOT EXISTS backup_objects_wedding ON backup_objects (wedding_id) WHERE wedding_id IS NOT NULL;
+
+CREATE TABLE IF NOT EXISTS backup_copies (
+    backup_id        text NOT NULL REFERENCES backups ON DELETE CASCADE,
+    cloud            text NOT NULL,
+    status           text NOT NULL CHECK (status IN ('validated', 'missing', 'corrupt', 'failed')),
+    checked_at       timestamptz NOT NULL DEFAULT now(),
+    detail           text,
+    PRIMARY KEY (backup_id, cloud)
+);
+
+CREATE TABLE IF NOT EXISTS asset_blobs (
+    sha256            char(64) PRIMARY KEY,           -- of the plaintext file
+    size              bigint NOT NULL,
+    ciphertext_sha256 char(64) NOT NULL,
+    ciphertext_size   bigint NOT NULL,
+    key               text NOT NULL,
+    encryption        jsonb NOT NULL,                 -- kek_id + wrapped data key (never a raw key)
+    first_backup_id   text NOT NULL,
+    created_at        timestamptz NOT NULL DEFAULT now()
+);
+
+-- The newest asset index (path -> hash) lets a run skip re-hashing files whose size and mtime are unchanged.
+CREATE TABLE IF NOT EXISTS asset_index (
+    path             text PRIMARY KEY,
+    sha256           char(64) NOT NULL,
+    size             bigint NOT NULL,
+    mtime_ns         bigint NOT NULL,
+    backup_id        text NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS alerts (
+    alert_id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    raised_at        timestamptz NOT NULL DEFAULT now(),
+    severity         text NOT NULL CHECK (severity IN ('info', 'warning', 'critical')),
+    kind             text NOT NULL,
+    subject          text,
+    message          text NOT NULL,
+    backup_id        text,
+    details          jsonb
+);
+CREATE INDEX IF NOT EXISTS alerts_time ON alerts (raised_at DESC);
+
+CREATE TABLE IF NOT EXISTS restores (
+    restore_id       bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    restored_at      timestamptz NOT NULL DEFAULT now(),
+    backup_id        text NOT NULL,
+    data_class       text NOT NULL,
+    target           text NOT NULL,
+    wedding_id       bigint,
+    dry_run          boolean NOT NULL,
+    rows             bigint NOT NULL,
+    seconds          double precision NOT NULL,
+    sources          jsonb NOT NULL,                   -- cloud -> objects it served
+    failovers        jsonb NOT NULL,                   -- [{key, cloud, reason}]
+    run_id           text
+);
+
+-- Emergency runs: what was asked, by whom, for what scope, and how it ended.
+CREATE TABLE IF NOT EXISTS emergency_runs (
+    run_id           text PRIMARY KEY,
+    requested_at     timestamptz NOT NULL DEFAULT now(),
+    finished_at      timestamptz,
+    reason           text NOT NULL,
+    requested_by     text,
+    scope            jsonb NOT NULL,
+    classes          text[] NOT NULL,
+    status           text NOT NULL CHECK (status IN ('running', 'succeeded', 'failed', 'coalesced')),
+    coalesced_into   text,
+    clouds           text[] NOT NULL DEFAULT '{}',
+    backup_ids       text[] NOT NULL DEFAULT '{}'
+);
+
+-- Which emergency run currently covers which scope (see wedsync_dr.emergency for the coalescing rule).
+CREATE TABLE IF NOT EXISTS emergency_claims (
+    run_id           text PRIMARY KEY,
+    scope_key        text NOT NULL,
+    reason           text NOT NULL,
+    claimed_at       timestamptz NOT NULL DEFAULT now(),
+    coalesced        jsonb NOT NULL DEFAULT '[]'
+);
+
+CREATE TABLE IF NOT EXISTS cloud_health_checks (
+    check_id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    checked_at       timestamptz NOT NULL DEFAULT now(),
+    cloud            text NOT NULL,
+    ok               boolean NOT NULL,
+    latency_ms       double precision NOT NULL,
+    error            text
+);
+CREATE INDEX IF NOT EXISTS cloud_health_checks_cloud ON cloud_health_checks (cloud, check_id DESC);
+
+CREATE TABLE IF NOT EXISTS cloud_health (
+    cloud             text PRIMARY KEY,
+    healthy           boolean NOT NULL,
+    failures_in_a_row integer NOT NULL,
+    last_latency_ms   double precision,
+    last_error        text,
+    changed_at        timestamptz NOT NULL,
+    checked_at        timestamptz NOT NULL
+);
+
+-- Restore drills: a backup restored into scratch space and verified, on a schedule.
+CREATE TABLE IF NOT EXISTS drills (
+    drill_id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    drilled_at       timestamptz NOT NULL DEFAULT now(),
+    data_class       text NOT NULL,
+    backup_id        text,
+    cloud            text,
+    ok               boolean NOT NULL,
+    seconds          double precision,
+    rows             bigint,
+    detail           text
+);
+CREATE INDEX IF NOT EXISTS drills_class_time ON drills (data_class, drilled_at DESC);

@@ -1,0 +1,468 @@
+"""The backup pipeline, step by step: extract -> encrypt -> upload (per cloud) -> validate -> clean up.
+
+Each step is a plain function the Airflow tasks call (and tests call directly). Steps hand each other a
+small JSON-able `summary` (backup id, staging dir, totals) -- what XCom carries -- while the per-object
+details live in files in the backup's staging directory (`extract.json`, `encrypt.json`), so XCom stays
+small however many objects a run has.
+
+Guarantees:
+- Fail closed: without a usable key ring nothing is encrypted, so nothing is uploaded.
+- Compressed plaintext exists only in staging (0600), and is deleted as soon as its object is encrypted;
+  `cleanup` (a teardown) removes whatever a failed run left.
+- A backup exists only once its manifest is written, and the manifest is written last, only to clouds
+  whose every object validated, only when at least `quorum` clouds did. Below quorum, the objects that
+  did land are deleted again: a failed run never leaves anything that looks like a backup.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+import secrets
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import google_crc32c
+
+from wedsync_dr import alerts, catalog, crypto, extract
+from wedsync_dr.policy import DataClass, Policy
+from wedsync_dr.storage import ObjectStore, StorageError, open_store
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+BLOB_AD_SCOPE = "assets-blob"  # blobs are shared by many backups: their AD binds the content hash instead
+
+
+class QuorumNotMet(RuntimeError):
+    """Fewer clouds than the quorum hold a validated copy: the backup does not exist."""
+
+
+# --------------------------------------------------------------------------- naming
+
+
+def new_backup_id(data_class: str, now: dt.datetime | None = None) -> str:
+    now = now or dt.datetime.now(dt.UTC)
+    return f"{data_class}-{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+
+
+def backup_prefix(policy: Policy, data_class: str, backup_id: str, started_at: dt.datetime) -> str:
+    return f"{policy.prefix}/{data_class}/{started_at:%Y/%m/%d}/{backup_id}"
+
+
+def blob_key(policy: Policy, sha256: str) -> str:
+    return f"{policy.prefix}/assets/blobs/{sha256[:2]}/{sha256}.tink"
+
+
+def staging_dir(policy: Policy, backup_id: str) -> Path:
+    return policy.staging_dir() / backup_id
+
+
+def stores(policy: Policy, names: list[str] | None = None) -> dict[str, ObjectStore]:
+    return {c.name: open_store(c.name, c.kind, c.conn_id, c.bucket, **c.options) for c in policy.clouds
+            if names is None or c.name in names}
+
+
+def _write_json(path: Path, value: Any) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(value, default=str))
+    tmp.replace(path)
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+# --------------------------------------------------------------------------- extract
+
+
+def run_extract(policy: Policy, data_class: DataClass, *, connect: Callable[[], Any], catalog_conn,
+                backup_id: str | None = None, started_at: dt.datetime | None = None,
+                wedding_ids: list[int] | None = None, labels: tuple[str, ...] = (), reason: str | None = None,
+                requested_by: str | None = None, dag_id: str | None = None, run_id: str | None = None,
+                workers: int = 2) -> dict[str, Any]:
+    started_at = started_at or dt.datetime.now(dt.UTC)
+    backup_id = backup_id or new_backup_id(data_class.name, started_at)
+    staging = staging_dir(policy, backup_id)
+    staging.mkdir(parents=True, exist_ok=True, mode=0o700)
+    prefix = backup_prefix(policy, data_class.name, backup_id, started_at)
+    scope = {"wedding_ids": wedding_ids} if wedding_ids else None
+    catalog.record_backup_start(catalog_conn, backup_id=backup_id, data_class=data_class.name, prefix=prefix,
+                                started_at=started_at, labels=labels, reason=reason, requested_by=requested_by,
+                                scope=scope, dag_id=dag_id, run_id=run_id)
+    t0 = time.perf_counter()
+    if data_class.kind == "tables":
+        extraction = extract.extract_tables(connect, policy, data_class, backup_id, staging, workers=workers)
+    elif data_class.kind == "wedding_bundles":
+        extraction = extract.extract_wedding_bundles(connect, policy, data_class, backup_id, staging, wedding_ids)
+    elif data_class.kind == "assets":
+        extraction = _extract_assets(policy, data_class, backup_id, staging, catalog_conn)
+    else:  # the policy schema makes this unreachable
+        raise ValueError(f"unknown data class kind {data_class.kind!r}")
+    seconds = time.perf_counter() - t0
+    # Table definitions go into the manifest, not through XCom: they are kilobytes per table.
+    _write_json(staging / "tables.json", extraction.notes.pop("table_definitions", {}))
+    _write_json(staging / "extract.json", extraction.to_json())
+    totals = extraction.totals
+    log.info("extract %s: %d objects, %s rows, %.1f MB -> %.1f MB zstd in %.1fs (%.0f MB/s)", backup_id,
+             totals["objects"], f"{totals['rows']:,}", totals["plaintext_bytes"] / 1e6,
+             totals["compressed_bytes"] / 1e6, seconds, totals["plaintext_bytes"] / 1e6 / max(seconds, 1e-9))
+    return {"backup_id": backup_id, "data_class": data_class.name, "prefix": prefix,
+            "started_at": started_at.isoformat(), "snapshot_at": extraction.snapshot_at,
+            "staging_dir": str(staging), "labels": list(labels),
+            "reason": reason, "extract_seconds": round(seconds, 3), **totals, "notes": extraction.notes}
+
+
+def _extract_assets(policy: Policy, data_class: DataClass, backup_id: str, staging: Path, catalog_conn):
+    """Index every asset file; stage only blobs no earlier backup stored (content addressing)."""
+    source = Path(os.environ.get(data_class.source_env, ""))
+    if not os.environ.get(data_class.source_env):
+        raise RuntimeError(f"asset source not configured: set {data_class.source_env}")
+    files, hashed = extract.scan_assets(source, catalog.asset_index(catalog_conn))
+    known = catalog.known_asset_blobs(catalog_conn)
+    new_blobs: dict[str, extract.AssetFile] = {}
+    for f in files:
+        if f.sha256 not in known and f.sha256 not in new_blobs:
+            new_blobs[f.sha256] = f
+    # The index is the backup's data object: path -> content hash, and how to open each blob.
+    index_path = staging / "asset-index.jsonl.zst"
+    sink = extract._HashingCompressor(index_path, policy.zstd_level)
+    for f in files:
+        sink.write(json.dumps({"path": f.path, "sha256": f.sha256, "size": f.size, "mtime_ns": f.mtime_ns},
+                              separators=(",", ":")).encode() + b"\n")
+    sha, size, compressed = sink.close()
+    index = extract.StagedObject(name="asset-index.jsonl", path=str(index_path), source="asset-index",
+                                 rows=len(files), plaintext_sha256=sha, plaintext_size=size,
+                                 compressed_size=compressed)
+    blobs = [extract.StagedObject(name=f"blob-{f.sha256}", path=str(source / f.path), source=f"asset:{f.path}",
+                                  rows=0, plaintext_sha256=f.sha256, plaintext_size=f.size,
+                                  compressed_size=0, compression=extract.blob_compression(f.path),
+                                  extra={"blob": True, "source_path": f.path})
+             for f in new_blobs.values()]
+    log.info("assets: %d files (%d hashed, %d unchanged), %d new blobs to store, %d already stored", len(files),
+             hashed, len(files) - hashed, len(blobs), len({f.sha256 for f in files}) - len(blobs))
+    extraction = extract.Extraction(backup_id, data_class.name, str(staging),
+                                    dt.datetime.now(dt.UTC).isoformat(), [index, *blobs])
+    extraction.notes = {"files": len(files), "hashed": hashed, "new_blobs": len(blobs)}
+    _write_json(staging / "asset-files.json", [[f.path, f.sha256, f.size, f.mtime_ns] for f in files])
+    return extraction
+
+
+# --------------------------------------------------------------------------- encrypt
+
+
+class _ChecksumWriter:
+    """Passes ciphertext through to a file while computing the checksums Azure (MD5) and GCS (CRC32C)
+    keep natively; the sha256 comes from the encryptor's own stats."""
+
+    def __init__(self, file):
+        self._file = file
+        self.md5 = hashlib.md5(usedforsecurity=False)
+        self.crc32c = google_crc32c.Checksum()
+
+    def write(self, data) -> int:
+        self.md5.update(data)
+        self.crc32c.update(bytes(data))  # the C extension takes bytes only (segments arrive as memoryviews)
+        return self._file.write(data)
+
+    def flush(self) -> None:
+        self._file.flush()
+
+
+def run_encrypt(policy: Policy, summary: dict[str, Any], key_ring: crypto.KeyRing) -> dict[str, Any]:
+    """Encrypt every staged object with its own data key; delete each plaintext as soon as it is done."""
+    staging = Path(summary["staging_dir"])
+    extraction = extract.Extraction.from_json(_read_json(staging / "extract.json"))
+    encrypted: list[dict[str, Any]] = []
+    t0 = time.perf_counter()
+    for obj in extraction.objects:
+        is_blob = obj.extra.get("blob", False)
+        name = f"{obj.name}.zst.tink" if obj.compression == "zstd" and not is_blob else f"{obj.name}.tink"
+        key = blob_key(policy, obj.plaintext_sha256) if is_blob else f"{summary['prefix']}/{name}"
+        ad = crypto.associated_data(BLOB_AD_SCOPE, obj.plaintext_sha256) if is_blob else \
+            crypto.associated_data(summary["backup_id"], name)
+        out_path = staging / (f"{obj.plaintext_sha256}.tink" if is_blob else name)
+        envelope = _encrypt_one(key_ring, Path(obj.path), out_path, ad,
+                                compress_level=policy.zstd_level if is_blob and obj.compression == "zstd" else None,
+                                expected_plaintext_sha256=obj.plaintext_sha256 if is_blob else None)
+        if not is_blob:
+            Path(obj.path).unlink()  # compressed plaintext lives only until its ciphertext exists
+        encrypted.append({
+            "name": name, "key": key, "path": str(out_path), "source": obj.source, "rows": obj.rows,
+            "columns": obj.columns, "wedding_id": obj.wedding_id, "compression": obj.compression,
+            "plaintext_sha256": obj.plaintext_sha256, "plaintext_size": obj.plaintext_size,
+            "compressed_size": obj.compressed_size or envelope.pop("compressed_size", obj.plaintext_size),
+            **{k: v for k, v in envelope.items() if k != "compressed_size"},
+            "blob": is_blob, "extra": obj.extra,
+        })
+    seconds = time.perf_counter() - t0
+    _write_json(staging / "encrypt.json", encrypted)
+    total = sum(o["ciphertext_size"] for o in encrypted)
+    log.info("encrypt %s: %d objects, %.1f MB ciphertext in %.1fs, key %s", summary["backup_id"], len(encrypted),
+             total / 1e6, seconds, key_ring.primary_id)
+    return {**summary, "ciphertext_bytes": total, "encrypt_seconds": round(seconds, 3),
+            "compressed_bytes": sum(o["compressed_size"] for o in encrypted if not o["blob"])
+            or summary["compressed_bytes"]}
+
+
+def _encrypt_one(key_ring: crypto.KeyRing, src: Path, dst: Path, ad: bytes, *, compress_level: int | None,
+                 expected_plaintext_sha256: str | None) -> dict[str, Any]:
+    data_key = key_ring.new_data_key()
+    wrapped = key_ring.wrap(data_key)
+    with open(src, "rb") as fin, extract.private_file(dst) as fout:
+        sink = _ChecksumWriter(fout)
+        stats = crypto.encrypt_stream(fin, sink, data_key, ad, zstd_level=compress_level)
+    if expected_plaintext_sha256 and stats.plaintext_sha256 != expected_plaintext_sha256:
+        dst.unlink(missing_ok=True)
+        raise RuntimeError(f"{src} changed while it was being backed up; it will be taken by the next run")
+    return {"ciphertext_sha256": stats.ciphertext_sha256, "ciphertext_size": stats.ciphertext_size,
+            "ciphertext_md5": sink.md5.hexdigest(), "ciphertext_crc32c": sink.crc32c.digest().hex(),
+            "compressed_size": stats.compressed_size, "encryption": crypto.encryption_entry(wrapped, ad)}
+
+
+# --------------------------------------------------------------------------- upload
+
+
+def _progress_logger(cloud: str, name: str, total: int) -> Callable[[int, int], None]:
+    started = time.monotonic()
+    last = [0.0]
+
+    def report(done: int, _total: int) -> None:
+        now = time.monotonic()
+        if now - last[0] >= 5 or done >= total:
+            last[0] = now
+            elapsed = max(now - started, 1e-9)
+            log.info("%s %s: %.1f/%.1f MB (%.0f MB/s)", cloud, name, done / 1e6, total / 1e6, done / 1e6 / elapsed)
+
+    return report
+
+
+def run_upload(policy: Policy, cloud: str, summary: dict[str, Any], store: ObjectStore | None = None) -> dict:
+    """Upload every encrypted object of the backup to one cloud (blobs only where that cloud lacks them)."""
+    store = store or stores(policy, [cloud])[cloud]
+    encrypted = _read_json(Path(summary["staging_dir"]) / "encrypt.json")
+    t0 = time.perf_counter()
+    sent = skipped = 0
+    sent_bytes = 0
+    for obj in encrypted:
+        if obj["blob"] and (head := store.head(obj["key"])) and head.sha256 == obj["ciphertext_sha256"]:
+            skipped += 1
+            continue
+        metadata = {"backup-id": summary["backup_id"], "kek-id": obj["encryption"]["kek_id"]}
+        if obj["blob"]:  # blobs are self-describing: whoever finds one can open it with the key ring
+            metadata |= {"wrapped-key": obj["encryption"]["wrapped_key"], "plaintext-sha256": obj["plaintext_sha256"]}
+        store.put_file(obj["key"], Path(obj["path"]), sha256=obj["ciphertext_sha256"], md5=obj["ciphertext_md5"],
+                       crc32c=obj["ciphertext_crc32c"], metadata=metadata,
+                       progress=_progress_logger(cloud, obj["name"], obj["ciphertext_size"])
+                       if obj["ciphertext_size"] > 64 << 20 else None)
+        sent += 1
+        sent_bytes += obj["ciphertext_size"]
+    seconds = time.perf_counter() - t0
+    log.info("upload %s to %s: %d objects (%d blobs already there), %.1f MB in %.1fs (%.1f MB/s)",
+             summary["backup_id"], cloud, sent, skipped, sent_bytes / 1e6, seconds,
+             sent_bytes / 1e6 / max(seconds, 1e-9))
+    return {"cloud": cloud, "objects": sent, "skipped_blobs": skipped, "bytes": sent_bytes,
+            "seconds": round(seconds, 3)}
+
+
+# --------------------------------------------------------------------------- validate
+
+
+@dataclass
+class CopyCheck:
+    cloud: str
+    status: str  # validated | missing | corrupt | failed
+    detail: str = ""
+
+
+def _check_object(store: ObjectStore, obj: dict[str, Any]) -> str | None:
+    """None when the cloud's copy matches; otherwise what is wrong."""
+    info = store.head(obj["key"])
+    if info is None:
+        return f"missing: {obj['key']}"
+    if info.size != obj["ciphertext_size"]:
+        return f"corrupt: {obj['key']} has {info.size} bytes, expected {obj['ciphertext_size']}"
+    if info.sha256 != obj["ciphertext_sha256"]:
+        return f"corrupt: {obj['key']} sha256 metadata {info.sha256} != {obj['ciphertext_sha256']}"
+    # The cloud's own checksums, computed over the stored bytes, where it keeps one.
+    expected = {"sha256": obj["ciphertext_sha256"], "md5": obj["ciphertext_md5"], "crc32c": obj["ciphertext_crc32c"]}
+    for algorithm, value in info.native.items():
+        if algorithm in expected and value != expected[algorithm]:
+            return f"corrupt: {obj['key']} native {algorithm} {value} != {expected[algorithm]}"
+    return None
+
+
+def expected_associated_data(backup_id: str, entry: dict[str, Any]) -> bytes:
+    """The AD an object must have been sealed with, computed from where it is expected -- never read from the
+    manifest, so an object swapped between backups (or a manifest edited to match) fails to decrypt."""
+    if entry.get("blob"):
+        return crypto.associated_data(BLOB_AD_SCOPE, entry["plaintext_sha256"])
+    return crypto.associated_data(backup_id, entry["name"])
+
+
+def _sample_decrypt(store: ObjectStore, obj: dict[str, Any], key_ring: crypto.KeyRing,
+                    summary_id: str) -> str | None:
+    """Download, decrypt and decompress one object; compare with the plaintext checksum."""
+    try:
+        with store.open_read(obj["key"]) as src:
+            stats = crypto.decrypt_stream(src, _NullSink(), key_ring.unwrap(crypto.WrappedKey.from_manifest(
+                obj["encryption"]), object_name=obj["key"]), expected_associated_data(summary_id, obj),
+                object_name=obj["key"], decompress=obj["compression"] == "zstd")
+    except (crypto.DecryptionError, StorageError) as err:
+        return f"corrupt: {obj['key']} failed to decrypt: {err}"
+    if stats.plaintext_sha256 != obj["plaintext_sha256"]:
+        return f"corrupt: {obj['key']} plaintext sha256 mismatch"
+    return None
+
+
+class _NullSink:
+    def write(self, data) -> int:
+        return len(data)
+
+
+def run_validate(policy: Policy, summary: dict[str, Any], upload_results: dict[str, dict | None],
+                 key_ring: crypto.KeyRing, catalog_conn, store_map: dict[str, ObjectStore] | None = None,
+                 retain_until: dt.datetime | None = None) -> dict[str, Any]:
+    """Prove each copy, commit the backup with its manifest where it is whole, or roll it back."""
+    store_map = store_map or stores(policy)
+    encrypted = _read_json(Path(summary["staging_dir"]) / "encrypt.json")
+    checks: dict[str, CopyCheck] = {}
+    sample_index = int(summary["backup_id"].rsplit("-", 1)[1], 16)
+    for cloud, store in store_map.items():
+        if upload_results.get(cloud) is None:
+            checks[cloud] = CopyCheck(cloud, "failed", "upload task did not succeed")
+            continue
+        try:
+            problem = next((p for o in encrypted if (p := _check_object(store, o))), None)
+            if problem is None and encrypted:
+                sample = encrypted[sample_index % len(encrypted)]
+                problem = _sample_decrypt(store, sample, key_ring, summary["backup_id"])
+        except StorageError as err:
+            problem = f"failed: {err}"
+        checks[cloud] = CopyCheck(cloud, problem.split(":", 1)[0] if problem else "validated", problem or "")
+    if any(c.status == "validated" for c in checks.values()):
+        referenced = _check_referenced_blobs(policy, summary, store_map, checks)
+        log.info("asset blobs referenced by this backup: %d", referenced)
+    good = [c for c, check in checks.items() if check.status == "validated"]
+    for check in checks.values():
+        log.info("copy in %s: %s %s", check.cloud, check.status.upper(), check.detail)
+
+    manifest = build_manifest(policy, summary, encrypted)
+    if len(good) >= policy.quorum:
+        body = json.dumps(manifest, indent=2, sort_keys=True).encode()
+        for cloud in list(good):
+            try:
+                store_map[cloud].put_bytes(f"{summary['prefix']}/{MANIFEST_NAME}", body,
+                                           metadata={"backup-id": summary["backup_id"]},
+                                           content_type="application/json")
+            except StorageError as err:
+                checks[cloud] = CopyCheck(cloud, "failed", f"manifest write failed: {err}")
+                good.remove(cloud)
+    copies = {c: (check.status, check.detail) for c, check in checks.items()}
+    if len(good) < policy.quorum:
+        _roll_back(summary, encrypted, store_map)
+        message = (f"backup {summary['backup_id']} has {len(good)} validated copies, quorum is {policy.quorum}: "
+                   + "; ".join(f"{c}: {check.status} {check.detail}" for c, check in checks.items()))
+        catalog.record_backup_result(catalog_conn, None, backup_id=summary["backup_id"], status="failed",
+                                     copies=copies, error=message)
+        alerts.alert(severity="critical", kind="backup_failed", subject=summary["data_class"], message=message,
+                     backup_id=summary["backup_id"], catalog_conn=catalog_conn)
+        raise QuorumNotMet(message)
+    status = "validated" if len(good) == len(store_map) else "degraded"
+    if summary.get("data_class") == "assets":
+        files = _read_json(Path(summary["staging_dir"]) / "asset-files.json")
+        catalog.record_asset_blobs(catalog_conn, [
+            {"sha256": o["plaintext_sha256"], "size": o["plaintext_size"], "key": o["key"],
+             "ciphertext_sha256": o["ciphertext_sha256"], "ciphertext_size": o["ciphertext_size"],
+             "encryption": {**o["encryption"], "compression": o["compression"]}}
+            for o in encrypted if o["blob"]], summary["backup_id"])
+        catalog.replace_asset_index(catalog_conn, files, summary["backup_id"])
+    catalog.record_backup_result(catalog_conn, manifest, backup_id=summary["backup_id"], status=status,
+                                 copies=copies, retain_until=retain_until)
+    if status == "degraded":
+        missing = sorted(set(store_map) - set(good))
+        alerts.alert(severity="warning", kind="backup_degraded", subject=summary["data_class"],
+                     message=f"backup {summary['backup_id']} is degraded: no valid copy in {', '.join(missing)}; "
+                             f"the repair run will copy it from {', '.join(good)}",
+                     backup_id=summary["backup_id"], details={"missing": missing, "good": good},
+                     catalog_conn=catalog_conn)
+    return {"backup_id": summary["backup_id"], "status": status, "clouds_ok": good,
+            "clouds_failed": sorted(set(store_map) - set(good)), "manifest_key": f"{summary['prefix']}/{MANIFEST_NAME}",
+            "copies": copies, "totals": manifest["totals"]}
+
+
+def _check_referenced_blobs(policy: Policy, summary: dict[str, Any], store_map: dict[str, ObjectStore],
+                            checks: dict[str, CopyCheck]) -> int:
+    """Assets: every blob the index references must exist in a cloud for that copy to be whole."""
+    referenced = _referenced_blobs(summary)
+    if not referenced:
+        return 0
+    for cloud, store in store_map.items():
+        if checks[cloud].status != "validated":
+            continue
+        present = {info.key: info.size for info in store.list(f"{policy.prefix}/assets/blobs/")}
+        absent = [sha for sha in referenced if blob_key(policy, sha) not in present]
+        if absent:
+            checks[cloud] = CopyCheck(cloud, "missing", f"missing: {len(absent)} asset blobs, e.g. {absent[0]}")
+    return len(referenced)
+
+
+def _referenced_blobs(summary: dict[str, Any]) -> list[str]:
+    """Content hashes an assets backup's index points at (from staging; empty for other classes)."""
+    files = Path(summary["staging_dir"]) / "asset-files.json"
+    return sorted({sha for _path, sha, _size, _mtime in _read_json(files)}) if files.exists() else []
+
+
+def _roll_back(summary: dict[str, Any], encrypted: list[dict[str, Any]], store_map: dict[str, ObjectStore]) -> None:
+    """Delete what this run put in the clouds (never shared blobs, which older backups may reference)."""
+    for cloud, store in store_map.items():
+        try:
+            store.delete_prefix(f"{summary['prefix']}/")
+        except StorageError as err:
+            log.warning("could not remove the objects of the failed backup from %s: %s", cloud, err)
+
+
+def build_manifest(policy: Policy, summary: dict[str, Any], encrypted: list[dict[str, Any]]) -> dict[str, Any]:
+    """The manifest: plain JSON, no secrets, enough for any cloud's copy to rebuild the catalog and restore."""
+    objects = [{k: o[k] for k in ("name", "key", "source", "rows", "columns", "wedding_id", "compression",
+                                  "plaintext_sha256", "plaintext_size", "compressed_size", "ciphertext_sha256",
+                                  "ciphertext_size", "ciphertext_md5", "ciphertext_crc32c", "encryption")}
+               | ({"blob": True} if o["blob"] else {}) for o in encrypted]
+    return {
+        "format_version": FORMAT_VERSION,
+        "backup_id": summary["backup_id"],
+        "data_class": summary["data_class"],
+        "created_at": summary["started_at"],
+        "snapshot_at": summary.get("snapshot_at") or summary["started_at"],
+        "source_schema": policy.source_schema,
+        "labels": summary.get("labels", []),
+        "reason": summary.get("reason"),
+        "prefix": summary["prefix"],
+        "objects": objects,
+        "referenced_blobs": _referenced_blobs(summary),
+        "tables": _read_json(Path(summary["staging_dir"]) / "tables.json"),
+        # what this backup stored (for assets: its index and the blobs it added)
+        "totals": {"objects": len(objects), "rows": sum(o["rows"] or 0 for o in objects),
+                   "plaintext_bytes": sum(o["plaintext_size"] for o in objects),
+                   "compressed_bytes": sum(o["compressed_size"] for o in objects),
+                   "ciphertext_bytes": sum(o["ciphertext_size"] for o in objects)},
+    }
+
+
+# --------------------------------------------------------------------------- cleanup
+
+
+def cleanup(policy: Policy, backup_id: str) -> bool:
+    """Remove the backup's staging directory, plaintext and ciphertext alike. Safe to call twice."""
+    path = staging_dir(policy, backup_id)
+    existed = path.exists()
+    shutil.rmtree(path, ignore_errors=True)
+    return existed

@@ -1,0 +1,231 @@
+"""The backup catalog (schema `backup_catalog`): runs, objects, per-cloud copies, alerts, asset blobs.
+
+It is a cache of the manifests in the clouds (rebuildable from any one cloud) plus operational history.
+Every function takes an open psycopg 3 connection; writes commit before returning.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from psycopg.types.json import Jsonb
+
+from wedsync_dr.paths import SQL_DIR
+
+log = logging.getLogger(__name__)
+
+GOOD_STATUSES = ("validated", "degraded")
+
+
+def db_connector(conn_id: str) -> Callable[[], Any]:
+    """A factory of new psycopg 3 connections for an Airflow connection id (PostgresHook)."""
+    from airflow.providers.postgres.hooks.postgres import PostgresHook
+
+    def connect():
+        conn = PostgresHook(postgres_conn_id=conn_id).get_conn()
+        conn.row_factory = _tuple_rows
+        return conn
+
+    return connect
+
+
+def _tuple_rows(cursor):
+    from psycopg.rows import tuple_row
+
+    return tuple_row(cursor)
+
+
+def connect(conn_id: str = "wedsync_catalog"):
+    conn = db_connector(conn_id)()
+    conn.autocommit = True
+    ensure_schema(conn)
+    return conn
+
+
+def ensure_schema(conn) -> None:
+    conn.execute((SQL_DIR / "backup_catalog.sql").read_text())
+    conn.execute("SET search_path TO backup_catalog, public")
+
+
+def record_backup_start(conn, *, backup_id: str, data_class: str, prefix: str, started_at: dt.datetime,
+                        labels: Iterable[str] = (), reason: str | None = None, requested_by: str | None = None,
+                        scope: dict | None = None, dag_id: str | None = None, run_id: str | None = None) -> None:
+    conn.execute(
+        "INSERT INTO backup_catalog.backups (backup_id, data_class, status, prefix, started_at, labels, reason, "
+        "requested_by, scope, dag_id, run_id) VALUES (%s, %s, 'running', %s, %s, %s, %s, %s, %s, %s, %s) "
+        "ON CONFLICT (backup_id) DO NOTHING",
+        (backup_id, data_class, prefix, started_at, list(labels), reason, requested_by,
+         Jsonb(scope) if scope is not None else None, dag_id, run_id))
+
+
+def record_backup_result(conn, manifest: dict[str, Any] | None, *, backup_id: str, status: str,
+                         copies: dict[str, tuple[str, str]], error: str | None = None,
+                         retain_until: dt.datetime | None = None) -> None:
+    """Store the outcome of a backup: its manifest (when committed), objects and per-cloud copies."""
+    clouds_ok = sorted(c for c, (s, _) in copies.items() if s == "validated")
+    clouds_failed = sorted(c for c, (s, _) in copies.items() if s != "validated")
+    with conn.transaction():
+        if manifest:
+            totals = manifest["totals"]
+            conn.execute(
+                "UPDATE backup_catalog.backups SET status=%s, finished_at=now(), snapshot_at=%s, object_count=%s, "
+                "row_count=%s, plaintext_bytes=%s, compressed_bytes=%s, ciphertext_bytes=%s, clouds_ok=%s, "
+                "clouds_failed=%s, manifest=%s, error=%s, retain_until=%s WHERE backup_id=%s",
+                (status, manifest["snapshot_at"], totals["objects"], totals["rows"], totals["plaintext_bytes"],
+                 totals["compressed_bytes"], totals["ciphertext_bytes"], clouds_ok, clouds_failed, Jsonb(manifest),
+                 error, retain_until, backup_id))
+            conn.execute("DELETE FROM backup_catalog.backup_objects WHERE backup_id = %s", (backup_id,))
+            with conn.cursor() as cur:
+                cur.executemany(
+                    "INSERT INTO backup_catalog.backup_objects (backup_id, name, key, source, wedding_id, rows, "
+                    "plaintext_sha256, plaintext_size, ciphertext_sha256, ciphertext_size) "
+                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                    [(backup_id, o["name"], o["key"], o.get("source"), o.get("wedding_id"), o.get("rows"),
+                      o["plaintext_sha256"], o["plaintext_size"], o["ciphertext_sha256"], o["ciphertext_size"])
+                     for o in manifest["objects"]])
+        else:
+            conn.execute(
+                "UPDATE backup_catalog.backups SET status=%s, finished_at=now(), clouds_ok=%s, clouds_failed=%s, "
+                "error=%s WHERE backup_id=%s", (status, clouds_ok, clouds_failed, error, backup_id))
+        for cloud, (copy_status, detail) in copies.items():
+            conn.execute(
+                "INSERT INTO backup_catalog.backup_copies (backup_id, cloud, status, detail) VALUES (%s, %s, %s, %s) "
+                "ON CONFLICT (backup_id, cloud) DO UPDATE SET status = EXCLUDED.status, detail = EXCLUDED.detail, "
+                "checked_at = now()", (backup_id, cloud, copy_status, detail))
+
+
+def raise_alert(conn, *, severity: str, kind: str, message: str, subject: str | None = None,
+                backup_id: str | None = None, details: dict | None = None) -> int:
+    """Record an alert (the local default notifier); configured notifiers are called by wedsync_dr.alerts."""
+    row = conn.execute(
+        "INSERT INTO backup_catalog.alerts (severity, kind, subject, message, backup_id, details) "
+        "VALUES (%s, %s, %s, %s, %s, %s) RETURNING alert_id",
+        (severity, kind, subject, message, backup_id, Jsonb(details) if details else None)).fetchone()
+    return row[0]
+
+
+def alerts(conn, kind: str | None = None, backup_id: str | None = None) -> list[dict[str, Any]]:
+    rows = conn.execute(
+        "SELECT alert_id, raised_at, severity, kind, subject, message, backup_id, details "
+        "FROM backup_catalog.alerts WHERE (%s::text IS NULL OR kind = %s) AND (%s::text IS NULL OR backup_id = %s) "
+        "ORDER BY alert_id", (kind, kind, backup_id, backup_id)).fetchall()
+    keys = ("alert_id", "raised_at", "severity", "kind", "subject", "message", "backup_id", "details")
+    return [dict(zip(keys, r, strict=True)) for r in rows]
+
+
+def backup(conn, backup_id: str) -> dict[str, Any] | None:
+    row = conn.execute(
+        "SELECT backup_id, data_class, status, started_at, finished_at, snapshot_at, labels, clouds_ok, "
+        "clouds_failed, manifest, error, prefix FROM backup_catalog.backups WHERE backup_id = %s",
+        (backup_id,)).fetchone()
+    if not row:
+        return None
+    keys = ("backup_id", "data_class", "status", "started_at", "finished_at", "snapshot_at", "labels", "clouds_ok",
+            "clouds_failed", "manifest", "error", "prefix")
+    record = dict(zip(keys, row, strict=True))
+    record["copies"] = {cloud: status for cloud, (status, _) in copies(conn, backup_id).items()}
+    return record
+
+
+def backup_for_run(conn, dag_id: str, run_id: str) -> dict[str, Any] | None:
+    row = conn.execute("SELECT backup_id FROM backup_catalog.backups WHERE dag_id = %s AND run_id = %s "
+                       "ORDER BY started_at DESC LIMIT 1", (dag_id, run_id)).fetchone()
+    return backup(conn, row[0]) if row else None
+
+
+def summary_fields(record: dict[str, Any] | None) -> dict[str, Any]:
+    """Sizes and copies of a backup record, for reports."""
+    if not record:
+        return {}
+    totals = (record.get("manifest") or {}).get("totals", {})
+    return {"objects": totals.get("objects"), "rows": totals.get("rows"),
+            "plaintext_bytes": totals.get("plaintext_bytes"), "compressed_bytes": totals.get("compressed_bytes"),
+            "ciphertext_bytes": totals.get("ciphertext_bytes"), "copies": record.get("copies", {})}
+
+
+def copies(conn, backup_id: str) -> dict[str, tuple[str, str | None]]:
+    rows = conn.execute("SELECT cloud, status, detail FROM backup_catalog.backup_copies WHERE backup_id = %s",
+                        (backup_id,)).fetchall()
+    return {cloud: (status, detail) for cloud, status, detail in rows}
+
+
+def record_restore(conn, report: dict[str, Any], run_id: str | None = None) -> None:
+    conn.execute(
+        "INSERT INTO backup_catalog.restores (backup_id, data_class, target, wedding_id, dry_run, rows, seconds, "
+        "sources, failovers, run_id) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        (report["backup_id"], report["data_class"], report["target"], report.get("wedding_id"), report["dry_run"],
+         sum(report["rows"].values()), report["seconds"], Jsonb(report["sources"]), Jsonb(report["failovers"]),
+         run_id))
+
+
+def record_emergency_run(conn, run_id: str, request: dict[str, Any], classes: list[str], *, status: str,
+                         coalesced_into: str | None = None) -> None:
+    scope = {k: request[k] for k in ("scope", "wedding_ids", "data_classes")}
+    conn.execute(
+        "INSERT INTO backup_catalog.emergency_runs (run_id, reason, requested_by, scope, classes, status, "
+        "coalesced_into, finished_at) VALUES (%s, %s, %s, %s, %s, %s, %s, CASE WHEN %s THEN now() END) "
+        "ON CONFLICT (run_id) DO NOTHING",
+        (run_id, request["reason"], request["requested_by"], Jsonb(scope), classes, status, coalesced_into,
+         status == "coalesced"))
+
+
+def finish_emergency_run(conn, run_id: str, status: str, clouds: list[str], backup_ids: list[str]) -> None:
+    conn.execute("UPDATE backup_catalog.emergency_runs SET status = %s, clouds = %s, backup_ids = %s, "
+                 "finished_at = now() WHERE run_id = %s", (status, clouds, backup_ids, run_id))
+
+
+# ----------------------------------------------------------------------------- assets
+
+
+def known_asset_blobs(conn) -> dict[str, dict[str, Any]]:
+    rows = conn.execute("SELECT sha256, size, ciphertext_sha256, ciphertext_size, key, encryption "
+                        "FROM backup_catalog.asset_blobs").fetchall()
+    return {r[0]: {"size": r[1], "ciphertext_sha256": r[2], "ciphertext_size": r[3], "key": r[4],
+                   "encryption": r[5]} for r in rows}
+
+
+def record_asset_blobs(conn, blobs: Iterable[dict[str, Any]], backup_id: str) -> None:
+    with conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO backup_catalog.asset_blobs (sha256, size, ciphertext_sha256, ciphertext_size, key, "
+            "encryption, first_backup_id) VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (sha256) DO NOTHING",
+            [(b["sha256"], b["size"], b["ciphertext_sha256"], b["ciphertext_size"], b["key"], Jsonb(b["encryption"]),
+              backup_id) for b in blobs])
+
+
+def asset_index(conn) -> dict[str, tuple[str, int, int]]:
+    rows = conn.execute("SELECT path, sha256, size, mtime_ns FROM backup_catalog.asset_index").fetchall()
+    return {r[0]: (r[1], r[2], r[3]) for r in rows}
+
+
+def replace_asset_index(conn, files: Iterable[tuple[str, str, int, int]], backup_id: str) -> None:
+    with conn.transaction():
+        conn.execute("DELETE FROM backup_catalog.asset_index")
+        with conn.cursor() as cur, cur.copy(
+                "COPY backup_catalog.asset_index (path, sha256, size, mtime_ns, backup_id) FROM STDIN") as copy:
+            for path, sha, size, mtime in files:
+                copy.write_row((path, sha, size, mtime, backup_id))
+
+
+def upsert_from_manifest(conn, manifest: dict[str, Any], cloud: str) -> None:
+    """Recreate a backup's catalog rows from its manifest (rebuild-catalog).
+
+    Only the copy in `cloud` is known to exist, so the backup is recorded as degraded until a repair or
+    validation run has checked the other clouds.
+    """
+    conn.execute(
+        "INSERT INTO backup_catalog.backups (backup_id, data_class, status, prefix, started_at, labels, reason) "
+        "VALUES (%s, %s, 'degraded', %s, %s, %s, %s) ON CONFLICT (backup_id) DO NOTHING",
+        (manifest["backup_id"], manifest["data_class"], manifest["prefix"], manifest["created_at"],
+         manifest.get("labels", []), manifest.get("reason")))
+    record_backup_result(conn, manifest, backup_id=manifest["backup_id"], status="degraded",
+                         copies={cloud: ("validated", "rebuilt from this cloud's manifest")})
+    blobs = [{"sha256": o["plaintext_sha256"], "size": o["plaintext_size"], "key": o["key"],
+              "ciphertext_sha256": o["ciphertext_sha256"], "ciphertext_size": o["ciphertext_size"],
+              "encryption": {**o["encryption"], "compression": o["compression"]}}
+             for o in manifest["objects"] if o.get("blob")]
+    if blobs:
+        record_asset_blobs(conn, blobs, manifest["backup_id"])

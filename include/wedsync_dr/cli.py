@@ -1,0 +1,365 @@
+"""`wedsync-dr`: the project's command line; works without a running Airflow.
+
+Errors are one clear line on stderr and a non-zero exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from wedsync_dr import local_stack
+
+
+def _stack_dir(args: argparse.Namespace) -> Path:
+    return Path(args.stack_dir) if args.stack_dir else local_stack.DEFAULT_STACK_DIR
+
+
+def cmd_stack_up(args: argparse.Namespace) -> int:
+    state = local_stack.start(_stack_dir(args))
+    for name, svc in state.services.items():
+        print(f"  {name:9} pid {svc.pid:<7} 127.0.0.1:{svc.port}")
+    if state.external_db:
+        print("  postgres  external (WEDSYNC_DB_URL)")
+    print(f"  connections and settings: {state.directory / 'stack.env'}")
+    return 0
+
+
+def cmd_stack_down(args: argparse.Namespace) -> int:
+    stopped = local_stack.stop(_stack_dir(args))
+    print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+    return 0
+
+
+def cmd_stack_status(args: argparse.Namespace) -> int:
+    print(json.dumps(local_stack.status(_stack_dir(args)), indent=2))
+    return 0
+
+
+def cmd_stack_env(args: argparse.Namespace) -> int:
+    state = local_stack.StackState.load(_stack_dir(args).resolve())
+    if not state.services:
+        raise SystemExit("wedsync-dr: the local stack is not set up: run `make run` (or `wedsync-dr stack up`)")
+    print(local_stack.write_env_file(state).read_text(), end="")
+    return 0
+
+
+def cmd_airflow_up(args: argparse.Namespace) -> int:
+    state = local_stack.start(_stack_dir(args))
+    url = local_stack.start_airflow(state, port=args.port)
+    print(f"Airflow UI and API: {url}  (user admin, password in {state.airflow_home / 'passwords.json'})")
+    print(f"  shell settings:  source {state.directory / 'stack.env'}")
+    print("  stop everything: make down")
+    return 0
+
+
+def cmd_backup_run(args: argparse.Namespace) -> int:
+    """Run backup DAGs once, in this process (dag.test()), against the local stack; print a summary."""
+    state = local_stack.start(_stack_dir(args))
+    os.environ.update(local_stack.environment(state))  # before Airflow is imported: it reads them once
+    local_stack.migrate_airflow_db(state)
+    from wedsync_dr import catalog, orchestration, report
+    from wedsync_dr.policy import load_policy
+
+    policy = load_policy()
+    local_stack.ensure_pools(policy)
+    rows, failed = [], []
+    for name in args.data_classes or sorted(policy.data_classes):
+        dag = orchestration.build_backup_dag(policy, policy.data_classes[name], doc_md="")
+        started = time.monotonic()
+        run = dag.test()
+        seconds = time.monotonic() - started
+        with catalog.connect() as conn:
+            record = catalog.backup_for_run(conn, dag.dag_id, run.run_id)
+        if run.state != "success":
+            failed.append(name)
+        rows.append({"data_class": name, "seconds": seconds, "status": (record or {}).get("status", run.state),
+                     **catalog.summary_fields(record)})
+    print()
+    print(report.backup_summary(rows))
+    if failed:
+        print(f"wedsync-dr: backup runs failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _use_connections(args: argparse.Namespace) -> None:
+    """Connection settings come from the environment (AIRFLOW_CONN_*, a secrets backend); on a machine with
+    the local stack and none set, from the stack. No Airflow scheduler or metadata DB is needed."""
+    if "AIRFLOW_CONN_WEDSYNC_DB" in os.environ:
+        return
+    state = local_stack.StackState.load(_stack_dir(args).resolve())
+    if state.services:
+        os.environ.update(local_stack.environment(state))
+    else:
+        raise CliError("no connections: set AIRFLOW_CONN_WEDSYNC_DB, AIRFLOW_CONN_WEDSYNC_CATALOG, "
+                       "AIRFLOW_CONN_BACKUP_* and AIRFLOW_CONN_WEDSYNC_BACKUP_KEYS (or run the local stack)")
+
+
+def _product(args: argparse.Namespace):
+    _use_connections(args)
+    from wedsync_dr import backup, crypto
+    from wedsync_dr.policy import load_policy
+
+    policy = load_policy()
+    return policy, backup.stores(policy), crypto.KeyRing.from_connection(policy.key_ring_conn_id)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from wedsync_dr import report
+
+    policy, stores, _ = _product(args)
+    classes = [args.data_class] if args.data_class else sorted(policy.data_classes)
+    rows = []
+    if args.from_cloud:
+        from wedsync_dr.restore import list_manifest_keys
+
+        for name in classes:
+            for key in list_manifest_keys(stores[args.from_cloud], policy, name):
+                rows.append([name, key.rsplit("/", 2)[-2], "committed", args.from_cloud])
+    else:
+        from wedsync_dr import catalog
+
+        with catalog.connect() as conn:
+            for name in classes:
+                for backup_id, status, started, clouds in conn.execute(
+                        "SELECT backup_id, status, started_at, clouds_ok FROM backup_catalog.backups "
+                        "WHERE data_class = %s ORDER BY started_at DESC LIMIT %s", (name, args.limit)):
+                    rows.append([name, backup_id, status, ",".join(clouds) or "-", f"{started:%Y-%m-%d %H:%M:%S}"])
+    headers = ["class", "backup id", "status", "clouds"] + ([] if args.from_cloud else ["started (UTC)"])
+    print(report.table(headers, rows))
+    return 0
+
+
+def _resolve(args, policy, stores):
+    from wedsync_dr import catalog
+    from wedsync_dr.restore import resolve
+
+    return resolve(policy, stores, args.data_class, backup_id=args.backup_id,
+                   catalog_connect=None if args.from_cloud else catalog.connect)
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from wedsync_dr.restore import verify_backup
+
+    policy, stores, key_ring = _product(args)
+    manifest = _resolve(args, policy, stores)
+    clouds = [args.cloud] if args.cloud else list(stores)
+    problems = verify_backup(manifest, stores, key_ring, clouds, sample=args.sample)
+    for cloud in clouds:
+        status = "OK" if not problems[cloud] else f"{len(problems[cloud])} PROBLEMS"
+        print(f"{manifest['backup_id']} in {cloud}: {status}")
+        for problem in problems[cloud]:
+            print(f"  {problem}")
+    return 1 if any(problems.values()) else 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from wedsync_dr import catalog
+    from wedsync_dr.requests import check_request
+    from wedsync_dr.restore import run_restore
+
+    policy, stores, key_ring = _product(args)
+    wedding_id = args.wedding_id
+    if wedding_id == "soonest":  # the first bundle of the backup: bundles are ordered by wedding date
+        bundles = [o["wedding_id"] for o in _resolve(args, policy, stores)["objects"] if o.get("wedding_id")]
+        if not bundles:
+            raise CliError(f"the {args.data_class} backup holds no wedding bundle")
+        wedding_id = bundles[0]
+    elif wedding_id is not None:
+        try:
+            wedding_id = int(wedding_id)
+        except ValueError:
+            raise CliError(f"--wedding-id {wedding_id!r}: give a number or 'soonest'") from None
+    request = check_request(policy, {
+        "data_class": args.data_class, "backup_id": args.backup_id, "point_in_time": args.point_in_time,
+        "wedding_id": wedding_id, "target": args.target, "confirm": args.confirm,
+        "source_cloud": args.source_cloud, "dry_run": args.dry_run})
+    report = run_restore(policy, request, stores=stores, key_ring=key_ring,
+                         db_connect=catalog.db_connector("wedsync_db_owner"),
+                         catalog_connect=None if args.from_cloud else catalog.connect)
+    print(report.render())
+    return 0
+
+
+def cmd_rebuild_catalog(args: argparse.Namespace) -> int:
+    from wedsync_dr import catalog
+    from wedsync_dr.restore import list_manifest_keys
+
+    policy, stores, _ = _product(args)
+    store = stores[args.from_cloud]
+    count = 0
+    with catalog.connect() as conn:
+        for name in sorted(policy.data_classes):
+            for key in list_manifest_keys(store, policy, name):
+                catalog.upsert_from_manifest(conn, json.loads(store.read_bytes(key)), args.from_cloud)
+                count += 1
+    print(f"catalog rebuilt from {args.from_cloud}: {count} backups")
+    return 0
+
+
+def cmd_emergency(args: argparse.Namespace) -> int:
+    """Trigger emergency_backup through Airflow's REST API with the official apache-airflow-client."""
+    import airflow_client.client as af
+
+    from wedsync_dr.emergency import DAG_ID, EmergencyRequestError, validate_conf
+    from wedsync_dr.policy import load_policy
+
+    conf = {"reason": args.reason, "scope": args.scope, "requested_by": args.requested_by or os.environ.get("USER")}
+    if args.wedding_ids:
+        conf["wedding_ids"] = args.wedding_ids
+    if args.data_classes:
+        conf["data_classes"] = args.data_classes
+    try:
+        validate_conf(load_policy(), conf)  # refuse locally with the server's own rules
+    except EmergencyRequestError as err:
+        raise CliError(str(err)) from None
+    password = args.password or os.environ.get("AIRFLOW_PASSWORD")
+    if not password:
+        raise CliError("no password: pass --password or set AIRFLOW_PASSWORD")
+    configuration = af.Configuration(host=args.url.rstrip("/"))
+    with af.ApiClient(configuration) as api:
+        response = api.rest_client.request(
+            "POST", f"{configuration.host}/auth/token", headers={"Content-Type": "application/json"},
+            body={"username": args.username, "password": password})
+        if response.status != 201:
+            raise CliError(f"login to {configuration.host} failed: HTTP {response.status}")
+        response.read()
+        configuration.access_token = json.loads(response.data)["access_token"]
+        run = af.DagRunApi(api).trigger_dag_run(DAG_ID, af.TriggerDAGRunPostBody(logical_date=None, conf=conf))
+    print(f"triggered {DAG_ID} run {run.dag_run_id} ({run.state}) at {configuration.host}")
+    return 0
+
+
+def cmd_demo_data(args: argparse.Namespace) -> int:
+    import psycopg
+
+    from wedsync_dr import demo_data
+
+    state = local_stack.StackState.load(_stack_dir(args).resolve())
+    if not state.db_url:
+        raise SystemExit("wedsync-dr: the local stack is not running: run `wedsync-dr stack up` first")
+    marker = state.directory / "demo-data.json"
+    scale = demo_data.Scale(weddings=args.weddings, seed=args.seed, photos=args.photos, documents=args.documents,
+                            asset_size_scale=args.asset_size_scale)
+    wanted = {"weddings": scale.weddings, "seed": scale.seed, "photos": scale.photo_count,
+              "documents": scale.document_count, "asset_size_scale": scale.asset_size_scale,
+              "today": dt.date.today().isoformat()}
+    if args.if_missing and marker.exists() and json.loads(marker.read_text()).get("params") == wanted:
+        print(f"demo data already loaded ({scale.weddings} weddings, seed {scale.seed}): reusing it")
+        return 0
+    with psycopg.connect(state.admin_url(local_stack.SOURCE_DB)) as conn:
+        report = demo_data.load(conn, scale, Path(local_stack.environment(state)["WEDSYNC_ASSET_SOURCE"]),
+                                owner=local_stack.OWNER_ROLE)
+    marker.write_text(json.dumps({"params": wanted, "rows": report.rows}, indent=2))
+    print(f"loaded {report.total_rows:,} rows into {len(report.rows)} tables in {report.seconds:.1f}s "
+          f"({report.rows_per_second:,.0f} rows/s); {report.asset_files} asset files, "
+          f"{report.asset_bytes / 1e6:.1f} MB in {report.asset_seconds:.1f}s")
+    return 0
+
+
+class CliError(RuntimeError):
+    """A user-facing error: printed as one line."""
+
+
+def _add_backup_selection(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--class", dest="data_class", required=True, help="data class")
+    parser.add_argument("--backup-id", default="latest", help="a backup id, or latest (default)")
+    parser.add_argument("--from-cloud", help="resolve from this cloud's manifests, not the catalog")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wedsync-dr", description=__doc__.splitlines()[0])
+    parser.add_argument("--stack-dir", help="local stack directory (default .local/stack)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    stack = sub.add_parser("stack", help="the embedded local stack (PostgreSQL + S3/Azure/GCS emulators)")
+    stack_sub = stack.add_subparsers(dest="stack_command", required=True)
+    stack_sub.add_parser("up", help="start or reuse every service").set_defaults(func=cmd_stack_up)
+    stack_sub.add_parser("down", help="stop every process the stack started").set_defaults(func=cmd_stack_down)
+    stack_sub.add_parser("status", help="PIDs, ports, running").set_defaults(func=cmd_stack_status)
+    stack_sub.add_parser("env", help="print the AIRFLOW_CONN_* exports").set_defaults(func=cmd_stack_env)
+
+    airflow = sub.add_parser("airflow", help="Airflow UI/API, scheduler, dag-processor, triggerer on the stack")
+    airflow_sub = airflow.add_subparsers(dest="airflow_command", required=True)
+    airflow_up = airflow_sub.add_parser("up", help="start (or reuse) the Airflow components")
+    airflow_up.add_argument("--port", type=int, default=None, help="API port (default 8080)")
+    airflow_up.set_defaults(func=cmd_airflow_up)
+
+    backup_parser = sub.add_parser("backup", help="run backups")
+    backup_sub = backup_parser.add_subparsers(dest="backup_command", required=True)
+    backup_run = backup_sub.add_parser("run", help="run backup DAGs once on the local stack and print a summary")
+    backup_run.add_argument("data_classes", nargs="*", help="default: every class in the policy")
+    backup_run.set_defaults(func=cmd_backup_run)
+
+    list_parser = sub.add_parser("list", help="backups per class, from the catalog or straight from a cloud")
+    list_parser.add_argument("--class", dest="data_class")
+    list_parser.add_argument("--from-cloud", help="read manifests from this cloud instead of the catalog")
+    list_parser.add_argument("--limit", type=int, default=20)
+    list_parser.set_defaults(func=cmd_list)
+
+    verify = sub.add_parser("verify", help="download, decrypt and checksum a backup's objects")
+    _add_backup_selection(verify)
+    verify.add_argument("--cloud", help="only this cloud (default: every cloud)")
+    verify.add_argument("--sample", type=float, default=1.0, help="fraction of objects to read (default all)")
+    verify.set_defaults(func=cmd_verify)
+
+    restore = sub.add_parser("restore", help="restore a backup without Airflow (same options as the DAG)")
+    _add_backup_selection(restore)
+    restore.add_argument("--point-in-time", help="ISO 8601: the newest backup at or before it")
+    restore.add_argument("--wedding-id", help="a wedding id, or 'soonest' (the first bundle of the backup)")
+    restore.add_argument("--target", default="", help="'' (new schema), in_place, a schema, or a directory")
+    restore.add_argument("--confirm", default="", help="for in_place: RESTORE <class>")
+    restore.add_argument("--source-cloud", default="auto")
+    restore.add_argument("--dry-run", action="store_true")
+    restore.set_defaults(func=cmd_restore)
+
+    rebuild = sub.add_parser("rebuild-catalog", help="recreate the catalog from one cloud's manifests")
+    rebuild.add_argument("--from-cloud", required=True)
+    rebuild.set_defaults(func=cmd_rebuild_catalog)
+
+    emergency = sub.add_parser("emergency", help="trigger an emergency backup through the Airflow REST API")
+    emergency.add_argument("--reason", required=True, help="why (10-500 characters)")
+    emergency.add_argument("--scope", choices=["all", "weddings", "classes"], default="all")
+    emergency.add_argument("--wedding-ids", type=int, nargs="+", help="with --scope weddings")
+    emergency.add_argument("--data-classes", nargs="+", help="with --scope classes")
+    emergency.add_argument("--requested-by")
+    emergency.add_argument("--url", default=os.environ.get("AIRFLOW_URL", "http://127.0.0.1:8080"))
+    emergency.add_argument("--username", default=os.environ.get("AIRFLOW_USERNAME", "admin"))
+    emergency.add_argument("--password", help="default: $AIRFLOW_PASSWORD")
+    emergency.set_defaults(func=cmd_emergency)
+
+    demo = sub.add_parser("demo-data", help="(re)load deterministic WedSync demo data")
+    demo.add_argument("--weddings", type=int, default=300, help="scale: 200 for tests, 20000 is about 1 GB")
+    demo.add_argument("--seed", type=int, default=42)
+    demo.add_argument("--photos", type=int, help="photo files (default: weddings/10, at most 200)")
+    demo.add_argument("--documents", type=int, help="document files (default: weddings/10, at most 200)")
+    demo.add_argument("--asset-size-scale", type=float, default=1.0, help="shrink asset files (< 1)")
+    demo.add_argument("--if-missing", action="store_true", help="keep data loaded with the same parameters")
+    demo.set_defaults(func=cmd_demo_data)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from wedsync_dr.requests import RestoreError
+
+    try:
+        return args.func(args)
+    except (local_stack.StackError, CliError, RestoreError) as err:
+        print(f"wedsync-dr: {err}", file=sys.stderr)
+        return 1
+    except Exception as err:  # noqa: BLE001 - break-glass tool: one clear line, not a traceback
+        if os.environ.get("WEDSYNC_DEBUG"):
+            raise
+        print(f"wedsync-dr: {type(err).__name__}: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,263 @@
+"""Envelope keys: a fresh 256-bit data key per object, wrapped by a key-encryption key (KEK) from a key ring.
+
+Key ring JSON, read from the Airflow connection `wedsync_backup_keys` (its `extra`, or its `password` holding
+the same JSON; any secrets backend that serves that connection works), or by `KeyRing.from_json` /
+`KeyRing.from_env` for the break-glass CLI:
+
+    {"primary": "k2026b",
+     "keys": {"k2026a": "<base64 of 32 bytes>", "k2026b": "<base64 of 32 bytes>"},
+     "retired": ["k2025a"]}                        (optional)
+
+The primary KEK wraps new data keys; every listed KEK unwraps, so rotation is: add a key, make it primary,
+and old backups still open. Retiring a KEK is an explicit step: listed under `retired` it stays in the
+secret (an operator can take it back) but unwraps nothing. Wrapping is AES key wrap (RFC 3394).
+
+Raw key bytes never appear in a repr, a str, an exception, a log line, a pickle or XCom: only KEK ids and
+wrapped keys leave this module. The one exception is `KeyRing.to_json`, which exists to write a key ring
+into a secrets store or a 0600 file.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import os
+import re
+import secrets
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+from cryptography.hazmat.primitives import keywrap
+
+from wedsync_dr.crypto.errors import DecryptionError, KeyUnavailableError
+
+log = logging.getLogger(__name__)
+
+KEY_BYTES = 32
+KEY_WRAP_ALGORITHM = "aes-kw-rfc3394"
+DEFAULT_CONN_ID = "wedsync_backup_keys"
+DEFAULT_ENV_VAR = "WEDSYNC_KEY_RING"
+# KEK ids travel in manifests and in object metadata headers: keep them short and header-safe.
+KEK_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+class SecretKey:
+    """256 bits of key material that refuse to be shown, hashed or serialised (pickle, json, XCom)."""
+
+    __slots__ = ("_material",)
+
+    def __init__(self, material: bytes):
+        if len(material) != KEY_BYTES:
+            raise ValueError(f"a key must be {KEY_BYTES} bytes")
+        self._material = bytes(material)
+
+    def material(self) -> bytes:
+        """The raw bytes, for the cipher only."""
+        return self._material
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} (hidden)>"
+
+    __str__ = __repr__
+
+    def __reduce_ex__(self, protocol) -> NoReturn:
+        raise TypeError(f"{type(self).__name__} cannot be pickled or copied: key material stays in memory")
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and secrets.compare_digest(self._material, other._material)
+
+    __hash__ = None  # type: ignore[assignment]  # a hash of key material is a fingerprint of it
+
+
+class DataKey(SecretKey):
+    """The per-object key that encrypts data (the Tink streaming key's raw value)."""
+
+
+class KeyEncryptionKey(SecretKey):
+    """A KEK of the key ring: wraps data keys."""
+
+
+@dataclass(frozen=True)
+class WrappedKey:
+    """A data key wrapped by KEK `kek_id`: safe to store in manifests and object metadata (`to_manifest`)."""
+
+    kek_id: str
+    wrapped_key: bytes
+    algorithm: str = KEY_WRAP_ALGORITHM
+
+    def to_manifest(self) -> dict[str, str]:
+        """The key fields of a manifest entry's `encryption` object (docs/FORMAT.md)."""
+        return {"kek_id": self.kek_id, "wrapped_key": base64.b64encode(self.wrapped_key).decode(),
+                "key_wrap": self.algorithm}
+
+    @classmethod
+    def from_manifest(cls, encryption: Mapping[str, Any]) -> WrappedKey:
+        """From a manifest entry's `encryption` object; a malformed one means no usable key."""
+        try:
+            return cls(str(encryption["kek_id"]), base64.b64decode(encryption["wrapped_key"], validate=True),
+                       str(encryption["key_wrap"]))
+        except (KeyError, TypeError, binascii.Error):
+            raise KeyUnavailableError("the manifest's encryption entry has no valid kek_id, wrapped_key and "
+                                      "key_wrap") from None
+
+
+class KeyRing:
+    """KEKs by id: the primary wraps, every key that is not retired unwraps."""
+
+    def __init__(self, keys: Mapping[str, KeyEncryptionKey], primary: str, retired: Iterable[str] = ()):
+        retired = frozenset(retired)
+        if not keys:
+            raise KeyUnavailableError("the key ring holds no key-encryption key")
+        for kek_id in keys:
+            if not KEK_ID_PATTERN.fullmatch(kek_id):
+                raise KeyUnavailableError(f"invalid key id {kek_id[:64]!r}: letters, digits, '.', '_', '-'; "
+                                          "64 at most")
+        if primary not in keys:
+            raise KeyUnavailableError(f"the key ring's primary key {primary!r} is not among its keys")
+        if primary in retired:
+            raise KeyUnavailableError(f"the key ring's primary key {primary!r} is retired")
+        if unknown := retired - set(keys):
+            raise KeyUnavailableError(f"retired key ids not in the key ring: {', '.join(sorted(unknown))}")
+        self._keys = dict(keys)
+        self.primary_id = primary
+        self.retired_ids = sorted(retired)
+
+    def __repr__(self) -> str:
+        return f"<KeyRing primary={self.primary_id!r} keys={self.key_ids!r} retired={self.retired_ids!r}>"
+
+    __str__ = __repr__
+
+    def __reduce_ex__(self, protocol) -> NoReturn:
+        raise TypeError("a key ring cannot be pickled or copied: key material stays in memory")
+
+    @property
+    def key_ids(self) -> list[str]:
+        return sorted(self._keys)
+
+    # ------------------------------------------------------------------ data keys
+
+    @staticmethod
+    def new_data_key() -> DataKey:
+        return DataKey(os.urandom(KEY_BYTES))
+
+    def wrap(self, data_key: DataKey) -> WrappedKey:
+        kek = self._keys[self.primary_id]
+        return WrappedKey(self.primary_id, keywrap.aes_key_wrap(kek.material(), data_key.material()))
+
+    def unwrap(self, wrapped: WrappedKey, *, object_name: str | None = None) -> DataKey:
+        """The data key, or a typed error naming the object (or the KEK when no object is given)."""
+        what = object_name or f"a data key wrapped by {wrapped.kek_id!r}"
+        if wrapped.algorithm != KEY_WRAP_ALGORITHM:
+            raise KeyUnavailableError(f"{what}: unsupported key wrap {wrapped.algorithm!r}")
+        if wrapped.kek_id in self.retired_ids:
+            raise KeyUnavailableError(f"{what}: key-encryption key {wrapped.kek_id!r} is retired")
+        kek = self._keys.get(wrapped.kek_id)
+        if kek is None:
+            raise KeyUnavailableError(f"{what}: key-encryption key {wrapped.kek_id!r} is not in the key ring "
+                                      f"(have: {', '.join(self.key_ids)})")
+        try:
+            return DataKey(keywrap.aes_key_unwrap(kek.material(), wrapped.wrapped_key))
+        except (keywrap.InvalidUnwrap, ValueError):
+            raise DecryptionError(what, f"key unwrap with {wrapped.kek_id!r} failed (a different key under "
+                                  "the same id, or an altered wrapped key)") from None
+
+    # ------------------------------------------------------------------ rotation
+
+    def with_new_key(self, kek_id: str) -> KeyRing:
+        """Rotation: a fresh random KEK under `kek_id` becomes the primary; the others keep unwrapping."""
+        if kek_id in self._keys:
+            raise ValueError(f"key id {kek_id!r} is already in the key ring")
+        new_key = KeyEncryptionKey(os.urandom(KEY_BYTES))
+        return KeyRing({**self._keys, kek_id: new_key}, kek_id, self.retired_ids)
+
+    def retire(self, kek_id: str) -> KeyRing:
+        """Backups whose data keys `kek_id` wrapped can no longer be opened (until it is taken back)."""
+        if kek_id not in self._keys:
+            raise ValueError(f"key id {kek_id!r} is not in the key ring")
+        if kek_id == self.primary_id:
+            raise ValueError("the primary key cannot be retired: rotate to a new primary first")
+        return KeyRing(self._keys, self.primary_id, [*self.retired_ids, kek_id])
+
+    # ------------------------------------------------------------------ loading and saving
+
+    @classmethod
+    def generate(cls, ids: Iterable[str] = ("k1",)) -> KeyRing:
+        """Random KEKs, the last id primary: for the local stack and tests."""
+        ids = list(ids)
+        if not ids:
+            raise ValueError("at least one key id")
+        return cls({i: KeyEncryptionKey(os.urandom(KEY_BYTES)) for i in ids}, ids[-1])
+
+    @classmethod
+    def from_json(cls, document: str | Mapping[str, Any]) -> KeyRing:
+        """The key ring JSON (text or an already parsed mapping). Errors never echo the input."""
+        parsed = _parse_key_ring(document)
+        if parsed is None:  # raised outside the parser's except: no chained exception quotes the input
+            raise KeyUnavailableError('the key ring is not JSON of the form {"primary": id, "keys": {id: '
+                                      'base64 of 32 bytes}, "retired": [id, ...]}')
+        return cls(*parsed)
+
+    @classmethod
+    def from_env(cls, variable: str = DEFAULT_ENV_VAR) -> KeyRing:
+        """The key ring JSON in an environment variable: the break-glass CLI's way in, without Airflow."""
+        text = os.environ.get(variable)
+        if not text:
+            raise KeyUnavailableError(f"no key ring: ${variable} is not set")
+        return cls.from_json(text)
+
+    @classmethod
+    def from_connection(cls, conn_id: str = DEFAULT_CONN_ID) -> KeyRing:
+        """The key ring in an Airflow connection: environment variable, secrets backend or metadata DB.
+
+        Airflow is imported here, not at module level, so the library imports without it. Airflow masks
+        the connection's password and the values of its extra in task logs.
+        """
+        try:
+            from airflow.sdk import BaseHook
+        except ImportError:
+            raise KeyUnavailableError("Airflow is not installed: use KeyRing.from_env or from_json") from None
+        try:
+            conn = BaseHook.get_connection(conn_id)
+        except Exception as err:  # any failed look-up means: no key, fail closed
+            # Only the type: a secrets backend's message may quote the connection it failed to parse.
+            raise KeyUnavailableError(f"key ring connection {conn_id!r} is not available "
+                                      f"({type(err).__name__})") from None
+        extra = conn.extra_dejson
+        document = extra if "keys" in extra else conn.password
+        if not document:
+            raise KeyUnavailableError(f"key ring connection {conn_id!r} holds no keys (neither in its extra "
+                                      "nor in its password)")
+        try:
+            ring = cls.from_json(document)
+        except KeyUnavailableError as err:
+            raise KeyUnavailableError(f"key ring connection {conn_id!r}: {err}") from None
+        log.info("key ring from connection %s: primary %s, keys %s, retired %s", conn_id, ring.primary_id,
+                 ring.key_ids, ring.retired_ids)
+        return ring
+
+    def to_json(self) -> str:
+        """The key ring WITH its raw keys, for writing it to a secrets store or a 0600 file. Nothing else."""
+        keys = {kek_id: base64.b64encode(kek.material()).decode() for kek_id, kek in self._keys.items()}
+        document: dict[str, Any] = {"primary": self.primary_id, "keys": keys}
+        if self.retired_ids:
+            document["retired"] = self.retired_ids
+        return json.dumps(document)
+
+
+ParsedKeyRing = tuple[dict[str, KeyEncryptionKey], str, list[str]]
+
+
+def _parse_key_ring(document: str | Mapping[str, Any]) -> ParsedKeyRing | None:
+    """Keys, primary id and retired ids, or None for anything malformed (and no exception to quote it)."""
+    try:
+        raw = json.loads(document) if isinstance(document, str) else dict(document)
+        keys = {str(i): KeyEncryptionKey(base64.b64decode(v, validate=True)) for i, v in raw["keys"].items()}
+        retired = raw.get("retired", [])
+        if not isinstance(retired, list):
+            return None
+        return keys, str(raw["primary"]), [str(i) for i in retired]
+    except (ValueError, KeyError, TypeError, AttributeError):  # binascii.Error is a ValueError
+        return None

@@ -1,0 +1,126 @@
+"""Emergency backup requests: one schema for the trigger form, the REST guard and the CLI.
+
+The per-field rules are Airflow Params (checked by Airflow when a run is created: HTTP 400 / a form
+error). The rules that span fields -- `wedding_ids` exactly when scope is `weddings`, `data_classes`
+exactly when scope is `classes` -- are checked by the same JSON schema in the API server's request
+guard (plugins/wedsync_dr_plugin.py), so a bad request never creates a run either. What no schema can
+know (do these weddings exist?) fails the first task with a message naming them.
+
+Coalescing rule: an emergency run claims its scope (`scope_key`) in the catalog; a second trigger for a
+scope that a running emergency run already covers -- the same scope, or any scope while an `all` run is
+in flight -- does not back up again: its first task records the request against the running one and the
+run ends as skipped. A claim older than `CLAIM_TTL` is considered abandoned (a crashed run) and is taken over.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from typing import Any
+
+import jsonschema
+
+from wedsync_dr.policy import Policy
+
+DAG_ID = "emergency_backup"
+CLAIM_TTL = dt.timedelta(hours=6)
+
+
+class EmergencyRequestError(ValueError):
+    """The conf of an emergency trigger is invalid (the message says which field and why)."""
+
+
+def field_schemas(policy: Policy) -> dict[str, dict[str, Any]]:
+    """JSON schema per conf key: the DAG's Params use these, the request guard combines them."""
+    classes = sorted(policy.data_classes)
+    return {
+        "reason": {"type": "string", "minLength": 10, "maxLength": 500, "title": "Reason",
+                   "description": "Why an emergency backup is needed now (10-500 characters); kept with the backup."},
+        "scope": {"type": "string", "enum": ["all", "weddings", "classes"], "title": "Scope",
+                  "description": "`all` data classes, specific `weddings` (their bundles), or chosen `classes`."},
+        "wedding_ids": {"type": ["null", "array"], "items": {"type": "integer", "minimum": 1}, "minItems": 1,
+                        "uniqueItems": True, "title": "Wedding ids",
+                        "description": "Required when scope is `weddings`: the weddings to back up now."},
+        "data_classes": {"type": ["null", "array"], "items": {"type": "string", "enum": classes}, "minItems": 1,
+                         "uniqueItems": True, "title": "Data classes",
+                         "description": f"Required when scope is `classes`: any of {', '.join(classes)}."},
+        "requested_by": {"type": ["null", "string"], "maxLength": 200, "title": "Requested by",
+                         "description": "Who asked (person, ticket, or monitor)."},
+    }
+
+
+def conf_schema(policy: Policy) -> dict[str, Any]:
+    """The whole conf, with the rules that span fields."""
+    fields = {k: {kk: vv for kk, vv in v.items() if kk not in ("title", "description")}
+              for k, v in field_schemas(policy).items()}
+    present = {"type": "array"}
+    absent = {"type": "null"}
+    return {
+        "type": "object",
+        "required": ["reason"],
+        "properties": fields,
+        "additionalProperties": False,
+        "allOf": [
+            {"if": {"properties": {"scope": {"const": "weddings"}}, "required": ["scope"]},
+             "then": {"required": ["wedding_ids"], "properties": {"wedding_ids": present}},
+             "else": {"properties": {"wedding_ids": absent}}},
+            {"if": {"properties": {"scope": {"const": "classes"}}, "required": ["scope"]},
+             "then": {"required": ["data_classes"], "properties": {"data_classes": present}},
+             "else": {"properties": {"data_classes": absent}}},
+        ],
+    }
+
+
+def validate_conf(policy: Policy, conf: dict[str, Any]) -> dict[str, Any]:
+    """The conf with defaults filled in, or EmergencyRequestError naming the first problem."""
+    full = {"scope": "all", "wedding_ids": None, "data_classes": None, "requested_by": None, **(conf or {})}
+    errors = sorted(jsonschema.Draft202012Validator(conf_schema(policy)).iter_errors(full),
+                    key=lambda e: list(e.absolute_path))
+    if errors:
+        err = errors[0]
+        where = "/".join(str(p) for p in err.absolute_path) or "conf"
+        if err.validator == "type" and err.validator_value == "null":
+            message = f"only allowed when scope is '{'weddings' if where == 'wedding_ids' else 'classes'}'"
+        else:
+            message = err.message
+        raise EmergencyRequestError(f"invalid emergency request: {where}: {message}")
+    return full
+
+
+def classes_in_scope(policy: Policy, request: dict[str, Any]) -> list[str]:
+    if request["scope"] == "weddings":
+        return [name for name, dc in policy.data_classes.items() if dc.kind == "wedding_bundles"]
+    if request["scope"] == "classes":
+        return sorted(request["data_classes"])
+    return sorted(policy.data_classes)
+
+
+def scope_key(request: dict[str, Any]) -> str:
+    """A stable name for what a request covers (coalescing compares these)."""
+    if request["scope"] == "all":
+        return "all"
+    values = request["wedding_ids"] if request["scope"] == "weddings" else request["data_classes"]
+    digest = hashlib.sha256(json.dumps(sorted(values)).encode()).hexdigest()[:16]
+    return f"{request['scope']}:{digest}"
+
+
+def claim_scope(conn, key: str, run_id: str, reason: str) -> str | None:
+    """Claim `key` for `run_id`; returns the run id already holding it (coalesce) or None (we hold it)."""
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext('wedsync_dr.emergency'))")
+        conn.execute("DELETE FROM backup_catalog.emergency_claims WHERE claimed_at < now() - %s", (CLAIM_TTL,))
+        holder = conn.execute(
+            "SELECT run_id FROM backup_catalog.emergency_claims WHERE (scope_key = %s OR scope_key = 'all') "
+            "AND run_id <> %s ORDER BY claimed_at LIMIT 1", (key, run_id)).fetchone()
+        if holder:
+            conn.execute("UPDATE backup_catalog.emergency_claims SET coalesced = coalesced || %s::jsonb "
+                         "WHERE run_id = %s", (json.dumps([{"run_id": run_id, "reason": reason}]), holder[0]))
+            return holder[0]
+        conn.execute("INSERT INTO backup_catalog.emergency_claims (scope_key, run_id, reason) VALUES (%s, %s, %s) "
+                     "ON CONFLICT (run_id) DO NOTHING", (key, run_id, reason))
+    return None
+
+
+def release_scope(conn, run_id: str) -> None:
+    conn.execute("DELETE FROM backup_catalog.emergency_claims WHERE run_id = %s", (run_id,))

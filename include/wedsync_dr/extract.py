@@ -1,0 +1,415 @@
+"""Extraction: stream WedSync rows out of PostgreSQL into compressed staging files.
+
+All tables of one run are read from ONE consistent snapshot: a REPEATABLE READ, READ ONLY transaction
+exports its snapshot (`pg_export_snapshot()`) and every worker connection adopts it (`SET TRANSACTION
+SNAPSHOT`), as `pg_dump -j` does; tables are then copied in parallel. Rows leave the server with
+`COPY ... TO STDOUT` (text format: a decrypted, decompressed object loads with plain `psql \\copy`) and go
+through sha256 and zstd straight to a 0600 staging file. Nothing is materialised in memory beyond a COPY
+chunk -- except wedding bundles, which hold one batch of weddings (`batch_size`) at a time.
+
+Wedding bundle format (plaintext of one `wedding-<id>.bundle` object): a sequence of sections, each a
+JSON header line `{"table": ..., "columns": [...], "rows": N, "bytes": M}` followed by exactly M bytes of
+COPY text for that table.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import zstandard
+
+from wedsync_dr.policy import DataClass, Policy
+
+log = logging.getLogger(__name__)
+
+COPY_CHUNK_TARGET = 1 << 20
+
+
+@dataclass
+class StagedObject:
+    """One data object in staging: compressed plaintext until `encrypt` replaces it."""
+
+    name: str
+    path: str
+    source: str  # a table name, "wedding:<id>", or "asset-index"
+    rows: int
+    plaintext_sha256: str  # of the uncompressed bytes: what a restore must reproduce
+    plaintext_size: int
+    compressed_size: int
+    compression: str = "zstd"
+    columns: list[str] | None = None
+    wedding_id: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Extraction:
+    backup_id: str
+    data_class: str
+    staging_dir: str
+    snapshot_at: str
+    objects: list[StagedObject]
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> Extraction:
+        return cls(**{**raw, "objects": [StagedObject(**o) for o in raw["objects"]]})
+
+    @property
+    def totals(self) -> dict[str, int]:
+        return {"objects": len(self.objects), "rows": sum(o.rows for o in self.objects),
+                "plaintext_bytes": sum(o.plaintext_size for o in self.objects),
+                "compressed_bytes": sum(o.compressed_size for o in self.objects)}
+
+
+def private_file(path: Path) -> BinaryIO:
+    """Open a new staging file readable by its owner only (compressed plaintext lives here)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    return os.fdopen(fd, "wb")
+
+
+class _HashingCompressor:
+    """sha256 + size of the plaintext, zstd-compressed into a private staging file."""
+
+    def __init__(self, path: Path, level: int, threads: int = 0):
+        self.path = path
+        self._file = private_file(path)
+        self._zstd = zstandard.ZstdCompressor(level=level, threads=threads).stream_writer(self._file, closefd=False)
+        self._sha = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes | memoryview) -> None:
+        self._sha.update(data)
+        self._zstd.write(data)
+        self.size += len(data)
+
+    def close(self) -> tuple[str, int, int]:
+        """Finish the frame; returns (plaintext sha256, plaintext size, compressed size)."""
+        self._zstd.flush(zstandard.FLUSH_FRAME)
+        self._zstd.close()
+        self._file.flush()
+        compressed = self._file.tell()
+        self._file.close()
+        return self._sha.hexdigest(), self.size, compressed
+
+    def abort(self) -> None:
+        self._file.close()
+        self.path.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------- snapshot
+
+
+@dataclass
+class Snapshot:
+    snapshot_id: str
+    taken_at: dt.datetime
+    today: dt.date
+
+
+@contextmanager
+def consistent_snapshot(connect: Callable[[], Any]):
+    """Hold an exported REPEATABLE READ snapshot open for the duration of the block."""
+    conn = connect()
+    try:
+        conn.autocommit = False
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        snapshot_id, taken_at, today = conn.execute(
+            "SELECT pg_export_snapshot(), now(), (now() AT TIME ZONE 'UTC')::date").fetchone()
+        yield Snapshot(snapshot_id, taken_at, today)
+    finally:
+        conn.rollback()
+        conn.close()
+
+
+@contextmanager
+def snapshot_connection(connect: Callable[[], Any], snapshot: Snapshot):
+    conn = connect()
+    try:
+        conn.autocommit = False
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        conn.execute(f"SET TRANSACTION SNAPSHOT '{snapshot.snapshot_id}'")  # id comes from the server
+        yield conn
+    finally:
+        conn.rollback()
+        conn.close()
+
+
+def _columns(conn, schema: str, table: str) -> list[str]:
+    rows = conn.execute(
+        "SELECT attname FROM pg_attribute WHERE attrelid = (quote_ident(%s) || '.' || quote_ident(%s))::regclass "
+        "AND attnum > 0 AND NOT attisdropped ORDER BY attnum", (schema, table)).fetchall()
+    if not rows:
+        raise LookupError(f"table {schema}.{table} named in the policy does not exist")
+    return [r[0] for r in rows]
+
+
+def table_definition(conn, schema: str, table: str) -> dict[str, Any]:
+    """Enough DDL to recreate a table a restore finds dropped: columns, constraints, indexes.
+
+    Constraint and index definitions come from the server (`pg_get_constraintdef`, `pg_get_indexdef`),
+    and are stored with the backup so a restore never depends on the live schema still existing.
+    """
+    regclass = f"{_quote_ident(schema)}.{_quote_ident(table)}"
+    columns = conn.execute(
+        "SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull, a.attidentity "
+        "FROM pg_attribute a WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped "
+        "ORDER BY a.attnum", (regclass,)).fetchall()
+    constraints = conn.execute(
+        "SELECT conname, contype, pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = %s::regclass "
+        "ORDER BY contype = 'f', conname", (regclass,)).fetchall()
+    indexes = conn.execute(
+        "SELECT pg_get_indexdef(i.indexrelid) FROM pg_index i WHERE i.indrelid = %s::regclass AND NOT EXISTS "
+        "(SELECT 1 FROM pg_constraint c WHERE c.conindid = i.indexrelid) ORDER BY 1", (regclass,)).fetchall()
+    return {
+        "columns": [{"name": n, "type": t, "not_null": nn, "identity": ident or None} for n, t, nn, ident in columns],
+        "constraints": [{"name": n, "type": ty, "definition": d} for n, ty, d in constraints],
+        "indexes": [d for (d,) in indexes],
+    }
+
+
+def _quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+# --------------------------------------------------------------------------- table classes
+
+
+def _copy_table(conn, schema: str, table: str, path: Path, level: int) -> StagedObject:
+    columns = _columns(conn, schema, table)
+    sink = _HashingCompressor(path, level)
+    try:
+        with conn.cursor() as cur:
+            with cur.copy(f"COPY {_quote_ident(schema)}.{_quote_ident(table)} TO STDOUT") as copy:
+                for chunk in copy:
+                    sink.write(chunk)
+            rows = cur.rowcount
+    except BaseException:
+        sink.abort()
+        raise
+    sha, size, compressed = sink.close()
+    return StagedObject(name=f"{table}.copy", path=str(path), source=table, rows=rows, plaintext_sha256=sha,
+                        plaintext_size=size, compressed_size=compressed, columns=columns)
+
+
+def extract_tables(connect: Callable[[], Any], policy: Policy, data_class: DataClass, backup_id: str,
+                   staging: Path, workers: int = 2) -> Extraction:
+    """One object per table of the class, all from one snapshot, `workers` tables at a time."""
+    with consistent_snapshot(connect) as snapshot:
+        def copy_one(table: str) -> StagedObject:
+            with snapshot_connection(connect, snapshot) as conn:
+                obj = _copy_table(conn, policy.source_schema, table, staging / f"{table}.copy.zst", policy.zstd_level)
+            log.info("extracted %s: %s rows, %.1f MB -> %.1f MB zstd", table, f"{obj.rows:,}",
+                     obj.plaintext_size / 1e6, obj.compressed_size / 1e6)
+            return obj
+
+        # Largest tables first would balance better; table order is the policy's, which is stable.
+        with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="extract") as pool:
+            objects = list(pool.map(copy_one, data_class.tables))
+        with snapshot_connection(connect, snapshot) as conn:
+            definitions = {t: table_definition(conn, policy.source_schema, t) for t in data_class.tables}
+    return Extraction(backup_id, data_class.name, str(staging), snapshot.taken_at.isoformat(), objects,
+                      notes={"table_definitions": definitions})
+
+
+# --------------------------------------------------------------------------- wedding bundles
+
+
+def _critical_weddings(conn, schema: str, window_days: int) -> list[tuple[int, dt.date]]:
+    return conn.execute(
+        f"SELECT wedding_id, wedding_date FROM {_quote_ident(schema)}.weddings "
+        "WHERE wedding_date BETWEEN (now() AT TIME ZONE 'UTC')::date "
+        "AND (now() AT TIME ZONE 'UTC')::date + %s AND status <> 'cancelled' ORDER BY wedding_date, wedding_id",
+        (window_days,)).fetchall()
+
+
+def priority_of(days_until: int, window_days: int) -> str:
+    """The seed's rule: a wedding within the window is CRITICAL; the last week is flagged URGENT too."""
+    if days_until <= 7:
+        return "URGENT"
+    return "CRITICAL" if days_until <= window_days else "ROUTINE"
+
+
+def _bundle_query(schema: str, table_spec, ids: list[int]) -> str:
+    id_list = ",".join(str(int(i)) for i in ids)  # ints from the database: safe to inline in COPY
+    table = f"{_quote_ident(schema)}.{_quote_ident(table_spec.name)}"
+    return (f"COPY (SELECT {table_spec.wedding_key} AS __wedding_id, t.* FROM {table} t {table_spec.join} "
+            f"WHERE {table_spec.wedding_key} = ANY(ARRAY[{id_list}]::bigint[]) ORDER BY 1) TO STDOUT")
+
+
+def _split_by_wedding(copy_chunks: Iterable[bytes]) -> Iterable[tuple[int, bytes]]:
+    """COPY text rows prefixed with the wedding id -> (wedding id, row without the prefix)."""
+    tail = b""
+    for chunk in copy_chunks:
+        data = tail + bytes(chunk)
+        lines = data.split(b"\n")
+        tail = lines.pop()
+        for line in lines:
+            key, _, row = line.partition(b"\t")
+            yield int(key), row + b"\n"
+    if tail:
+        raise ValueError("COPY stream ended inside a row")
+
+
+def extract_wedding_bundles(connect: Callable[[], Any], policy: Policy, data_class: DataClass, backup_id: str,
+                            staging: Path, wedding_ids: list[int] | None = None) -> Extraction:
+    """One bundle per wedding: every row of that wedding across the class's tables, from one snapshot.
+
+    Weddings are processed in batches: per batch, ONE query per table fetches the rows of all its
+    weddings (ordered by wedding), so 1,000 weddings cost about 14 x 5 queries, not 14,000.
+    """
+    schema = policy.source_schema
+    with consistent_snapshot(connect) as snapshot, snapshot_connection(connect, snapshot) as conn:
+        if wedding_ids is None:
+            selected = _critical_weddings(conn, schema, data_class.window_days)
+        else:
+            selected = conn.execute(
+                f"SELECT wedding_id, wedding_date FROM {_quote_ident(schema)}.weddings "
+                "WHERE wedding_id = ANY(%s) ORDER BY wedding_id", (list(wedding_ids),)).fetchall()
+            missing = sorted(set(wedding_ids) - {w for w, _ in selected})
+            if missing:
+                raise LookupError(f"wedding ids not found: {', '.join(map(str, missing))}")
+        days = {wid: (date - snapshot.today).days for wid, date in selected}
+        priorities = Counter(priority_of(d, data_class.window_days) for d in days.values())
+        log.info("%d weddings to bundle (window %d days): %s", len(selected), data_class.window_days,
+                 ", ".join(f"{p} {n}" for p, n in sorted(priorities.items())) or "none")
+        columns = {t.name: _columns(conn, schema, t.name) for t in data_class.bundle_tables}
+        definitions = {t.name: table_definition(conn, schema, t.name) for t in data_class.bundle_tables}
+        objects: list[StagedObject] = []
+        ids = [wid for wid, _ in selected]
+        for start in range(0, len(ids), data_class.batch_size):
+            batch = ids[start:start + data_class.batch_size]
+            sections: dict[int, list[tuple[str, int, bytes]]] = defaultdict(list)
+            for table_spec in data_class.bundle_tables:
+                per_wedding: dict[int, list[bytes]] = defaultdict(list)
+                with conn.cursor() as cur, cur.copy(_bundle_query(schema, table_spec, batch)) as copy:
+                    for wid, row in _split_by_wedding(copy):
+                        per_wedding[wid].append(row)
+                for wid in batch:
+                    rows = per_wedding.get(wid, [])
+                    sections[wid].append((table_spec.name, len(rows), b"".join(rows)))
+            for wid in batch:
+                objects.append(_write_bundle(staging, wid, sections.pop(wid), columns, policy.zstd_level,
+                                             priority_of(days[wid], data_class.window_days), days[wid]))
+    extraction = Extraction(backup_id, data_class.name, str(staging), snapshot.taken_at.isoformat(), objects)
+    extraction.notes = {"weddings": len(selected), "priorities": dict(priorities), "table_definitions": definitions}
+    return extraction
+
+
+def _write_bundle(staging: Path, wedding_id: int, sections: list[tuple[str, int, bytes]],
+                  columns: dict[str, list[str]], level: int, priority: str, days_until: int) -> StagedObject:
+    name = f"wedding-{wedding_id}.bundle"
+    path = staging / f"{name}.zst"
+    sink = _HashingCompressor(path, level)
+    rows = 0
+    for table, count, body in sections:
+        header = {"table": table, "columns": columns[table], "rows": count, "bytes": len(body)}
+        sink.write(json.dumps(header, separators=(",", ":")).encode() + b"\n")
+        sink.write(body)
+        rows += count
+    sha, size, compressed = sink.close()
+    return StagedObject(name=name, path=str(path), source=f"wedding:{wedding_id}", rows=rows, plaintext_sha256=sha,
+                        plaintext_size=size, compressed_size=compressed, wedding_id=wedding_id,
+                        extra={"priority": priority, "days_until": days_until})
+
+
+def read_bundle(stream: BinaryIO) -> Iterable[tuple[dict[str, Any], BinaryIO]]:
+    """Sections of a decompressed bundle: (header, a reader limited to that section's bytes)."""
+    while True:
+        line = stream.readline()
+        if not line:
+            return
+        header = json.loads(line)
+        section = _LimitedReader(stream, header["bytes"])
+        yield header, section
+        section.drain()
+
+
+class _LimitedReader:
+    def __init__(self, stream: BinaryIO, remaining: int):
+        self._stream, self.remaining = stream, remaining
+
+    def read(self, size: int = -1) -> bytes:
+        if self.remaining <= 0:
+            return b""
+        size = self.remaining if size < 0 else min(size, self.remaining)
+        data = self._stream.read(size)
+        if not data:
+            raise ValueError("bundle section is truncated")
+        self.remaining -= len(data)
+        return data
+
+    def drain(self) -> None:
+        while self.read(COPY_CHUNK_TARGET):
+            pass
+
+
+# --------------------------------------------------------------------------- assets
+
+# Formats that are already compressed: zstd would spend CPU for a ratio of 1.000.
+INCOMPRESSIBLE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".heic", ".mp4", ".mov", ".zip", ".gz",
+                           ".zst", ".7z"}
+
+
+def _hash_file(path: Path) -> str:
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(COPY_CHUNK_TARGET):
+            sha.update(chunk)
+    return sha.hexdigest()
+
+
+@dataclass
+class AssetFile:
+    path: str  # relative to the asset source, POSIX separators
+    sha256: str
+    size: int
+    mtime_ns: int
+
+
+def scan_assets(source: Path, known: dict[str, tuple[str, int, int]]) -> tuple[list[AssetFile], int]:
+    """Every regular file under `source` with its sha256; returns (files, how many were hashed).
+
+    `known` maps path -> (sha256, size, mtime_ns) from the last index: a file with the same size and mtime
+    is not read again (as restic and rsync do); anything else is hashed.
+    """
+    files: list[AssetFile] = []
+    hashed = 0
+    if not source.is_dir():
+        raise FileNotFoundError(f"asset source {source} is not a directory")
+    for dirpath, dirnames, filenames in os.walk(source):
+        dirnames.sort()
+        for filename in sorted(filenames):
+            full = Path(dirpath) / filename
+            st = full.lstat()
+            if not full.is_file() or full.is_symlink():
+                continue  # links could point outside the source
+            rel = full.relative_to(source).as_posix()
+            previous = known.get(rel)
+            if previous and previous[1] == st.st_size and previous[2] == st.st_mtime_ns:
+                sha = previous[0]
+            else:
+                sha = _hash_file(full)
+                hashed += 1
+            files.append(AssetFile(rel, sha, st.st_size, st.st_mtime_ns))
+    return files, hashed
+
+
+def blob_compression(path: str) -> str:
+    return "none" if Path(path).suffix.lower() in INCOMPRESSIBLE_SUFFIXES else "zstd"
+

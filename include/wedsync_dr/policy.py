@@ -1,0 +1,232 @@
+"""The backup policy (include/config/backup_policy.yaml): loaded, schema-checked, typed.
+
+DAG files parse it on every DAG-processor loop, so loading is cheap (one small YAML file, no I/O
+beyond it) and an invalid policy fails loudly as an import error naming the bad field.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from wedsync_dr.paths import CONFIG_DIR
+
+DEFAULT_POLICY_FILE = CONFIG_DIR / "backup_policy.yaml"
+_IDENT = r"^[a-z_][a-z0-9_]*$"
+_RETENTION = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {k: {"type": "integer", "minimum": 0}
+                   for k in ("hourly_hours", "daily_days", "weekly_weeks", "monthly_months")},
+}
+
+POLICY_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["version", "source_schema", "prefix", "quorum", "clouds", "data_classes", "upload", "pools",
+                 "emergency", "key_ring_conn_id"],
+    "properties": {
+        "version": {"const": 1},
+        "source_schema": {"type": "string", "pattern": _IDENT},
+        "prefix": {"type": "string", "pattern": r"^[a-z0-9][a-z0-9._-]*$"},
+        "quorum": {"type": "integer", "minimum": 1},
+        "staging_dir_env": {"type": "string"},
+        "key_ring_conn_id": {"type": "string"},
+        "zstd_level": {"type": "integer", "minimum": 1, "maximum": 19},
+        "clouds": {
+            "type": "array", "minItems": 1,
+            "items": {
+                "type": "object", "additionalProperties": False,
+                "required": ["name", "kind", "conn_id", "bucket"],
+                "properties": {
+                    "name": {"type": "string", "pattern": _IDENT},
+                    "kind": {"enum": ["s3", "azure_blob", "gcs"]},
+                    "conn_id": {"type": "string", "minLength": 1},
+                    "bucket": {"type": "string", "minLength": 3},
+                    "options": {"type": "object"},
+                },
+            },
+        },
+        "upload": {
+            "type": "object", "additionalProperties": False,
+            "required": ["retries", "retry_delay_seconds"],
+            "properties": {
+                "retries": {"type": "integer", "minimum": 0},
+                "retry_delay_seconds": {"type": "number", "minimum": 0},
+                "max_retry_delay_seconds": {"type": "number", "minimum": 0},
+            },
+        },
+        "pools": {
+            "type": "object",
+            "additionalProperties": {
+                "type": "object", "required": ["slots"],
+                "properties": {"slots": {"type": "integer", "minimum": 1}, "description": {"type": "string"}},
+            },
+        },
+        "emergency": {
+            "type": "object", "additionalProperties": False,
+            "required": ["pool", "priority_weight", "min_retention_days"],
+            "properties": {
+                "pool": {"type": "string"},
+                "priority_weight": {"type": "integer", "minimum": 1},
+                "min_retention_days": {"type": "integer", "minimum": 1},
+            },
+        },
+        "data_classes": {
+            "type": "object", "minProperties": 1,
+            "propertyNames": {"pattern": _IDENT},
+            "additionalProperties": {
+                "type": "object", "additionalProperties": False,
+                "required": ["kind", "schedule", "rpo_minutes", "priority_weight", "pool", "retention", "description"],
+                "properties": {
+                    "description": {"type": "string"},
+                    "kind": {"enum": ["tables", "wedding_bundles", "assets"]},
+                    "schedule": {"type": "string"},
+                    "rpo_minutes": {"type": "integer", "minimum": 1},
+                    "priority_weight": {"type": "integer", "minimum": 1},
+                    "pool": {"type": "string"},
+                    "retention": _RETENTION,
+                    "tables": {"type": "array", "minItems": 1, "items": {"type": "string", "pattern": _IDENT}},
+                    "window_days": {"type": "integer", "minimum": 1},
+                    "batch_size": {"type": "integer", "minimum": 1},
+                    "source_env": {"type": "string"},
+                    "bundle_tables": {
+                        "type": "object", "minProperties": 1, "propertyNames": {"pattern": _IDENT},
+                        "additionalProperties": {
+                            "type": "object", "additionalProperties": False, "required": ["wedding_key"],
+                            "properties": {"wedding_key": {"type": "string"}, "join": {"type": "string"}},
+                        },
+                    },
+                },
+                "allOf": [
+                    {"if": {"properties": {"kind": {"const": "tables"}}}, "then": {"required": ["tables"]}},
+                    {"if": {"properties": {"kind": {"const": "wedding_bundles"}}},
+                     "then": {"required": ["bundle_tables", "window_days"]}},
+                    {"if": {"properties": {"kind": {"const": "assets"}}}, "then": {"required": ["source_env"]}},
+                ],
+            },
+        },
+    },
+}
+
+
+class PolicyError(ValueError):
+    """The policy file is invalid; the message names the field."""
+
+
+@dataclass(frozen=True)
+class Cloud:
+    name: str
+    kind: str
+    conn_id: str
+    bucket: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BundleTable:
+    name: str
+    wedding_key: str
+    join: str = ""
+
+
+@dataclass(frozen=True)
+class DataClass:
+    name: str
+    description: str
+    kind: str  # tables | wedding_bundles | assets
+    schedule: str
+    rpo_minutes: int
+    priority_weight: int
+    pool: str
+    retention: dict[str, int]
+    tables: tuple[str, ...] = ()
+    bundle_tables: tuple[BundleTable, ...] = ()
+    window_days: int = 30
+    batch_size: int = 200
+    source_env: str = ""
+
+
+@dataclass(frozen=True)
+class Policy:
+    source_schema: str
+    prefix: str
+    quorum: int
+    clouds: tuple[Cloud, ...]
+    data_classes: dict[str, DataClass]
+    upload_retries: int
+    upload_retry_delay_seconds: float
+    upload_max_retry_delay_seconds: float
+    pools: dict[str, dict[str, Any]]
+    emergency_pool: str
+    emergency_priority_weight: int
+    emergency_min_retention_days: int
+    key_ring_conn_id: str
+    staging_dir_env: str = "WEDSYNC_STAGING_DIR"
+    zstd_level: int = 3
+
+    def cloud(self, name: str) -> Cloud:
+        for cloud in self.clouds:
+            if cloud.name == name:
+                return cloud
+        raise KeyError(f"no cloud named {name!r} in the policy (have: {', '.join(self.cloud_names)})")
+
+    @property
+    def cloud_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.clouds)
+
+    def staging_dir(self) -> Path:
+        configured = os.environ.get(self.staging_dir_env)
+        return Path(configured) if configured else Path("/tmp/wedsync-dr-staging")
+
+    def with_overrides(self, **changes: Any) -> Policy:
+        """A copy with some fields changed (tests use it to shorten retries)."""
+        return replace(self, **changes)
+
+
+def parse_policy(raw: dict[str, Any]) -> Policy:
+    try:
+        jsonschema.validate(raw, POLICY_SCHEMA)
+    except jsonschema.ValidationError as err:
+        where = "/".join(str(p) for p in err.absolute_path) or "(top level)"
+        raise PolicyError(f"backup policy invalid at {where}: {err.message}") from None
+    clouds = tuple(Cloud(**c) for c in raw["clouds"])
+    if len({c.name for c in clouds}) != len(clouds):
+        raise PolicyError("backup policy invalid at clouds: cloud names must be unique")
+    if raw["quorum"] > len(clouds):
+        raise PolicyError(f"backup policy invalid at quorum: {raw['quorum']} exceeds the {len(clouds)} clouds")
+    classes = {}
+    for name, spec in sorted(raw["data_classes"].items()):
+        spec = dict(spec)
+        bundle = tuple(BundleTable(table, **b) for table, b in spec.pop("bundle_tables", {}).items())
+        classes[name] = DataClass(name=name, tables=tuple(spec.pop("tables", ())), bundle_tables=bundle, **spec)
+        if classes[name].pool not in raw["pools"]:
+            raise PolicyError(f"backup policy invalid at data_classes/{name}/pool: unknown pool {spec['pool']!r}")
+    upload = raw["upload"]
+    emergency = raw["emergency"]
+    return Policy(
+        source_schema=raw["source_schema"], prefix=raw["prefix"], quorum=raw["quorum"], clouds=clouds,
+        data_classes=classes, upload_retries=upload["retries"],
+        upload_retry_delay_seconds=upload["retry_delay_seconds"],
+        upload_max_retry_delay_seconds=upload.get("max_retry_delay_seconds", 600),
+        pools=raw["pools"], emergency_pool=emergency["pool"], emergency_priority_weight=emergency["priority_weight"],
+        emergency_min_retention_days=emergency["min_retention_days"], key_ring_conn_id=raw["key_ring_conn_id"],
+        staging_dir_env=raw.get("staging_dir_env", "WEDSYNC_STAGING_DIR"), zstd_level=raw.get("zstd_level", 3),
+    )
+
+
+@cache
+def load_policy(path: Path | None = None) -> Policy:
+    """The policy from `path`, `$WEDSYNC_POLICY_FILE`, or include/config/backup_policy.yaml."""
+    path = path or Path(os.environ.get("WEDSYNC_POLICY_FILE", DEFAULT_POLICY_FILE))
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise PolicyError(f"cannot read backup policy {path}: {err}") from None
+    return parse_policy(raw)

@@ -1,0 +1,612 @@
+"""Restore: resolve a backup, stream its objects from the best cloud, verify, load -- never half-overwrite.
+
+Pipeline per object: stream download -> decrypt (each segment's tag verified before its bytes move on)
+-> decompress -> `COPY FROM` into a scratch/target schema, inside a savepoint. The ciphertext sha256 and
+the plaintext sha256/size are checked when the stream ends; any failure (missing object, checksum or tag
+mismatch, auth error, timeout) rolls the savepoint back and the same object is fetched from the next
+cloud, with the reason logged. Row counts are verified against the manifest before anything is committed.
+
+Targets:
+- default: a new schema `restore_<class>_<UTC timestamp>` (the live schema is not touched);
+- `in_place`: the rows load into a scratch schema first; only after verification are the live tables'
+  contents replaced, all in ONE transaction (a failure anywhere leaves live data exactly as it was).
+- assets: files are written under a target directory (paths can never escape it), each file via a
+  temporary name and renamed once its sha256 is verified.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, BinaryIO
+
+from wedsync_dr import crypto, extract
+from wedsync_dr.policy import Policy
+from wedsync_dr.requests import _BACKUP_TS, RestoreError, RestoreRequest, default_target
+from wedsync_dr.storage import ObjectStore, StorageError
+
+log = logging.getLogger(__name__)
+
+MANIFEST_NAME = "manifest.json"
+
+
+class BackupNotFound(RestoreError):
+    pass
+
+
+# ----------------------------------------------------------------------------- resolving
+
+
+def backup_time(backup_id: str) -> dt.datetime:
+    match = _BACKUP_TS.search(backup_id)
+    if not match:
+        raise ValueError(f"not a wedsync-dr backup id: {backup_id!r}")
+    return dt.datetime.strptime(match.group(1), "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.UTC)
+
+
+def resolve_from_catalog(catalog_conn, data_class: str, backup_id: str = "latest",
+                         point_in_time: dt.datetime | None = None) -> dict[str, Any] | None:
+    """The manifest of the wanted backup, from the catalog (None when the catalog does not know it)."""
+    if backup_id != "latest":
+        row = catalog_conn.execute(
+            "SELECT manifest FROM backup_catalog.backups WHERE backup_id = %s AND data_class = %s "
+            "AND status IN ('validated', 'degraded') AND manifest IS NOT NULL", (backup_id, data_class)).fetchone()
+    else:
+        row = catalog_conn.execute(
+            "SELECT manifest FROM backup_catalog.backups WHERE data_class = %s AND status IN ('validated', 'degraded') "
+            "AND manifest IS NOT NULL AND (%s::timestamptz IS NULL OR started_at <= %s) "
+            "ORDER BY started_at DESC LIMIT 1", (data_class, point_in_time, point_in_time)).fetchone()
+    return row[0] if row else None
+
+
+def list_manifest_keys(store: ObjectStore, policy: Policy, data_class: str) -> list[str]:
+    """Keys of every committed backup of a class in one cloud (a backup exists iff its manifest does)."""
+    return sorted(info.key for info in store.list(f"{policy.prefix}/{data_class}/")
+                  if info.key.endswith("/" + MANIFEST_NAME))
+
+
+def resolve_from_clouds(stores: dict[str, ObjectStore], policy: Policy, data_class: str, backup_id: str = "latest",
+                        point_in_time: dt.datetime | None = None) -> dict[str, Any]:
+    """Find the manifest in the clouds themselves (catalog lost), trying each cloud in turn."""
+    errors = []
+    for cloud, store in stores.items():
+        try:
+            keys = list_manifest_keys(store, policy, data_class)
+            candidates = []
+            for key in keys:
+                bid = key.rsplit("/", 2)[-2]
+                if backup_id != "latest" and bid != backup_id:
+                    continue
+                if point_in_time and backup_time(bid) > point_in_time:
+                    continue
+                candidates.append((backup_time(bid), key))
+            if candidates:
+                return json.loads(store.read_bytes(max(candidates)[1]))
+        except (StorageError, ValueError) as err:
+            errors.append(f"{cloud}: {err}")
+            log.warning("cannot list backups in %s: %s", cloud, err)
+    detail = f" ({'; '.join(errors)})" if errors else ""
+    raise BackupNotFound(f"no {data_class} backup matching {backup_id!r}"
+                         + (f" at or before {point_in_time.isoformat()}" if point_in_time else "") + detail)
+
+
+def resolve(policy: Policy, stores: dict[str, ObjectStore], data_class: str, *, backup_id: str = "latest",
+            point_in_time: dt.datetime | None = None, catalog_connect: Callable[[], Any] | None = None
+            ) -> dict[str, Any]:
+    """Catalog first; when it is unreachable or does not know the backup, the manifests in the clouds."""
+    if catalog_connect is not None:
+        try:
+            with catalog_connect() as conn:
+                manifest = resolve_from_catalog(conn, data_class, backup_id, point_in_time)
+            if manifest:
+                return manifest
+            log.info("catalog has no matching %s backup: looking in the clouds", data_class)
+        except Exception as err:  # noqa: BLE001 - any catalog failure means: go to the clouds
+            log.warning("catalog unavailable (%s: %s): resolving from the clouds", type(err).__name__, err)
+    return resolve_from_clouds(stores, policy, data_class, backup_id, point_in_time)
+
+
+def cloud_order(stores: dict[str, ObjectStore], preferred: str = "auto", healthy: Iterable[str] = ()) -> list[str]:
+    """Requested cloud first, then healthy ones, then any (policy order within each group)."""
+    healthy = [c for c in healthy if c in stores]
+    order = ([preferred] if preferred in stores else []) + healthy + list(stores)
+    return list(dict.fromkeys(order))
+
+
+# ----------------------------------------------------------------------------- reading one object
+
+
+class _HashingReader:
+    """A file-like that computes sha256 and size of what passes through: the ciphertext as it is
+    downloaded, and the plaintext as it is loaded, each checked against the manifest at the end."""
+
+    def __init__(self, stream: BinaryIO):
+        self._stream = stream
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def _seen(self, data: bytes) -> bytes:
+        self.sha256.update(data)
+        self.size += len(data)
+        return data
+
+    def read(self, n: int = -1) -> bytes:
+        return self._seen(self._stream.read(n))
+
+    def readline(self) -> bytes:
+        return self._seen(self._stream.readline())
+
+    def readinto(self, buffer) -> int:
+        data = self.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+
+def _data_key(entry: dict[str, Any], key_ring: crypto.KeyRing):
+    return key_ring.unwrap(crypto.WrappedKey.from_manifest(entry["encryption"]), object_name=entry["key"])
+
+
+@dataclass
+class Attempt:
+    cloud: str
+    ok: bool
+    reason: str = ""
+    seconds: float = 0.0
+
+
+def with_failover(entry: dict[str, Any], order: list[str], stores: dict[str, ObjectStore], key_ring: crypto.KeyRing,
+                  consume: Callable[[BinaryIO], Any], *, backup_id: str, savepoint=None
+                  ) -> tuple[Any, list[Attempt]]:
+    """Stream one object's verified plaintext into `consume`, trying each cloud until one works.
+
+    `savepoint` (a context-manager factory, e.g. `conn.transaction`) wraps each attempt so a failed one
+    is rolled back before the next cloud is tried.
+    """
+    attempts: list[Attempt] = []
+    from wedsync_dr.backup import expected_associated_data
+
+    data_key = _data_key(entry, key_ring)
+    ad = expected_associated_data(backup_id, entry)  # from where the object should be, not from the manifest
+    for cloud in order:
+        started = time.monotonic()
+        try:
+            with stores[cloud].open_read(entry["key"]) as raw:
+                verifier = _HashingReader(raw)
+                plaintext = crypto.decrypting_reader(verifier, data_key, ad, object_name=entry["key"],
+                                                     decompress=entry["compression"] == "zstd")
+                checked = _HashingReader(plaintext)
+                if savepoint is None:
+                    result = _consume_and_verify(entry, consume, checked, verifier)
+                else:
+                    with savepoint():
+                        result = _consume_and_verify(entry, consume, checked, verifier)
+            attempts.append(Attempt(cloud, True, seconds=time.monotonic() - started))
+            return result, attempts
+        except _RETRYABLE as err:
+            reason = f"{type(err).__name__}: {err}"
+            attempts.append(Attempt(cloud, False, reason, time.monotonic() - started))
+            log.warning("restore of %s from %s failed (%s); trying the next cloud", entry["key"], cloud, reason)
+    raise RestoreError(f"{entry['key']}: no cloud delivered a valid copy: "
+                       + "; ".join(f"{a.cloud}: {a.reason}" for a in attempts))
+
+
+class IntegrityError(RuntimeError):
+    pass
+
+
+def _consume_and_verify(entry, consume, checked: _HashingReader, verifier: _HashingReader):
+    result = consume(checked)
+    while checked.read(1 << 20):  # anything the consumer left unread still has to be verified
+        pass
+    if verifier.sha256.hexdigest() != entry["ciphertext_sha256"]:
+        raise IntegrityError("ciphertext sha256 differs from the manifest")
+    if checked.sha256.hexdigest() != entry["plaintext_sha256"] or checked.size != entry["plaintext_size"]:
+        raise IntegrityError("plaintext sha256/size differ from the manifest")
+    return result
+
+
+_RETRYABLE = (StorageError, crypto.DecryptionError, IntegrityError, OSError, ValueError)
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def create_scratch_table(conn, schema: str, table: str, definition: dict[str, Any]) -> None:
+    """Columns and types only: a scratch table takes rows as they were, constraints are checked on swap."""
+    columns = ", ".join(f"{_quote(c['name'])} {c['type']}" for c in definition["columns"])
+    conn.execute(f"CREATE TABLE {_quote(schema)}.{_quote(table)} ({columns})")
+
+
+def recreate_live_table(conn, schema: str, table: str, definition: dict[str, Any]) -> None:
+    """Recreate a dropped live table from the definition stored with the backup."""
+    columns = []
+    for c in definition["columns"]:
+        column = f"{_quote(c['name'])} {c['type']}"
+        if c.get("identity"):
+            column += " GENERATED " + ("ALWAYS" if c["identity"] == "a" else "BY DEFAULT") + " AS IDENTITY"
+        if c["not_null"]:
+            column += " NOT NULL"
+        columns.append(column)
+    conn.execute(f"CREATE TABLE {_quote(schema)}.{_quote(table)} ({', '.join(columns)})")
+    for constraint in definition["constraints"]:
+        conn.execute(f"ALTER TABLE {_quote(schema)}.{_quote(table)} ADD CONSTRAINT {_quote(constraint['name'])} "
+                     f"{constraint['definition']}")
+    for index in definition["indexes"]:
+        conn.execute(index)
+
+
+def copy_into(conn, schema: str, table: str, columns: list[str], stream: BinaryIO) -> int:
+    """COPY FROM a plaintext stream; returns the rows loaded."""
+    column_list = ", ".join(_quote(c) for c in columns)
+    with conn.cursor() as cur:
+        with cur.copy(f"COPY {_quote(schema)}.{_quote(table)} ({column_list}) FROM STDIN") as copy:
+            while chunk := stream.read(1 << 20):
+                copy.write(chunk)
+        return cur.rowcount
+
+
+@dataclass
+class RestoreReport:
+    backup_id: str
+    data_class: str
+    target: str
+    dry_run: bool = False
+    wedding_id: int | None = None
+    rows: dict[str, int] = field(default_factory=dict)
+    objects: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+    sources: dict[str, int] = field(default_factory=dict)  # cloud -> objects served
+    failovers: list[dict[str, str]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    def render(self) -> str:
+        lines = [f"restore of {self.data_class} backup {self.backup_id}"
+                 + (f", wedding {self.wedding_id}" if self.wedding_id else "")
+                 + (" (dry run: nothing written)" if self.dry_run else f" into {self.target}"),
+                 f"  {self.objects} objects, {self.bytes / 1e6:.1f} MB, {sum(self.rows.values()):,} rows "
+                 f"in {self.seconds:.2f}s",
+                 "  served by: " + ", ".join(f"{c} ({n})" for c, n in sorted(self.sources.items()))]
+        lines += [f"  {t}: {n:,} rows" for t, n in sorted(self.rows.items())]
+        lines += [f"  failover: {f['key']} from {f['cloud']}: {f['reason']}" for f in self.failovers]
+        return "\n".join(lines)
+
+
+def _record_attempts(report: RestoreReport, entry: dict[str, Any], attempts: list[Attempt]) -> None:
+    for attempt in attempts:
+        if attempt.ok:
+            report.sources[attempt.cloud] = report.sources.get(attempt.cloud, 0) + 1
+        else:
+            report.failovers.append({"key": entry["key"], "cloud": attempt.cloud, "reason": attempt.reason})
+
+
+def restore_tables(conn, manifest: dict[str, Any], stores: dict[str, ObjectStore], key_ring: crypto.KeyRing, *,
+                   order: list[str], target_schema: str, in_place: bool = False, live_schema: str = "wedsync",
+                   wedding_id: int | None = None, dry_run: bool = False) -> RestoreReport:
+    """Restore a table-class or wedding-bundle backup (see the module docstring for the guarantees)."""
+    started = time.monotonic()
+    report = RestoreReport(manifest["backup_id"], manifest["data_class"], target_schema, dry_run, wedding_id)
+    entries = [o for o in manifest["objects"] if not o.get("blob")]
+    bundles = any(o.get("wedding_id") is not None for o in entries)
+    if wedding_id is not None:
+        entries = [o for o in entries if o.get("wedding_id") == wedding_id] if bundles else entries
+        if not entries:
+            raise RestoreError(f"backup {manifest['backup_id']} holds no bundle for wedding {wedding_id}")
+    definitions = manifest.get("tables", {})
+    conn.autocommit = False
+    try:
+        if not dry_run:
+            conn.execute(f"CREATE SCHEMA {_quote(target_schema)}")
+            for table, definition in definitions.items():
+                create_scratch_table(conn, target_schema, table, definition)
+        for entry in entries:
+            if dry_run:
+                _, attempts = with_failover(entry, order, stores, key_ring, lambda s: None,
+                                            backup_id=manifest["backup_id"])
+            elif bundles:
+                loaded, attempts = with_failover(entry, order, stores, key_ring,
+                                                 lambda s: _load_bundle(conn, target_schema, s),
+                                                 backup_id=manifest["backup_id"], savepoint=conn.transaction)
+                for table, n in loaded.items():
+                    report.rows[table] = report.rows.get(table, 0) + n
+            else:
+                rows, attempts = with_failover(entry, order, stores, key_ring,
+                                               lambda s, e=entry: _load_table(conn, target_schema, e, s, wedding_id),
+                                               backup_id=manifest["backup_id"], savepoint=conn.transaction)
+                report.rows[entry["source"]] = rows
+            _record_attempts(report, entry, attempts)
+            report.objects += 1
+            report.bytes += entry["ciphertext_size"]
+        if not dry_run:
+            _verify_counts(conn, target_schema, entries, report, bundles, wedding_id)
+            if in_place:
+                swap_into_live(conn, target_schema, live_schema, definitions, wedding_id if bundles else None)
+                conn.execute(f"DROP SCHEMA {_quote(target_schema)} CASCADE")
+                report.target = f"{live_schema} (in place)"
+        conn.commit()
+    except BaseException:
+        conn.rollback()  # the scratch schema, the swap: all of it or none of it
+        raise
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def _load_table(conn, schema: str, entry: dict[str, Any], stream: BinaryIO, wedding_id: int | None) -> int:
+    if wedding_id is None or "wedding_id" not in entry["columns"]:
+        if wedding_id is not None:  # this table has no wedding: nothing of it belongs to one wedding
+            while stream.read(1 << 20):
+                pass
+            return 0
+        return copy_into(conn, schema, entry["source"], entry["columns"], stream)
+    position = entry["columns"].index("wedding_id")
+    wanted = str(wedding_id).encode()
+    return copy_into(conn, schema, entry["source"], entry["columns"],
+                     _FilteredRows(stream, lambda row: row.split(b"\t")[position] == wanted))
+
+
+class _FilteredRows:
+    """COPY text rows passing a predicate (one wedding's rows of a whole-table object)."""
+
+    def __init__(self, stream: BinaryIO, keep: Callable[[bytes], bool]):
+        self._stream, self._keep, self._tail = stream, keep, b""
+
+    def read(self, n: int = -1) -> bytes:
+        while True:
+            chunk = self._stream.read(1 << 20)
+            data = self._tail + chunk
+            if not chunk:
+                self._tail = b""
+                return data if data and self._keep(data.rstrip(b"\n")) else b""
+            lines = data.split(b"\n")
+            self._tail = lines.pop()
+            kept = [line + b"\n" for line in lines if self._keep(line)]
+            if kept:
+                return b"".join(kept)
+
+
+def _load_bundle(conn, schema: str, stream: BinaryIO) -> dict[str, int]:
+    loaded = {}
+    for header, section in extract.read_bundle(stream):
+        rows = copy_into(conn, schema, header["table"], header["columns"], section)
+        if rows != header["rows"]:
+            raise IntegrityError(f"bundle section {header['table']}: {rows} rows loaded, header says {header['rows']}")
+        loaded[header["table"]] = rows
+    return loaded
+
+
+def _verify_counts(conn, schema: str, entries, report: RestoreReport, bundles: bool, wedding_id) -> None:
+    """Row counts in the target must equal the manifest's (the whole-class case) before any commit."""
+    if bundles or wedding_id is not None:
+        return  # bundle sections are checked against their headers while loading
+    for entry in entries:
+        count = conn.execute(f"SELECT count(*) FROM {_quote(schema)}.{_quote(entry['source'])}").fetchone()[0]
+        if count != entry["rows"]:
+            raise RestoreError(f"{entry['source']}: {count} rows restored, the manifest says {entry['rows']}")
+
+
+def swap_into_live(conn, scratch: str, live: str, definitions: dict[str, Any], wedding_id: int | None) -> None:
+    """Make the live tables hold the verified scratch rows, inside the caller's (single) transaction.
+
+    Rows are matched by primary key: existing rows are updated, missing ones inserted, and -- for a whole
+    class -- rows the backup does not have are deleted. Rows of OTHER classes that reference these tables
+    (a client's form response pointing at a vendor's form) keep their targets, which TRUNCATE would refuse
+    and TRUNCATE ... CASCADE would destroy. A dropped table is recreated from the backup's definition.
+    Any constraint violation aborts the whole transaction: live data stays exactly as it was.
+    """
+    existing = {r[0] for r in conn.execute(
+        "SELECT tablename FROM pg_tables WHERE schemaname = %s", (live,)).fetchall()}
+    tables = list(definitions)  # the policy's order: parents before children
+    for table in tables:
+        if table not in existing:
+            recreate_live_table(conn, live, table, definitions[table])
+    keys = {t: _primary_key(definitions[t]) for t in tables}
+    # Rows come back exactly as backed up: application triggers (updated_at) must not rewrite them.
+    # The table owner may do this; the ALTERs are part of the one transaction like everything else.
+    for table in tables:
+        conn.execute(f"ALTER TABLE {_quote(live)}.{_quote(table)} DISABLE TRIGGER USER")
+    if wedding_id is None:
+        for table in reversed(tables):  # children first
+            if keys[table]:
+                match = " AND ".join(f"s.{_quote(c)} = t.{_quote(c)}" for c in keys[table])
+                conn.execute(f"DELETE FROM {_quote(live)}.{_quote(table)} t WHERE NOT EXISTS "
+                             f"(SELECT 1 FROM {_quote(scratch)}.{_quote(table)} s WHERE {match})")
+            else:
+                conn.execute(f"DELETE FROM {_quote(live)}.{_quote(table)}")
+    for table in tables:
+        definition = definitions[table]
+        names = [c["name"] for c in definition["columns"]]
+        columns = ", ".join(_quote(c) for c in names)
+        overriding = " OVERRIDING SYSTEM VALUE" if any(c.get("identity") for c in definition["columns"]) else ""
+        upsert = ""
+        if keys[table]:
+            updates = ", ".join(f"{_quote(c)} = EXCLUDED.{_quote(c)}" for c in names if c not in keys[table])
+            target = ", ".join(_quote(c) for c in keys[table])
+            upsert = f" ON CONFLICT ({target}) DO " + (f"UPDATE SET {updates}" if updates else "NOTHING")
+        conn.execute(f"INSERT INTO {_quote(live)}.{_quote(table)} ({columns}){overriding} "
+                     f"SELECT {columns} FROM {_quote(scratch)}.{_quote(table)}{upsert}")
+    for table in tables:
+        conn.execute(f"ALTER TABLE {_quote(live)}.{_quote(table)} ENABLE TRIGGER USER")
+    for table in tables:  # identity sequences continue after the restored ids
+        for c in definitions[table]["columns"]:
+            if c.get("identity"):
+                conn.execute(f"SELECT setval(pg_get_serial_sequence(%s, %s), "
+                             f"COALESCE((SELECT max({_quote(c['name'])}) FROM {_quote(live)}.{_quote(table)}), 0) + 1, "
+                             "false)", (f"{_quote(live)}.{_quote(table)}", c["name"]))
+
+
+def _primary_key(definition: dict[str, Any]) -> list[str]:
+    for constraint in definition["constraints"]:
+        if constraint["type"] == "p":
+            inner = constraint["definition"].removeprefix("PRIMARY KEY (").removesuffix(")")
+            return [c.strip().strip('"') for c in inner.split(",")]
+    return []
+
+
+# ----------------------------------------------------------------------------- assets
+
+
+def safe_target_path(root: Path, relative: str) -> Path:
+    """`root/relative`, refusing anything that could land outside `root` (absolute paths, `..`, links)."""
+    posix = PurePosixPath(relative)
+    if posix.is_absolute() or not posix.parts or any(p in ("..", "") for p in posix.parts) or "\\" in relative:
+        raise RestoreError(f"refusing to restore {relative!r}: the path would escape the target directory")
+    target = root.joinpath(*posix.parts)
+    if not target.resolve().is_relative_to(root.resolve()):
+        raise RestoreError(f"refusing to restore {relative!r}: it resolves outside the target directory")
+    return target
+
+
+def restore_assets(manifest: dict[str, Any], stores: dict[str, ObjectStore], key_ring: crypto.KeyRing, *,
+                   order: list[str], target_dir: Path, blob_entries: dict[str, dict[str, Any]],
+                   wedding_id: int | None = None, dry_run: bool = False) -> RestoreReport:
+    """Restore the files an assets backup's index lists into `target_dir` (verified, atomic per file)."""
+    started = time.monotonic()
+    report = RestoreReport(manifest["backup_id"], manifest["data_class"], str(target_dir), dry_run, wedding_id)
+    index_entry = next(o for o in manifest["objects"] if o["source"] == "asset-index")
+    index, attempts = with_failover(index_entry, order, stores, key_ring,
+                                    lambda s: [json.loads(line) for line in _lines(s)],
+                                    backup_id=manifest["backup_id"])
+    _record_attempts(report, index_entry, attempts)
+    if wedding_id is not None:
+        index = [f for f in index if f["path"].startswith(f"weddings/{wedding_id}/")]
+    targets = [(f, safe_target_path(target_dir, f["path"])) for f in index]  # validate every path first
+    for file, path in targets:
+        blob = blob_entries.get(file["sha256"])
+        if blob is None:
+            raise RestoreError(f"no stored blob for {file['path']} ({file['sha256']})")
+        if not dry_run:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.partial")
+
+        def write(stream, partial=partial):
+            if dry_run:
+                while stream.read(1 << 20):
+                    pass
+                return
+            with open(partial, "wb") as out:
+                while chunk := stream.read(1 << 20):
+                    out.write(chunk)
+
+        try:
+            _, attempts = with_failover(blob, order, stores, key_ring, write, backup_id=manifest["backup_id"])
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+        if not dry_run:
+            os.replace(partial, path)
+            os.utime(path, ns=(file["mtime_ns"], file["mtime_ns"]))
+        _record_attempts(report, blob, attempts)
+        report.objects += 1
+        report.bytes += blob["ciphertext_size"]
+    report.rows["files"] = len(targets)
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def _lines(stream: BinaryIO) -> Iterable[bytes]:
+    tail = b""
+    while chunk := stream.read(1 << 20):
+        data = tail + chunk
+        lines = data.split(b"\n")
+        tail = lines.pop()
+        yield from (line for line in lines if line)
+    if tail:
+        yield tail
+
+
+def run_restore(policy: Policy, request: RestoreRequest, *, stores: dict[str, ObjectStore],
+                key_ring: crypto.KeyRing, db_connect: Callable[[], Any],
+                catalog_connect: Callable[[], Any] | None = None, healthy: Iterable[str] = (),
+                asset_root: Path | None = None) -> RestoreReport:
+    """Resolve and restore what `request` asks for; returns the report (also logged)."""
+    manifest = resolve(policy, stores, request.data_class, backup_id=request.backup_id,
+                       point_in_time=request.point_in_time, catalog_connect=catalog_connect)
+    order = cloud_order(stores, request.source_cloud, healthy)
+    log.info("restoring %s backup %s (taken %s); clouds in order: %s", request.data_class, manifest["backup_id"],
+             manifest.get("snapshot_at"), ", ".join(order))
+    if policy.data_classes[request.data_class].kind == "assets":
+        target = Path(request.target) if request.target else (asset_root or policy.staging_dir().parent
+                                                                / "restores") / default_target(request)
+        blobs = {o["plaintext_sha256"]: o for o in manifest["objects"] if o.get("blob")}
+        blobs |= _blob_entries_from_catalog(catalog_connect, policy, manifest, blobs)
+        report = restore_assets(manifest, stores, key_ring, order=order, target_dir=target, blob_entries=blobs,
+                                wedding_id=request.wedding_id, dry_run=request.dry_run)
+    else:
+        target = "" if request.in_place else (request.target or default_target(request))
+        scratch = default_target(request) + "_scratch" if request.in_place else target
+        with db_connect() as conn:
+            report = restore_tables(conn, manifest, stores, key_ring, order=order, target_schema=scratch,
+                                    in_place=request.in_place, live_schema=manifest.get("source_schema", "wedsync"),
+                                    wedding_id=request.wedding_id, dry_run=request.dry_run)
+    log.info("%s", report.render())
+    return report
+
+
+def _blob_entries_from_catalog(catalog_connect, policy: Policy, manifest: dict[str, Any],
+                               have: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Blobs stored by earlier backups: their entries come from the catalog, or from the blobs' own metadata."""
+    wanted = [sha for sha in manifest.get("referenced_blobs", []) if sha not in have]
+    if not wanted:
+        return {}
+    from wedsync_dr import backup
+
+    entries: dict[str, dict[str, Any]] = {}
+    if catalog_connect is not None:
+        try:
+            with catalog_connect() as conn:
+                from wedsync_dr import catalog
+
+                known = catalog.known_asset_blobs(conn)
+            for sha in wanted:
+                if sha in known:
+                    entries[sha] = {"key": known[sha]["key"], "ciphertext_sha256": known[sha]["ciphertext_sha256"],
+                                    "ciphertext_size": known[sha]["ciphertext_size"], "plaintext_sha256": sha,
+                                    "plaintext_size": known[sha]["size"], "encryption": known[sha]["encryption"],
+                                    "compression": known[sha]["encryption"].get("compression", "none"),
+                                    "blob": True}
+        except Exception as err:  # noqa: BLE001 - fall back to the blobs' metadata
+            log.warning("catalog unavailable for blob keys (%s); reading blob metadata from the clouds", err)
+    missing = [sha for sha in wanted if sha not in entries]
+    if missing:
+        raise RestoreError(f"{len(missing)} referenced blobs are unknown to the catalog; run rebuild-catalog first "
+                           f"(e.g. {backup.blob_key(policy, missing[0])})")
+    return entries
+
+
+# ----------------------------------------------------------------------------- verify (like restic check --read-data)
+
+
+def verify_backup(manifest: dict[str, Any], stores: dict[str, ObjectStore], key_ring: crypto.KeyRing,
+                  clouds: Iterable[str], sample: float = 1.0, seed: int = 0) -> dict[str, list[str]]:
+    """Download, decrypt and checksum the backup's objects in each cloud; returns problems per cloud.
+
+    `sample` < 1 reads that fraction of the objects (at least one), chosen by `seed`, as
+    `restic check --read-data-subset` does.
+    """
+    import random
+
+    entries = list(manifest["objects"])
+    if sample < 1.0 and entries:
+        entries = random.Random(seed).sample(entries, max(1, round(len(entries) * sample)))
+    problems: dict[str, list[str]] = {}
+    for cloud in clouds:
+        problems[cloud] = []
+        for entry in entries:
+            try:
+                with_failover(entry, [cloud], stores, key_ring, lambda s: None, backup_id=manifest["backup_id"])
+            except RestoreError as err:
+                problems[cloud].append(str(err))
+    return problems

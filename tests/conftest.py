@@ -1,0 +1,125 @@
+"""Test-session wiring: Airflow settings for tests, and the real local stack started once per session.
+
+The stack (PostgreSQL + S3/Azure/GCS emulators) lives in `.local/test/stack`, apart from the one
+`make run` uses, and is stopped and deleted at the end of the session, pass or fail.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from wedsync_dr import local_stack
+
+REPO = Path(__file__).resolve().parents[1]
+TEST_ROOT = REPO / ".local" / "test"
+
+# Airflow reads its configuration when first imported: set it before any test imports airflow.
+os.environ.update(local_stack.airflow_settings(TEST_ROOT / "airflow"))
+os.environ["AIRFLOW__LOGGING__LOGGING_LEVEL"] = "INFO"
+(TEST_ROOT / "airflow").mkdir(parents=True, exist_ok=True)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "/integration/" in str(item.fspath):
+            item.add_marker(pytest.mark.integration)
+        if "airflow_api" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.airflow_api)
+
+
+@pytest.fixture(scope="session")
+def stack():
+    """The real local stack, with its AIRFLOW_CONN_* variables set in this process."""
+    directory = TEST_ROOT / "stack"
+    local_stack.destroy(directory)  # a previous run that was killed may have left data
+    state = local_stack.start(directory)
+    saved = dict(os.environ)
+    os.environ.update(local_stack.environment(state))
+    try:
+        yield state
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        local_stack.destroy(directory)
+
+
+@pytest.fixture(scope="session")
+def demo_data(stack):
+    """Demo data at test scale: 200 weddings, small asset files."""
+    import datetime as dt
+
+    import psycopg
+
+    from wedsync_dr import demo_data as demo
+
+    asset_dir = Path(local_stack.environment(stack)["WEDSYNC_ASSET_SOURCE"])
+    with psycopg.connect(stack.admin_url(local_stack.SOURCE_DB)) as conn:
+        report = demo.load(conn, demo.Scale(weddings=200, seed=7, photos=12, documents=12, asset_size_scale=0.02),
+                           asset_dir, today=dt.date.today(), owner=local_stack.OWNER_ROLE)
+    return report
+
+
+@pytest.fixture(scope="session")
+def airflow_db(stack):
+    """A migrated Airflow metadata DB (SQLite) with the policy's pools, for dag.test()."""
+    import subprocess
+    import sys
+
+    from wedsync_dr.policy import load_policy
+
+    airflow = Path(sys.executable).parent / "airflow"
+    result = subprocess.run([str(airflow), "db", "migrate"], env=os.environ.copy(), capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    local_stack.ensure_pools(load_policy())
+
+
+def run_dag(dag, conf: dict | None = None):
+    """dag.test() returns the DagRun (it does not raise when a task fails): the caller asserts its state."""
+    return dag.test(run_conf=conf)
+
+
+def http_json(method: str, url: str, body: dict | None = None, token: str | None = None) -> tuple[int, dict]:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}")
+
+
+@pytest.fixture(scope="module")
+def airflow_api(stack, demo_data, airflow_db):
+    """Airflow's components against the test stack, for this module only (SQLite: one writer family)."""
+    # Scheduled backups stay paused: only the DAGs a test drives run, and nothing runs behind its back.
+    url = local_stack.start_airflow(stack, port=local_stack.free_port(), dags_paused=True)
+    status, body = http_json("POST", f"{url}/auth/token",
+                            {"username": "admin", "password": stack.passwords["airflow_admin"]})
+    assert status == 201, body
+    token = body["access_token"]
+    deadline = time.monotonic() + 180
+    wanted = {"emergency_backup", "backup_health"}
+    while time.monotonic() < deadline:  # the dag-processor has to serialise the DAGs first
+        status, body = http_json("GET", f"{url}/api/v2/dags?limit=100", token=token)
+        if status == 200 and wanted <= {d["dag_id"] for d in body["dags"]}:
+            break
+        time.sleep(2)
+    else:
+        pytest.fail(f"DAGs not parsed in time: {body}")
+    for dag_id in sorted(wanted):
+        status, body = http_json("PATCH", f"{url}/api/v2/dags/{dag_id}", {"is_paused": False}, token)
+        assert status == 200, body
+    try:
+        yield url, token
+    finally:
+        for name in local_stack.AIRFLOW_COMPONENTS:
+            local_stack.stop_service(stack, name)

@@ -1,0 +1,138 @@
+"""Emergency backups through the real Airflow REST API (api-server, scheduler, dag-processor, triggerer)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.conftest import http_json as _request
+from wedsync_dr import backup, catalog
+from wedsync_dr.policy import load_policy
+
+POLICY = load_policy()
+
+
+@pytest.fixture(scope="module")
+def api(airflow_api):
+    return airflow_api
+
+
+def _trigger(api, conf: dict, dag_id: str = "emergency_backup", token: str | None = "use") -> tuple[int, dict]:
+    url, default_token = api
+    return _request("POST", f"{url}/api/v2/dags/{dag_id}/dagRuns", {"logical_date": None, "conf": conf},
+                    default_token if token == "use" else token)
+
+
+def _runs(api, dag_id: str = "emergency_backup") -> list[dict]:
+    url, token = api
+    status, body = _request("GET", f"{url}/api/v2/dags/{dag_id}/dagRuns?limit=100", token=token)
+    assert status == 200, body
+    return body["dag_runs"]
+
+
+def _wait(api, run_id: str, dag_id: str = "emergency_backup", timeout: float = 420) -> dict:
+    url, token = api
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status, run = _request("GET", f"{url}/api/v2/dags/{dag_id}/dagRuns/{run_id}", token=token)
+        if run.get("state") in ("success", "failed"):
+            return run
+        time.sleep(2)
+    pytest.fail(f"run {run_id} did not finish: {run}")
+
+
+def _task_states(api, run_id: str, dag_id: str = "emergency_backup") -> dict[str, str]:
+    url, token = api
+    status, body = _request("GET", f"{url}/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances?limit=200",
+                            token=token)
+    return {ti["task_id"]: ti["state"] for ti in body["task_instances"]}
+
+
+@pytest.mark.parametrize("conf", [
+    {"scope": "all"},                                                            # no reason
+    {"reason": "too short"},                                                     # < 10 characters
+    {"reason": "vendor outage before the wedding", "scope": "classes", "data_classes": ["invoices"]},
+    {"reason": "vendor outage before the wedding", "scope": "weddings"},         # no wedding_ids
+    {"reason": "vendor outage before the wedding", "scope": "all", "wedding_ids": [1]},
+    {"reason": "vendor outage before the wedding", "scope": "classes"},          # no data_classes
+])
+def test_invalid_conf_is_refused_with_400_and_no_run(api, conf):
+    before = len(_runs(api))
+    status, body = _trigger(api, conf)
+    assert status == 400, body
+    assert body.get("detail")
+    assert len(_runs(api)) == before
+
+
+def test_no_token_or_a_bad_token_is_refused(api):
+    status, _ = _trigger(api, {"reason": "vendor outage before the wedding"}, token=None)
+    assert status == 401
+    status, _ = _trigger(api, {"reason": "vendor outage before the wedding"}, token="not.a.jwt")
+    assert status in (401, 403)  # Airflow answers an undecodable token 403 "Invalid JWT token"
+
+
+def test_a_valid_trigger_backs_up_to_every_cloud(api, stack):
+    status, run = _trigger(api, {"reason": "Suspected breach at a vendor: snapshot now", "scope": "classes",
+                                 "data_classes": ["vendor_data"], "requested_by": "pytest"})
+    assert status == 200, run
+    finished = _wait(api, run["dag_run_id"])
+    assert finished["state"] == "success", _task_states(api, run["dag_run_id"])
+    with catalog.connect() as conn:
+        row = conn.execute("SELECT status, reason, requested_by, classes, clouds, backup_ids "
+                           "FROM backup_catalog.emergency_runs WHERE run_id = %s", (run["dag_run_id"],)).fetchone()
+        assert row[:4] == ("succeeded", "Suspected breach at a vendor: snapshot now", "pytest", ["vendor_data"])
+        assert row[4] == ["aws", "azure", "gcp"]
+        record = catalog.backup(conn, row[5][0])
+    assert record["labels"] == ["emergency"] and record["status"] == "validated"
+    for cloud, store in backup.stores(POLICY).items():
+        assert store.head(f"{record['prefix']}/manifest.json") is not None, cloud
+
+
+def test_unknown_wedding_ids_fail_fast_naming_them(api):
+    status, run = _trigger(api, {"reason": "Venue reports data loss for these weddings", "scope": "weddings",
+                                 "wedding_ids": [1, 987654]})
+    assert status == 200, run
+    finished = _wait(api, run["dag_run_id"], timeout=180)
+    assert finished["state"] == "failed"
+    states = _task_states(api, run["dag_run_id"])
+    assert states["check_request"] == "failed"
+    assert all(state in ("upstream_failed", "skipped", None) for task, state in states.items()
+               if task.endswith(".extract"))
+    with catalog.connect() as conn:
+        messages = [a["message"] for a in catalog.alerts(conn, kind="task_failed")
+                    if run["dag_run_id"] in a["message"]]
+    assert any("unknown wedding ids: 987654" in m for m in messages), messages
+
+
+def test_a_second_trigger_for_a_covered_scope_is_coalesced(api):
+    _, first = _trigger(api, {"reason": "Region outage: protect everything now", "scope": "all"})
+    time.sleep(3)
+    _, second = _trigger(api, {"reason": "Vendor outage, same incident", "scope": "classes",
+                               "data_classes": ["vendor_data"]})
+    second_done = _wait(api, second["dag_run_id"])
+    first_done = _wait(api, first["dag_run_id"])
+    assert first_done["state"] == "success", _task_states(api, first["dag_run_id"])
+    assert second_done["state"] == "success"
+    states = _task_states(api, second["dag_run_id"])
+    assert states["check_request"] == "skipped"
+    assert all(s == "skipped" for t, s in states.items() if t.endswith(".extract"))
+    with catalog.connect() as conn:
+        status, into = conn.execute("SELECT status, coalesced_into FROM backup_catalog.emergency_runs "
+                                    "WHERE run_id = %s", (second["dag_run_id"],)).fetchone()
+    assert (status, into) == ("coalesced", first["dag_run_id"])
+
+
+def test_a_stale_critical_wedding_triggers_an_emergency_by_itself(api):
+    with catalog.connect() as conn:  # every critical wedding's last backup is now 3 hours old (RPO 1 h)
+        conn.execute("UPDATE backup_catalog.backups SET started_at = started_at - interval '3 hours' "
+                     "WHERE data_class = 'critical_weddings'")
+    before = {r["dag_run_id"] for r in _runs(api)}
+    status, monitor = _trigger(api, {}, dag_id="backup_health")  # the monitor's routine run
+    assert status == 200, monitor
+    assert _wait(api, monitor["dag_run_id"], dag_id="backup_health", timeout=240)["state"] == "success"
+    new = [r for r in _runs(api) if r["dag_run_id"] not in before]
+    assert len(new) == 1, new
+    assert new[0]["conf"]["reason"].startswith("automatic:")
+    assert new[0]["conf"]["requested_by"] == "backup_health" and new[0]["conf"]["scope"] == "weddings"
+    assert _wait(api, new[0]["dag_run_id"])["state"] == "success"

@@ -1,0 +1,238 @@
+"""Operations against the real stack: health flips, RPO alerts, drills, retention, repair, the status plugin."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+import subprocess
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_dag
+from tests.integration.test_backup_dags import _sdk_get, _sdk_put
+from wedsync_dr import backup, catalog, crypto, drill, health, local_stack, repair, retention
+from wedsync_dr.orchestration import build_backup_dag
+from wedsync_dr.policy import load_policy
+
+POLICY = load_policy()
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+
+
+@pytest.fixture(scope="module")
+def ops(stack, demo_data, airflow_db):
+    """A fresh vendor_data backup, and a catalog connection."""
+    run = run_dag(build_backup_dag(POLICY, POLICY.data_classes["vendor_data"], doc_md="test"))
+    assert run.state == "success"
+    with catalog.connect() as conn:
+        yield conn
+
+
+def _newest(conn, data_class: str) -> dict:
+    backup_id = conn.execute("SELECT backup_id FROM backup_catalog.backups WHERE data_class = %s AND manifest IS NOT "
+                             "NULL ORDER BY started_at DESC LIMIT 1", (data_class,)).fetchone()[0]
+    return catalog.backup(conn, backup_id)
+
+
+# ----------------------------------------------------------------------------- health
+
+
+def test_a_stopped_cloud_turns_unhealthy_and_back(stack, ops):
+    stores = backup.stores(POLICY)
+
+    def check():
+        return health.record_checks(ops, [health.canary(s, POLICY) for s in stores.values()])
+
+    assert all(s["healthy"] for s in check().values())
+    local_stack.stop_service(stack, "azure")
+    try:
+        states = [check() for _ in range(health.UNHEALTHY_AFTER)]
+    finally:
+        local_stack.restart_emulator(stack, "azure")
+    assert [s["azure"]["healthy"] for s in states] == [True] * (health.UNHEALTHY_AFTER - 1) + [False]
+    assert states[-1]["azure"]["changed"] and states[-1]["aws"]["healthy"]
+    assert health.healthy_clouds(ops, POLICY) == ["aws", "gcp"]
+    recovered = check()
+    assert recovered["azure"]["healthy"] and recovered["azure"]["changed"]
+    assert health.healthy_clouds(ops, POLICY) == ["aws", "azure", "gcp"]
+
+
+def test_rpo_breach_alerts_and_asks_for_an_emergency(stack, ops):
+    now = dt.datetime.now(dt.UTC) + dt.timedelta(days=2)  # two days on, every class is past its RPO
+    with catalog.db_connector("wedsync_db")() as source:
+        breaches = health.rpo_breaches(ops, source, POLICY, now=now)
+    subjects = {b.subject for b in breaches}
+    assert {"vendor_data"} <= subjects
+    weddings = [b.wedding_id for b in breaches if b.wedding_id]
+    assert weddings  # the demo data always has weddings within 30 days
+    request = health.emergency_conf_for(POLICY, breaches, {})
+    assert request["scope"] == "weddings" and request["wedding_ids"] == sorted(weddings)
+    from wedsync_dr.emergency import validate_conf
+
+    validate_conf(POLICY, request)  # the monitor's request passes the same rules as a person's
+    with catalog.db_connector("wedsync_db")() as source:
+        assert not [b for b in health.rpo_breaches(ops, source, POLICY) if b.subject == "vendor_data"]
+
+
+# ----------------------------------------------------------------------------- drills
+
+
+def test_a_drill_restores_verifies_and_cleans_up(stack, ops):
+    key_ring = crypto.KeyRing.from_connection(POLICY.key_ring_conn_id)
+    result = drill.drill_class(POLICY, "vendor_data", ops, backup.stores(POLICY), key_ring,
+                               catalog.db_connector("wedsync_db_owner"), seed=1)
+    assert result["ok"] is True and result["rows"] > 0, result
+    with catalog.db_connector("wedsync_db_owner")() as conn:
+        assert not conn.execute("SELECT 1 FROM pg_namespace WHERE nspname LIKE 'drill_%'").fetchall()
+    row = ops.execute("SELECT ok, cloud FROM backup_catalog.drills ORDER BY drill_id DESC LIMIT 1").fetchone()
+    assert row == (True, result["cloud"])
+
+
+def test_a_drill_over_a_corrupted_copy_reports_failure(stack, ops):
+    key_ring = crypto.KeyRing.from_connection(POLICY.key_ring_conn_id)
+    manifest, cloud = drill.choose(ops, POLICY, "vendor_data")  # what the next drill will read, and where
+    originals = {}
+    for entry in manifest["objects"]:
+        originals[entry["key"]] = _sdk_get(stack, cloud, entry["key"])
+        data = bytearray(originals[entry["key"]])
+        data[-1] ^= 0x01
+        _sdk_put(stack, cloud, entry["key"], bytes(data))
+    try:
+        result = drill.drill_class(POLICY, "vendor_data", ops, backup.stores(POLICY), key_ring,
+                                   catalog.db_connector("wedsync_db_owner"), seed=2)
+    finally:
+        for key, data in originals.items():
+            _sdk_put(stack, cloud, key, data)
+    assert result["ok"] is False and result["cloud"] == cloud
+    alerts = catalog.alerts(ops, kind="drill_failed")
+    assert alerts and cloud in alerts[-1]["message"]
+
+
+# ----------------------------------------------------------------------------- retention
+
+
+def _history(now: dt.datetime) -> list[dict]:
+    """Hourly backups for 3 days, then one a day back 100 days, plus an old emergency one and a failed one."""
+    items = []
+    for hours in range(0, 72):
+        items.append({"backup_id": f"c-h{hours}", "data_class": "critical_weddings", "status": "validated",
+                      "started_at": now - dt.timedelta(hours=hours, minutes=5), "labels": []})
+    for days in range(3, 100):
+        items.append({"backup_id": f"c-d{days}", "data_class": "critical_weddings", "status": "validated",
+                      "started_at": now - dt.timedelta(days=days, hours=1), "labels": []})
+    items.append({"backup_id": "c-emergency-80d", "data_class": "critical_weddings", "status": "validated",
+                  "started_at": now - dt.timedelta(days=80, hours=7), "labels": ["emergency"]})
+    items.append({"backup_id": "c-failed", "data_class": "critical_weddings", "status": "failed",
+                  "started_at": now - dt.timedelta(days=2), "labels": []})
+    items.append({"backup_id": "v-only", "data_class": "vendor_data", "status": "degraded",
+                  "started_at": now - dt.timedelta(days=400), "labels": []})
+    return items
+
+
+def test_retention_keeps_exactly_what_the_policy_says():
+    now = dt.datetime(2026, 11, 22, 12, tzinfo=dt.UTC)
+    decided = retention.plan(POLICY, _history(now), now)
+    kept = set(decided.keep)
+    assert {f"c-h{h}" for h in range(48)} <= kept  # hourly_hours: 48
+    late_hourly = {f"c-h{h}" for h in range(49, 72)} & kept  # past 48 h only a day's newest stays
+    assert len(late_hourly) <= 2 and all(decided.keep[b] == ["daily"] for b in late_hourly)
+    daily = {b for b in kept if b.startswith("c-d")}
+    # one per day for 35 days (day 3's newest is an hourly backup of the same day)
+    assert {f"c-d{d}" for d in range(4, 35)} <= daily and "c-d3" in decided.delete
+    assert "c-emergency-80d" in kept and "emergency" in decided.keep["c-emergency-80d"]
+    assert "c-failed" in decided.delete
+    assert "v-only" in kept and decided.keep["v-only"] == ["newest good backup"]  # never the last one
+    assert "c-d99" in decided.delete  # older than every bucket: 12 weeks = 84 days, 12 months keeps monthly
+    monthly = [b for b, why in decided.keep.items() if why == ["monthly"]]
+    assert monthly and all(int(b[3:]) > 35 for b in monthly)
+    assert set(decided.delete).isdisjoint(kept)
+
+
+def test_retention_deletes_manifest_first_and_keeps_the_last_good_backup(stack, ops):
+    record = _newest(ops, "vendor_data")
+    stores = backup.stores(POLICY)
+    problems = retention.delete_backup({"aws": stores["aws"]}, record["prefix"])
+    assert problems == {}
+    assert stores["aws"].head(f"{record['prefix']}/manifest.json") is None
+    assert not list(stores["aws"].list(record["prefix"] + "/"))
+    repair.run(POLICY, ops, stores, only_degraded=False)  # put it back for the next tests
+
+
+# ----------------------------------------------------------------------------- repair
+
+
+def test_repair_heals_a_missing_and_a_corrupted_copy(stack, ops):
+    record = _newest(ops, "vendor_data")
+    first, second = record["manifest"]["objects"][:2]
+    stores = backup.stores(POLICY)
+    stores["gcp"].delete(first["key"])
+    stores["gcp"].delete(f"{record['prefix']}/manifest.json")
+    corrupted = bytearray(_sdk_get(stack, "azure", second["key"]))
+    corrupted[10] ^= 0xFF
+    _sdk_put(stack, "azure", second["key"], bytes(corrupted))
+    ops.execute("UPDATE backup_catalog.backups SET status = 'degraded' WHERE backup_id = %s", (record["backup_id"],))
+    results = repair.run(POLICY, ops, stores, only_degraded=True)
+    healed = next(r for r in results if r.backup_id == record["backup_id"])
+    assert sorted((k, t) for k, _, t in healed.copied) == sorted([(first["key"], "gcp"), (second["key"], "azure")])
+    assert not healed.unrepairable
+    assert catalog.backup(ops, record["backup_id"])["status"] == "validated"
+    assert stores["gcp"].head(f"{record['prefix']}/manifest.json") is not None
+    assert _sdk_get(stack, "azure", second["key"]) == _sdk_get(stack, "aws", second["key"])
+
+
+# ----------------------------------------------------------------------------- status plugin
+
+
+@pytest.fixture(scope="module")
+def api(airflow_api):
+    return airflow_api
+
+
+def _get(url: str, token: str | None = None) -> tuple[int, bytes]:
+    request = urllib.request.Request(url)
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+def test_status_api_requires_airflow_authentication(api, ops):
+    url, token = api
+    drill.drill_class(POLICY, "vendor_data", ops, backup.stores(POLICY),
+                      crypto.KeyRing.from_connection(POLICY.key_ring_conn_id), catalog.db_connector("wedsync_db_owner"))
+    assert _get(f"{url}/wedsync-dr/api/status")[0] == 401
+    assert _get(f"{url}/wedsync-dr/")[0] == 401
+    status, body = _get(f"{url}/wedsync-dr/api/status", token)
+    assert status == 200
+    data = json.loads(body)
+    assert set(data["classes"]) == set(POLICY.data_classes)
+    vendor = data["classes"]["vendor_data"]
+    assert vendor["last_backup"]["backup_id"] == _newest(ops, "vendor_data")["backup_id"]
+    assert vendor["rpo_ok"] is True and vendor["last_drill"] is not None
+    assert set(data["cloud_health"]) == {"aws", "azure", "gcp"}
+    assert isinstance(data["critical_weddings"], list)
+
+
+def test_status_page_renders_in_headless_chromium(api):
+    url, token = api
+    status, body = _get(f"{url}/wedsync-dr/", token)
+    assert status == 200 and b"wedsync-dr" in body and b"Backups per data class" in body
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not browser:
+        pytest.skip("no Chromium on this machine (apt-get install chromium); the page itself was checked above")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page = ARTIFACTS / "status-page.html"
+    page.write_bytes(body)
+    shot = ARTIFACTS / "status-page.png"
+    shot.unlink(missing_ok=True)
+    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                    f"--user-data-dir={ARTIFACTS / 'chromium-profile'}", "--window-size=1200,1000",
+                    f"--screenshot={shot}", page.as_uri()], check=True, capture_output=True, timeout=120)
+    assert shot.stat().st_size > 10_000
