@@ -12,7 +12,7 @@ STACK   := .local/stack
 WEDDINGS ?= 300
 STAMP   := $(VENV)/.installed
 
-.PHONY: help install run test down airflow lint lock clean
+.PHONY: help install browser run test down airflow lint lock clean
 
 help:
 	@echo "make run     set up everything and run the backups on the local stack"
@@ -49,8 +49,18 @@ run: install
 	$(BIN)/wedsync-dr restore --class critical_weddings --wedding-id soonest
 
 # Two sessions, each with its own stack: in-process dag.test() runs first; then the tests that drive a
-# real api-server + scheduler (they share Airflow's SQLite metadata DB, so never at the same time).
-test: install
+# real api-server + scheduler + dag-processor + triggerer (metadata in the stack's PostgreSQL).
+# The status-page test renders it in headless Chromium. Installed from Debian's packages when missing and
+# this is root on an apt system (about 40 s, once); elsewhere that one test skips and says why.
+browser:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+	 { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	   { DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 || \
+	     { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1; }; } && \
+	   echo "installed Debian's chromium for the status-page test"; } || \
+	 echo "no chromium: the status-page screenshot test will skip"
+
+test: install browser
 	$(BIN)/python -m pytest -m "not airflow_api" $(PYTEST_ARGS)
 	$(BIN)/python -m pytest -m airflow_api $(PYTEST_ARGS)
 

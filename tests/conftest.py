@@ -42,6 +42,9 @@ def stack():
     state = local_stack.start(directory)
     saved = dict(os.environ)
     os.environ.update(local_stack.environment(state))
+    # This process imported Airflow with its SQLite metadata DB (for dag.test()); the stack's Airflow
+    # components use the stack's PostgreSQL (local_stack.environment()).
+    os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = saved["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
     try:
         yield state
     finally:
@@ -99,7 +102,7 @@ def http_json(method: str, url: str, body: dict | None = None, token: str | None
 
 @pytest.fixture(scope="module")
 def airflow_api(stack, demo_data, airflow_db):
-    """Airflow's components against the test stack, for this module only (SQLite: one writer family)."""
+    """Airflow's components against the test stack (metadata in its PostgreSQL), for this module only."""
     # Scheduled backups stay paused: only the DAGs a test drives run, and nothing runs behind its back.
     url = local_stack.start_airflow(stack, port=local_stack.free_port(), dags_paused=True)
     status, body = http_json("POST", f"{url}/auth/token",

@@ -67,8 +67,9 @@ def staging_dir(policy: Policy, backup_id: str) -> Path:
 
 
 def stores(policy: Policy, names: list[str] | None = None) -> dict[str, ObjectStore]:
-    return {c.name: open_store(c.name, c.kind, c.conn_id, c.bucket, **c.options) for c in policy.clouds
-            if names is None or c.name in names}
+    return {c.name: open_store(c.name, c.kind, c.conn_id, c.bucket,
+                               **{"retention_mode": policy.immutability_mode, **c.options})
+            for c in policy.clouds if names is None or c.name in names}
 
 
 def _write_json(path: Path, value: Any) -> None:
@@ -88,7 +89,7 @@ def run_extract(policy: Policy, data_class: DataClass, *, connect: Callable[[], 
                 backup_id: str | None = None, started_at: dt.datetime | None = None,
                 wedding_ids: list[int] | None = None, labels: tuple[str, ...] = (), reason: str | None = None,
                 requested_by: str | None = None, dag_id: str | None = None, run_id: str | None = None,
-                workers: int = 2) -> dict[str, Any]:
+                workers: int = 2, min_retention_days: int = 0) -> dict[str, Any]:
     started_at = started_at or dt.datetime.now(dt.UTC)
     backup_id = backup_id or new_backup_id(data_class.name, started_at)
     staging = staging_dir(policy, backup_id)
@@ -118,7 +119,21 @@ def run_extract(policy: Policy, data_class: DataClass, *, connect: Callable[[], 
     return {"backup_id": backup_id, "data_class": data_class.name, "prefix": prefix,
             "started_at": started_at.isoformat(), "snapshot_at": extraction.snapshot_at,
             "staging_dir": str(staging), "labels": list(labels),
-            "reason": reason, "extract_seconds": round(seconds, 3), **totals, "notes": extraction.notes}
+            "reason": reason, "extract_seconds": round(seconds, 3), **totals, "notes": extraction.notes,
+            **_holds(policy, data_class, started_at, min_retention_days)}
+
+
+def _holds(policy: Policy, data_class: DataClass, started_at: dt.datetime, min_retention_days: int) -> dict:
+    """When the backup's objects stop being write-once (`lock_until`, None: not locked), and until when
+    retention must keep it (`retain_until`): fixed once per backup, so every cloud gets the same."""
+    lock_days = policy.lock_days(data_class)
+    keep_days = max(lock_days, min_retention_days)
+    return {"lock_until": (started_at + dt.timedelta(days=lock_days)).isoformat() if lock_days else None,
+            "retain_until": (started_at + dt.timedelta(days=keep_days)).isoformat() if keep_days else None}
+
+
+def _instant(value: str | None) -> dt.datetime | None:
+    return dt.datetime.fromisoformat(value) if value else None
 
 
 def _extract_assets(policy: Policy, data_class: DataClass, backup_id: str, staging: Path, catalog_conn):
@@ -249,6 +264,7 @@ def run_upload(policy: Policy, cloud: str, summary: dict[str, Any], store: Objec
     """Upload every encrypted object of the backup to one cloud (blobs only where that cloud lacks them)."""
     store = store or stores(policy, [cloud])[cloud]
     encrypted = _read_json(Path(summary["staging_dir"]) / "encrypt.json")
+    lock_until = _instant(summary.get("lock_until"))
     t0 = time.perf_counter()
     sent = skipped = 0
     sent_bytes = 0
@@ -260,7 +276,7 @@ def run_upload(policy: Policy, cloud: str, summary: dict[str, Any], store: Objec
         if obj["blob"]:  # blobs are self-describing: whoever finds one can open it with the key ring
             metadata |= {"wrapped-key": obj["encryption"]["wrapped_key"], "plaintext-sha256": obj["plaintext_sha256"]}
         store.put_file(obj["key"], Path(obj["path"]), sha256=obj["ciphertext_sha256"], md5=obj["ciphertext_md5"],
-                       crc32c=obj["ciphertext_crc32c"], metadata=metadata,
+                       crc32c=obj["ciphertext_crc32c"], metadata=metadata, retain_until=lock_until,
                        progress=_progress_logger(cloud, obj["name"], obj["ciphertext_size"])
                        if obj["ciphertext_size"] > 64 << 20 else None)
         sent += 1
@@ -362,7 +378,8 @@ def run_validate(policy: Policy, summary: dict[str, Any], upload_results: dict[s
             try:
                 store_map[cloud].put_bytes(f"{summary['prefix']}/{MANIFEST_NAME}", body,
                                            metadata={"backup-id": summary["backup_id"]},
-                                           content_type="application/json")
+                                           content_type="application/json",
+                                           retain_until=_instant(summary.get("lock_until")))
             except StorageError as err:
                 checks[cloud] = CopyCheck(cloud, "failed", f"manifest write failed: {err}")
                 good.remove(cloud)
@@ -386,7 +403,7 @@ def run_validate(policy: Policy, summary: dict[str, Any], upload_results: dict[s
             for o in encrypted if o["blob"]], summary["backup_id"])
         catalog.replace_asset_index(catalog_conn, files, summary["backup_id"])
     catalog.record_backup_result(catalog_conn, manifest, backup_id=summary["backup_id"], status=status,
-                                 copies=copies, retain_until=retain_until)
+                                 copies=copies, retain_until=retain_until or _instant(summary.get("retain_until")))
     if status == "degraded":
         missing = sorted(set(store_map) - set(good))
         alerts.alert(severity="warning", kind="backup_degraded", subject=summary["data_class"],
@@ -446,6 +463,7 @@ def build_manifest(policy: Policy, summary: dict[str, Any], encrypted: list[dict
         "labels": summary.get("labels", []),
         "reason": summary.get("reason"),
         "prefix": summary["prefix"],
+        "locked_until": summary.get("lock_until"),  # write-once in every cloud until then (None: not locked)
         "objects": objects,
         "referenced_blobs": _referenced_blobs(summary),
         "tables": _read_json(Path(summary["staging_dir"]) / "tables.json"),

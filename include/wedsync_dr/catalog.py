@@ -119,12 +119,12 @@ def alerts(conn, kind: str | None = None, backup_id: str | None = None) -> list[
 def backup(conn, backup_id: str) -> dict[str, Any] | None:
     row = conn.execute(
         "SELECT backup_id, data_class, status, started_at, finished_at, snapshot_at, labels, clouds_ok, "
-        "clouds_failed, manifest, error, prefix FROM backup_catalog.backups WHERE backup_id = %s",
+        "clouds_failed, manifest, error, prefix, retain_until FROM backup_catalog.backups WHERE backup_id = %s",
         (backup_id,)).fetchone()
     if not row:
         return None
     keys = ("backup_id", "data_class", "status", "started_at", "finished_at", "snapshot_at", "labels", "clouds_ok",
-            "clouds_failed", "manifest", "error", "prefix")
+            "clouds_failed", "manifest", "error", "prefix", "retain_until")
     record = dict(zip(keys, row, strict=True))
     record["copies"] = {cloud: status for cloud, (status, _) in copies(conn, backup_id).items()}
     return record

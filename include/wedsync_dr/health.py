@@ -86,6 +86,17 @@ def healthy_clouds(conn, policy: Policy) -> list[str]:
     return [c for c in policy.cloud_names if c not in unhealthy]
 
 
+def unhealthy_reason(conn, cloud: str) -> str | None:
+    """Why uploads should not wait on this cloud now, or None when it is healthy (or never checked)."""
+    row = conn.execute("SELECT failures_in_a_row, changed_at, last_error FROM backup_catalog.cloud_health "
+                       "WHERE cloud = %s AND NOT healthy", (cloud,)).fetchone()
+    if row is None:
+        return None
+    failures, since, error = row
+    return (f"cloud {cloud} is unhealthy since {since:%Y-%m-%d %H:%M:%S} UTC ({failures} failed checks in a row"
+            + (f"; last: {error}" if error else "") + ")")
+
+
 @dataclass
 class RpoBreach:
     subject: str  # a class name, or wedding:<id>

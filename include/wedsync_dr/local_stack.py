@@ -51,6 +51,10 @@ PG_SUPERUSER = "postgres"
 OWNER_ROLE = "wedsync_owner"
 READER_ROLE = "wedsync_backup"
 CATALOG_ROLE = "wedsync_catalog"
+# Airflow's own metadata DB lives in the same cluster: several Airflow processes write to it at once,
+# which SQLite serialises with "database is locked" errors under load.
+AIRFLOW_ROLE = "airflow"
+AIRFLOW_DB = "airflow"
 
 
 class StackError(RuntimeError):
@@ -259,7 +263,7 @@ def _start_postgres(state: StackState) -> None:
             shutil.rmtree(data)
         data.mkdir(parents=True)
         state.passwords.update({role: secrets.token_urlsafe(18) for role in
-                                (PG_SUPERUSER, OWNER_ROLE, READER_ROLE, CATALOG_ROLE)})
+                                (PG_SUPERUSER, OWNER_ROLE, READER_ROLE, CATALOG_ROLE, AIRFLOW_ROLE)})
         pwfile = data.parent / f".{data.name}.pw"
         pwfile.write_text(state.passwords[PG_SUPERUSER] + "\n")
         pwfile.chmod(0o600)
@@ -307,12 +311,12 @@ def _stop_postgres(state: StackState) -> None:
 
 
 def prepare_databases(state: StackState) -> None:
-    """Create the roles and the two databases (idempotent)."""
+    """Create the roles and the three databases: source, catalog, Airflow metadata (idempotent)."""
     import psycopg
     from psycopg import sql
 
     with psycopg.connect(state.db_url, autocommit=True) as conn:
-        for role in (OWNER_ROLE, READER_ROLE, CATALOG_ROLE):
+        for role in (OWNER_ROLE, READER_ROLE, CATALOG_ROLE, AIRFLOW_ROLE):
             password = state.passwords.setdefault(role, secrets.token_urlsafe(18))
             exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
             # utility statements take no bind parameters: quote the password as a literal
@@ -321,7 +325,7 @@ def prepare_databases(state: StackState) -> None:
         # The backup role reads everything and can write nothing.
         conn.execute(f'GRANT pg_read_all_data TO "{READER_ROLE}"')
         conn.execute(f'ALTER ROLE "{READER_ROLE}" SET default_transaction_read_only = on')
-        for database, owner in ((SOURCE_DB, OWNER_ROLE), (CATALOG_DB, CATALOG_ROLE)):
+        for database, owner in ((SOURCE_DB, OWNER_ROLE), (CATALOG_DB, CATALOG_ROLE), (AIRFLOW_DB, AIRFLOW_ROLE)):
             if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone():
                 conn.execute(f'CREATE DATABASE "{database}" OWNER "{owner}"')
 
@@ -391,7 +395,9 @@ def _create_buckets(state: StackState) -> None:
     s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{state.port('s3')}", region_name="us-east-1",
                       aws_access_key_id="testing", aws_secret_access_key="testing")
     if BUCKET not in {b["Name"] for b in s3.list_buckets().get("Buckets", [])}:
-        s3.create_bucket(Bucket=BUCKET)
+        # Object Lock can only be enabled when a bucket is created (it turns on versioning): the policy's
+        # `immutability` locks every backup object for some days.
+        s3.create_bucket(Bucket=BUCKET, ObjectLockEnabledForBucket=True)
     blob = BlobServiceClient.from_connection_string(azure_connection_string(state.port("azure")))
     try:
         blob.create_container(BUCKET)
@@ -406,6 +412,13 @@ def _create_buckets(state: StackState) -> None:
 def azure_connection_string(port: int) -> str:
     return (f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
             f"BlobEndpoint=http://127.0.0.1:{port}/{AZURITE_ACCOUNT};")
+
+
+def airflow_db_url(state: StackState) -> str:
+    """SQLAlchemy URL of the stack's Airflow metadata DB (psycopg2 sync; Airflow derives asyncpg from it)."""
+    parts = urlsplit(state.db_url)
+    return (f"postgresql+psycopg2://{AIRFLOW_ROLE}:{quote(state.passwords[AIRFLOW_ROLE], safe='')}"
+            f"@{parts.hostname}:{parts.port or 5432}/{AIRFLOW_DB}")
 
 
 def _pg_conn(state: StackState, role: str, database: str) -> dict:
@@ -445,7 +458,11 @@ def connections(state: StackState) -> dict[str, dict]:
 
 
 def airflow_settings(airflow_home: Path, port: int = AIRFLOW_PORT) -> dict[str, str]:
-    """Airflow configuration for one machine: SQLite metadata, LocalExecutor sized for 2 cores, loopback only."""
+    """Airflow configuration for one process family: SQLite metadata, LocalExecutor sized for 2 cores, loopback.
+
+    SQLite suits a single process (`dag.test()` in the test session); `environment()` points the
+    stack's Airflow components at PostgreSQL instead.
+    """
     return {
         "AIRFLOW_HOME": str(airflow_home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
@@ -467,6 +484,7 @@ def airflow_settings(airflow_home: Path, port: int = AIRFLOW_PORT) -> dict[str, 
 def environment(state: StackState) -> dict[str, str]:
     """Environment variables that point Airflow and the library at this stack."""
     env = airflow_settings(state.airflow_home, state.airflow_port)
+    env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = airflow_db_url(state)
     env["PATH"] = f"{Path(sys.executable).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}"
     # every Airflow process must share these, or tokens one signs the others reject
     env["AIRFLOW__API_AUTH__JWT_SECRET"] = state.passwords["airflow_jwt_secret"]
@@ -531,12 +549,22 @@ AIRFLOW_COMPONENTS = {
 
 
 def migrate_airflow_db(state: StackState) -> None:
-    """Create or upgrade the stack's Airflow metadata DB (idempotent; a few seconds on SQLite)."""
+    """Create or upgrade the stack's Airflow metadata DB in its PostgreSQL, with the policy's pools (idempotent)."""
     state.airflow_home.mkdir(parents=True, exist_ok=True)
-    migrate = subprocess.run([_venv_bin("airflow"), "db", "migrate"], env={**os.environ, **environment(state)},
-                             capture_output=True, text=True)
+    env = {**os.environ, **environment(state)}
+    migrate = subprocess.run([_venv_bin("airflow"), "db", "migrate"], env=env, capture_output=True, text=True)
     if migrate.returncode:
         raise StackError(f"airflow db migrate failed: {migrate.stderr.strip()[-2000:]}")
+    # The policy's pools: a task in a pool that does not exist is never scheduled.
+    from wedsync_dr.policy import load_policy
+
+    pools = state.airflow_home / "pools.json"
+    pools.write_text(json.dumps({name: {"slots": spec["slots"], "description": spec.get("description", ""),
+                                        "include_deferred": False} for name, spec in load_policy().pools.items()}))
+    imported = subprocess.run([_venv_bin("airflow"), "pools", "import", str(pools)], env=env, capture_output=True,
+                              text=True)
+    if imported.returncode:
+        raise StackError(f"airflow pools import failed: {imported.stderr.strip()[-2000:]}")
 
 
 def start_airflow(state: StackState, port: int | None = None, dags_paused: bool = False) -> str:

@@ -43,7 +43,7 @@ def backup_asset(data_class: str) -> Asset:
 
 
 def _skip(reason: str):
-    from airflow.exceptions import AirflowSkipException
+    from airflow.sdk.exceptions import AirflowSkipException
 
     return AirflowSkipException(reason)
 
@@ -74,7 +74,7 @@ def backup_pipeline(policy: Policy, data_class: DataClass, *, request=None, labe
                 policy, data_class, connect=catalog.db_connector("wedsync_db"), catalog_conn=catalog_conn,
                 wedding_ids=request.get("wedding_ids") if data_class.kind == "wedding_bundles" else None,
                 labels=labels, reason=request.get("reason"), requested_by=request.get("requested_by"),
-                dag_id=context["dag"].dag_id, run_id=context["run_id"])
+                dag_id=context["dag"].dag_id, run_id=context["run_id"], min_retention_days=min_retention_days or 0)
 
     @task(task_id="encrypt", **common)
     def encrypt_step(summary: dict) -> dict:
@@ -92,9 +92,21 @@ def backup_pipeline(policy: Policy, data_class: DataClass, *, request=None, labe
               retry_delay=dt.timedelta(seconds=policy.upload_retry_delay_seconds), retry_exponential_backoff=True,
               max_retry_delay=dt.timedelta(seconds=policy.upload_max_retry_delay_seconds), **common)
         def upload_step(summary: dict, cloud_name: str = cloud.name) -> dict:
-            """Upload the encrypted objects to one cloud; retried alone, never blocking the others."""
-            from wedsync_dr import backup
+            """Upload the encrypted objects to one cloud; retried alone, never blocking the others.
 
+            A cloud the health monitor marked unhealthy is skipped at once rather than retried for minutes:
+            the quorum decides whether the backup stands, and backup_repair copies it there on recovery.
+            """
+            from wedsync_dr import backup, catalog, health
+
+            try:
+                with catalog.connect() as conn:
+                    unhealthy = health.unhealthy_reason(conn, cloud_name)
+            except Exception as err:  # noqa: BLE001 - no health data is no reason to skip a copy
+                log.warning("cloud health unknown (%s): uploading to %s anyway", err, cloud_name)
+                unhealthy = None
+            if unhealthy:
+                raise _skip(f"{unhealthy}: not uploading; backup_repair copies this backup there on recovery")
             return backup.run_upload(policy, cloud_name, summary)
 
         upload_tasks.append(upload_step(encrypt_summary))
@@ -111,12 +123,9 @@ def backup_pipeline(policy: Policy, data_class: DataClass, *, request=None, labe
                 raise _skip("nothing was extracted in this run")
             raise RuntimeError("encrypt did not finish: nothing was uploaded, there is nothing to validate")
         results = {c.name: ti.xcom_pull(task_ids=_sibling(f"upload_to_{c.name}")) for c in policy.clouds}
-        retain_until = (dt.datetime.now(dt.UTC) + dt.timedelta(days=min_retention_days)
-                        if min_retention_days else None)
-        with catalog.connect() as catalog_conn:
+        with catalog.connect() as catalog_conn:  # the summary carries the backup's lock and keep dates
             result = backup.run_validate(policy, summary, results,
-                                         crypto.KeyRing.from_connection(policy.key_ring_conn_id), catalog_conn,
-                                         retain_until=retain_until)
+                                         crypto.KeyRing.from_connection(policy.key_ring_conn_id), catalog_conn)
         log.info("backup %s: %s in %s", result["backup_id"], result["status"].upper(), ", ".join(result["clouds_ok"]))
         return result
 
@@ -384,9 +393,20 @@ def build_health_dag(policy: Policy, doc_md: str, schedule: str = "*/5 * * * *")
             return request
 
         @task.short_circuit(ignore_downstream_trigger_rules=False)
-        def emergency_needed(request: dict | None) -> bool:
-            """Go on to the trigger only when the watch asked for an emergency backup."""
-            return request is not None
+        def emergency_needed(request: dict | None, ti=None) -> bool:
+            """Go on to the trigger only when the watch asked for an emergency backup and none is in flight.
+
+            One automatic request at a time: while an emergency run is queued or running, the monitor does
+            not pile another on top; five minutes later it looks again, and what is still at risk then is
+            asked for anew.
+            """
+            if request is None:
+                return False
+            in_flight = ti.get_dr_count(dag_id=EMERGENCY_DAG_ID, states=["queued", "running"])
+            if in_flight:
+                log.info("%d emergency run(s) already queued or running: not triggering another now", in_flight)
+                return False
+            return True
 
         emergency_conf = rpo_watch(check_clouds())
         trigger = TriggerDagRunOperator(

@@ -69,6 +69,14 @@ POLICY_SCHEMA: dict[str, Any] = {
                 "properties": {"slots": {"type": "integer", "minimum": 1}, "description": {"type": "string"}},
             },
         },
+        "immutability": {
+            "type": "object", "additionalProperties": False,
+            "required": ["mode", "days"],
+            "properties": {
+                "mode": {"enum": ["governance", "compliance"]},
+                "days": {"type": "integer", "minimum": 0},
+            },
+        },
         "emergency": {
             "type": "object", "additionalProperties": False,
             "required": ["pool", "priority_weight", "min_retention_days"],
@@ -96,6 +104,7 @@ POLICY_SCHEMA: dict[str, Any] = {
                     "window_days": {"type": "integer", "minimum": 1},
                     "batch_size": {"type": "integer", "minimum": 1},
                     "source_env": {"type": "string"},
+                    "immutable_days": {"type": "integer", "minimum": 0},
                     "bundle_tables": {
                         "type": "object", "minProperties": 1, "propertyNames": {"pattern": _IDENT},
                         "additionalProperties": {
@@ -151,6 +160,7 @@ class DataClass:
     window_days: int = 30
     batch_size: int = 200
     source_env: str = ""
+    immutable_days: int | None = None  # None: the policy-wide `immutability.days`
 
 
 @dataclass(frozen=True)
@@ -170,6 +180,13 @@ class Policy:
     key_ring_conn_id: str
     staging_dir_env: str = "WEDSYNC_STAGING_DIR"
     zstd_level: int = 3
+    immutability_mode: str = "governance"
+    immutability_days: int = 0
+
+    def lock_days(self, data_class: DataClass, at_least: int = 0) -> int:
+        """How long a backup's objects are write-once in every cloud (0: not locked)."""
+        days = self.immutability_days if data_class.immutable_days is None else data_class.immutable_days
+        return max(days, at_least)
 
     def cloud(self, name: str) -> Cloud:
         for cloud in self.clouds:
@@ -210,6 +227,7 @@ def parse_policy(raw: dict[str, Any]) -> Policy:
             raise PolicyError(f"backup policy invalid at data_classes/{name}/pool: unknown pool {spec['pool']!r}")
     upload = raw["upload"]
     emergency = raw["emergency"]
+    immutability = raw.get("immutability", {"mode": "governance", "days": 0})
     return Policy(
         source_schema=raw["source_schema"], prefix=raw["prefix"], quorum=raw["quorum"], clouds=clouds,
         data_classes=classes, upload_retries=upload["retries"],
@@ -218,6 +236,7 @@ def parse_policy(raw: dict[str, Any]) -> Policy:
         pools=raw["pools"], emergency_pool=emergency["pool"], emergency_priority_weight=emergency["priority_weight"],
         emergency_min_retention_days=emergency["min_retention_days"], key_ring_conn_id=raw["key_ring_conn_id"],
         staging_dir_env=raw.get("staging_dir_env", "WEDSYNC_STAGING_DIR"), zstd_level=raw.get("zstd_level", 3),
+        immutability_mode=immutability["mode"], immutability_days=immutability["days"],
     )
 
 

@@ -5,6 +5,8 @@ decrypts to exactly the source rows; assets are incremental; outages degrade or 
 from __future__ import annotations
 
 import base64
+import dataclasses
+import datetime as dt
 import hashlib
 import io
 import json
@@ -133,6 +135,42 @@ def test_backup_dag_copies_decrypt_to_the_source(stack, backup_env, key_ring, na
             plaintext = _decrypt(entry, ciphertext, key_ring)
             assert hashlib.sha256(plaintext).hexdigest() == entry["plaintext_sha256"]
             _assert_matches_source(stack, name, entry, plaintext)
+
+
+def test_backups_are_write_once_for_the_policys_immutability_days(stack, backup_env):
+    """S3 Object Lock on every object and the manifest; the catalog and retention hold the backup as long."""
+    import boto3
+    from botocore.exceptions import ClientError
+
+    from wedsync_dr import retention
+
+    backup_id = backup_env.execute("SELECT backup_id FROM backup_catalog.backups WHERE data_class = 'vendor_data' "
+                                   "AND status = 'validated' ORDER BY started_at DESC LIMIT 1").fetchone()[0]
+    record = catalog.backup(backup_env, backup_id)
+    started = dt.datetime.fromisoformat(record["manifest"]["created_at"])
+    locked_until = started + dt.timedelta(days=POLICY.immutability_days)
+    assert POLICY.immutability_days > 0 and POLICY.immutability_mode == "governance"
+    assert dt.datetime.fromisoformat(record["manifest"]["locked_until"]) == locked_until
+    assert record["retain_until"] == locked_until
+    s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{stack.port('s3')}", region_name="us-east-1",
+                      aws_access_key_id="testing", aws_secret_access_key="testing")
+    for key in [e["key"] for e in record["manifest"]["objects"]] + [f"{record['prefix']}/manifest.json"]:
+        head = s3.head_object(Bucket=local_stack.BUCKET, Key=key)
+        assert head["ObjectLockMode"] == "GOVERNANCE", key
+        assert head["ObjectLockRetainUntilDate"] == locked_until.replace(microsecond=0), key
+        with pytest.raises(ClientError, match="AccessDenied"):  # the locked version outlives any delete
+            s3.delete_object(Bucket=local_stack.BUCKET, Key=key, VersionId=head["VersionId"])
+    # a newer backup exists and every GFS bucket has lapsed: only the lock still holds this one
+    later = locked_until - dt.timedelta(hours=1)
+    history = [{"backup_id": backup_id, "data_class": "vendor_data", "status": "validated", "started_at": started,
+                "labels": [], "retain_until": record["retain_until"]},
+               {"backup_id": "newer", "data_class": "vendor_data", "status": "validated", "started_at": later,
+                "labels": []}]
+    rules = {"hourly_hours": 0, "daily_days": 0, "weekly_weeks": 0, "monthly_months": 0}
+    policy = POLICY.with_overrides(data_classes={"vendor_data": dataclasses.replace(
+        POLICY.data_classes["vendor_data"], retention=rules)})
+    assert backup_id in retention.plan(policy, history, later).keep
+    assert backup_id in retention.plan(policy, history, locked_until + dt.timedelta(minutes=1)).delete
 
 
 def _assert_matches_source(stack, name: str, entry: dict, plaintext: bytes) -> None:
@@ -268,3 +306,30 @@ def test_validate_catches_an_object_altered_in_one_cloud(stack, backup_env, key_
     assert result["status"] == "degraded"
     assert result["clouds_failed"] == ["azure"]
     assert result["copies"]["azure"][0] == "corrupt"
+
+
+def test_an_emergency_skips_a_cloud_marked_unhealthy(stack, backup_env):
+    """The monitor says azure is down: the emergency backup does not wait on it, and the quorum holds."""
+    from wedsync_dr.orchestration import build_emergency_dag
+
+    backup_env.execute(
+        "INSERT INTO backup_catalog.cloud_health (cloud, healthy, failures_in_a_row, last_error, changed_at, "
+        "checked_at) VALUES ('azure', false, 3, 'canary timed out', now(), now()) ON CONFLICT (cloud) DO UPDATE "
+        "SET healthy = false, failures_in_a_row = 3, last_error = 'canary timed out', changed_at = now()")
+    try:
+        run = run_dag(build_emergency_dag(POLICY, doc_md="test"),
+                      {"reason": "Azure region outage: protect vendor data", "scope": "classes",
+                       "data_classes": ["vendor_data"], "requested_by": "pytest"})
+    finally:
+        backup_env.execute("DELETE FROM backup_catalog.cloud_health WHERE cloud = 'azure'")
+    assert run.state == "success"
+    states = {ti.task_id: ti.state for ti in run.get_task_instances()}
+    assert states["vendor_data.upload_to_azure"] == "skipped"
+    assert states["vendor_data.upload_to_aws"] == states["vendor_data.upload_to_gcp"] == "success"
+    record = _latest(backup_env, "vendor_data")
+    assert record["status"] == "degraded" and record["labels"] == ["emergency"]
+    assert sorted(record["clouds_ok"]) == ["aws", "gcp"]
+    assert list(backup.stores(POLICY)["azure"].list(record["prefix"] + "/")) == []
+    clouds = backup_env.execute("SELECT clouds FROM backup_catalog.emergency_runs WHERE run_id = %s",
+                                (run.run_id,)).fetchone()[0]
+    assert clouds == ["aws", "gcp"]

@@ -309,7 +309,7 @@ def test_a_streaming_download_never_holds_the_object(service, stack, tmp_path):
 
 
 def test_s3_retention_sets_an_object_lock(stack):
-    """moto implements Object Lock, on a bucket created with it enabled (the default bucket is not)."""
+    """moto implements Object Lock, on a bucket created with it enabled (as the stack's bucket is)."""
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
     locked_bucket = f"wedsync-locked-{uuid.uuid4().hex[:8]}"
@@ -321,8 +321,15 @@ def test_s3_retention_sets_an_object_lock(stack):
                                                                                  retain_until=retain_until)
     assert info.retain_until == retain_until
     assert client.head_object(Bucket=locked_bucket, Key="m.json")["ObjectLockMode"] == "COMPLIANCE"
+    from botocore.exceptions import ClientError
+
+    version = client.list_object_versions(Bucket=locked_bucket, Prefix="m.json")["Versions"][0]["VersionId"]
+    with pytest.raises(ClientError, match="AccessDenied"):  # a locked version cannot be deleted before its time
+        client.delete_object(Bucket=locked_bucket, Key="m.json", VersionId=version)
+    plain_bucket = f"wedsync-plain-{uuid.uuid4().hex[:8]}"
+    client.create_bucket(Bucket=plain_bucket)
     with pytest.raises(StorageError, match="ObjectLockConfiguration"):  # the request reaches S3 and is refused
-        make_store("s3").put_bytes("test-storage/unlockable", b"{}", retain_until=retain_until)
+        make_store("s3", plain_bucket).put_bytes("unlockable", b"{}", retain_until=retain_until)
 
 
 def test_azure_retention_sends_an_immutability_policy(stack, monkeypatch):
