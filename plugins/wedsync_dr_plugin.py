@@ -6,8 +6,11 @@
   or the UI's session cookie), so they answer 401 exactly when Airflow's API would.
 - `EmergencyConfGuard`, a root middleware: a trigger of `emergency_backup` whose conf breaks a rule that
   spans fields (scope vs. wedding_ids / data_classes) is answered HTTP 400 before a run exists. Per-field
-  rules are Airflow's own Param validation (also 400). Requests without valid credentials pass through
-  untouched, so Airflow answers them 401 as usual: the guard never tells an anonymous caller anything.
+  rules are Airflow's own Param validation (also 400). A request without credentials passes through
+  untouched (Airflow answers 401); one whose bearer token does not verify is answered 401 with
+  `WWW-Authenticate: Bearer error="invalid_token"` (RFC 6750 s.3.1) where Airflow would say 403, so the
+  emergency endpoint tells "who are you?" (401) from "you may not" (403). Either way, before any conf
+  check: the guard never tells an unauthenticated caller anything about the request.
 """
 
 from __future__ import annotations
@@ -44,14 +47,16 @@ class EmergencyConfGuard:
         if problem is None:
             await self.app(scope, replay, send)
             return
-        payload = json.dumps({"detail": problem}).encode()
-        await send({"type": "http.response.start", "status": 400,
+        status, detail, extra_headers = problem
+        payload = json.dumps({"detail": detail}).encode()
+        await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(payload)).encode())]})
+                                (b"content-length", str(len(payload)).encode()), *extra_headers]})
         await send({"type": "http.response.body", "body": payload})
 
     @staticmethod
-    async def _problem(scope, body: bytes) -> str | None:
+    async def _problem(scope, body: bytes) -> tuple[int, str, list] | None:
+        """(status, detail, headers) to answer instead of Airflow, or None to let Airflow handle it."""
         headers = dict(scope.get("headers") or [])
         authorization = headers.get(b"authorization", b"").decode()
         if not authorization.lower().startswith("bearer "):
@@ -60,8 +65,8 @@ class EmergencyConfGuard:
             from airflow.api_fastapi.app import get_auth_manager
 
             await get_auth_manager().get_user_from_token(authorization.split(" ", 1)[1])
-        except Exception:  # noqa: BLE001 - any invalid token: let Airflow answer it
-            return None
+        except Exception:  # noqa: BLE001 - undecodable, forged, expired: the caller is not authenticated
+            return 401, "Invalid JWT token", [(b"www-authenticate", b'Bearer error="invalid_token"')]
         try:
             conf = (json.loads(body or b"{}") or {}).get("conf") or {}
         except (ValueError, AttributeError):
@@ -74,7 +79,7 @@ class EmergencyConfGuard:
         try:
             validate_conf(load_policy(), conf)
         except EmergencyRequestError as err:
-            return str(err)
+            return 400, str(err), []
         return None
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import io
 import json
 import logging
 import os
@@ -138,6 +139,20 @@ def consistent_snapshot(connect: Callable[[], Any]):
 
 
 @contextmanager
+def snapshot_copy_connection(connect, snapshot: Snapshot):
+    """A psycopg2 connection (`connect.copy_out()`, see catalog.DbConnector) inside the exported snapshot."""
+    conn = connect.copy_out()
+    try:
+        conn.set_session(isolation_level="REPEATABLE READ", readonly=True)
+        with conn.cursor() as cur:  # the first statement of the transaction psycopg2 opens
+            cur.execute("SET TRANSACTION SNAPSHOT %s", (snapshot.snapshot_id,))
+        yield conn
+    finally:
+        conn.rollback()
+        conn.close()
+
+
+@contextmanager
 def snapshot_connection(connect: Callable[[], Any], snapshot: Snapshot):
     conn = connect()
     try:
@@ -190,39 +205,98 @@ def _quote_ident(name: str) -> str:
 # --------------------------------------------------------------------------- table classes
 
 
-def _copy_table(conn, schema: str, table: str, path: Path, level: int) -> StagedObject:
-    columns = _columns(conn, schema, table)
-    sink = _HashingCompressor(path, level)
-    try:
-        with conn.cursor() as cur:
-            with cur.copy(f"COPY {_quote_ident(schema)}.{_quote_ident(table)} TO STDOUT") as copy:
-                for chunk in copy:
-                    sink.write(chunk)
-            rows = cur.rowcount
-    except BaseException:
-        sink.abort()
-        raise
-    sha, size, compressed = sink.close()
-    return StagedObject(name=f"{table}.copy", path=str(path), source=table, rows=rows, plaintext_sha256=sha,
-                        plaintext_size=size, compressed_size=compressed, columns=columns)
+class _BlockSink(io.RawIOBase):
+    """The raw end of a BufferedWriter: receives the COPY stream in blocks of `COPY_CHUNK_TARGET` bytes."""
+
+    def __init__(self, sink: _HashingCompressor):
+        self._sink = sink
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, block) -> int:
+        self._sink.write(block)
+        return len(block)
 
 
-def extract_tables(connect: Callable[[], Any], policy: Policy, data_class: DataClass, backup_id: str,
-                   staging: Path, workers: int = 2) -> Extraction:
-    """One object per table of the class, all from one snapshot, `workers` tables at a time."""
+def copy_out(conn, query: str, sink: _HashingCompressor) -> int:
+    """Run `COPY ... TO STDOUT` on a psycopg2 connection into `sink`; returns the row count.
+
+    psycopg2 passes each row to the BufferedWriter's C `write` (a memcpy); hashing and compression see
+    1 MiB blocks, and both release the GIL on them, so parallel workers really run in parallel.
+    """
+    writer = io.BufferedWriter(_BlockSink(sink), buffer_size=COPY_CHUNK_TARGET)
+    with conn.cursor() as cur:
+        cur.copy_expert(query, writer, size=COPY_CHUNK_TARGET)
+        rows = cur.rowcount
+    writer.flush()
+    return rows
+
+
+@dataclass
+class CopyJob:
+    """One object of a table class: a whole table, or one block range of a large one."""
+
+    table: str
+    name: str
+    query: str
+    estimated_bytes: int
+
+
+def plan_copies(conn, schema: str, tables: Iterable[str], part_bytes: int) -> list[CopyJob]:
+    """Whole tables, and tables larger than `part_bytes` split into block ranges, largest first.
+
+    A part selects `ctid` in [first block, next part's first block) -- a TID range scan, so each part
+    reads only its own blocks; the last part has no upper bound. Largest first balances the workers.
+    """
+    jobs = []
+    for table in tables:
+        qualified = f"{_quote_ident(schema)}.{_quote_ident(table)}"
+        size, block_size = conn.execute("SELECT pg_relation_size(%s::regclass), current_setting('block_size')::int",
+                                        (qualified,)).fetchone()
+        parts = max(1, -(-size // part_bytes)) if part_bytes else 1
+        if parts == 1:
+            jobs.append(CopyJob(table, f"{table}.copy", f"COPY {qualified} TO STDOUT", size))
+            continue
+        blocks = size // block_size
+        bounds = [blocks * i // parts for i in range(parts)] + [None]
+        for i in range(parts):
+            upper = f" AND ctid < '({bounds[i + 1]},0)'::tid" if bounds[i + 1] is not None else ""
+            jobs.append(CopyJob(table, f"{table}.part{i + 1:03d}.copy",
+                                f"COPY (SELECT * FROM {qualified} WHERE ctid >= '({bounds[i]},0)'::tid{upper}) "
+                                "TO STDOUT", size // parts))
+    return sorted(jobs, key=lambda job: job.estimated_bytes, reverse=True)
+
+
+def extract_tables(connect, policy: Policy, data_class: DataClass, backup_id: str, staging: Path,
+                   workers: int = 2) -> Extraction:
+    """The class's tables (large ones in parts), all from one snapshot, `workers` objects at a time."""
+    schema = policy.source_schema
     with consistent_snapshot(connect) as snapshot:
-        def copy_one(table: str) -> StagedObject:
-            with snapshot_connection(connect, snapshot) as conn:
-                obj = _copy_table(conn, policy.source_schema, table, staging / f"{table}.copy.zst", policy.zstd_level)
-            log.info("extracted %s: %s rows, %.1f MB -> %.1f MB zstd", table, f"{obj.rows:,}",
-                     obj.plaintext_size / 1e6, obj.compressed_size / 1e6)
-            return obj
-
-        # Largest tables first would balance better; table order is the policy's, which is stable.
-        with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="extract") as pool:
-            objects = list(pool.map(copy_one, data_class.tables))
         with snapshot_connection(connect, snapshot) as conn:
-            definitions = {t: table_definition(conn, policy.source_schema, t) for t in data_class.tables}
+            columns = {t: _columns(conn, schema, t) for t in data_class.tables}
+            definitions = {t: table_definition(conn, schema, t) for t in data_class.tables}
+            jobs = plan_copies(conn, schema, data_class.tables, int(data_class.part_size_mb * (1 << 20)))
+
+        def copy_one(job: CopyJob) -> StagedObject:
+            path = staging / f"{job.name}.zst"
+            sink = _HashingCompressor(path, policy.zstd_level)
+            try:
+                with snapshot_copy_connection(connect, snapshot) as conn:
+                    rows = copy_out(conn, job.query, sink)
+            except BaseException:
+                sink.abort()
+                raise
+            sha, size, compressed = sink.close()
+            log.info("extracted %s: %s rows, %.1f MB -> %.1f MB zstd", job.name, f"{rows:,}", size / 1e6,
+                     compressed / 1e6)
+            return StagedObject(name=job.name, path=str(path), source=job.table, rows=rows, plaintext_sha256=sha,
+                                plaintext_size=size, compressed_size=compressed, columns=columns[job.table])
+
+        with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="extract") as pool:
+            objects = list(pool.map(copy_one, jobs))
+    order = {t: i for i, t in enumerate(data_class.tables)}  # objects listed in the policy's table order
+    objects.sort(key=lambda o: (order[o.source], o.name))
     return Extraction(backup_id, data_class.name, str(staging), snapshot.taken_at.isoformat(), objects,
                       notes={"table_definitions": definitions})
 

@@ -77,6 +77,27 @@ POLICY_SCHEMA: dict[str, Any] = {
                 "days": {"type": "integer", "minimum": 0},
             },
         },
+        "alerts": {
+            "type": "object", "additionalProperties": False,
+            "properties": {
+                "notifiers": {
+                    "type": "array",
+                    "items": {
+                        "type": "object", "additionalProperties": False,
+                        "required": ["kind", "conn_id"],
+                        "properties": {
+                            "kind": {"enum": ["smtp", "slack", "webhook"]},
+                            "conn_id": {"type": "string", "minLength": 1},
+                            "min_severity": {"enum": ["info", "warning", "critical"]},
+                            "to": {"type": "array", "minItems": 1, "items": {"type": "string"}},
+                            "from_email": {"type": "string"},
+                            "endpoint": {"type": "string"},
+                        },
+                        "allOf": [{"if": {"properties": {"kind": {"const": "smtp"}}}, "then": {"required": ["to"]}}],
+                    },
+                },
+            },
+        },
         "emergency": {
             "type": "object", "additionalProperties": False,
             "required": ["pool", "priority_weight", "min_retention_days"],
@@ -105,6 +126,7 @@ POLICY_SCHEMA: dict[str, Any] = {
                     "batch_size": {"type": "integer", "minimum": 1},
                     "source_env": {"type": "string"},
                     "immutable_days": {"type": "integer", "minimum": 0},
+                    "part_size_mb": {"type": "number", "minimum": 0},
                     "bundle_tables": {
                         "type": "object", "minProperties": 1, "propertyNames": {"pattern": _IDENT},
                         "additionalProperties": {
@@ -161,6 +183,7 @@ class DataClass:
     batch_size: int = 200
     source_env: str = ""
     immutable_days: int | None = None  # None: the policy-wide `immutability.days`
+    part_size_mb: float = 128  # tables larger than this are extracted in parts (0: never split)
 
 
 @dataclass(frozen=True)
@@ -182,6 +205,7 @@ class Policy:
     zstd_level: int = 3
     immutability_mode: str = "governance"
     immutability_days: int = 0
+    notifiers: tuple[dict[str, Any], ...] = ()
 
     def lock_days(self, data_class: DataClass, at_least: int = 0) -> int:
         """How long a backup's objects are write-once in every cloud (0: not locked)."""
@@ -237,6 +261,7 @@ def parse_policy(raw: dict[str, Any]) -> Policy:
         emergency_min_retention_days=emergency["min_retention_days"], key_ring_conn_id=raw["key_ring_conn_id"],
         staging_dir_env=raw.get("staging_dir_env", "WEDSYNC_STAGING_DIR"), zstd_level=raw.get("zstd_level", 3),
         immutability_mode=immutability["mode"], immutability_days=immutability["days"],
+        notifiers=tuple(raw.get("alerts", {}).get("notifiers", ())),
     )
 
 
