@@ -1,14 +1,15 @@
 """Benchmark: the backup pipeline against named anchors, in one run, printed as ratios (not a test).
 
-    .venv/bin/python bench/bench_backup.py [--weddings 20000] [--skip-load]
+    .venv/bin/python bench/bench_backup.py [--gb 1] [--rss-gb 4] [--skip-load]
 
-Uses the local stack of `make run` (started if needed) with demo data at the given scale (20,000 weddings
-is about 1 GB of table data). Measures, on the same database:
-1. `backup_client_data`'s extract + compress + encrypt (the library steps its tasks run) vs
-   `pg_dump -Fc` and vs `pg_dump -Fp | zstd -3` of the same tables (goal: >= 1.2x the latter);
-2. the three uploads (one per cloud, concurrently, as the DAG's three tasks run) vs one raw SDK upload of
-   the same object to the slowest emulator (goal: <= 1.2x);
-3. the peak RSS of each step, each run in its own process (goal: <= 200 MB at 1 GB and at 4 GB).
+Uses the local stack of `make run` (started if needed) with demo data sized so that `client_data` holds
+about `--gb` GB of table text (40,000 weddings per GB). Measures, on the same database:
+1. `backup_client_data`'s extract + compress + encrypt (the library steps its tasks run, each in its own
+   process, timed inside it) vs `pg_dump -Fc` and vs `pg_dump -Fp | zstd -3` of the same tables
+   (goal: >= 1.2x the latter's throughput);
+2. the three uploads (one process per cloud, concurrently, as the DAG's three tasks run) vs one raw SDK
+   upload of the same objects to the slowest emulator (goal: <= 1.2x);
+3. the peak RSS (VmHWM) of each step's process, at `--gb` and again at `--rss-gb` (goal: <= 200 MB at both).
 Shared cores make figures swing by about +-25%: compare the ratios, not the absolute numbers.
 """
 
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import shutil
 import subprocess
@@ -24,10 +24,9 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "include"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from wedsync_dr import local_stack  # noqa: E402
+from common import REPO, WEDDINGS_PER_GB, load, local_stack, stack_with_data  # noqa: E402
 
 STEP_SCRIPT = """
 import json, os, sys, time
@@ -93,18 +92,33 @@ def raw_sdk_upload(stack, cloud: str, path: Path, key: str) -> float:
     return time.perf_counter() - t0
 
 
+def pipeline(policy, env) -> tuple[dict, dict, dict, float]:
+    """extract, encrypt, then the three uploads at once: (extract, encrypt, uploads, uploads' wall seconds)."""
+    extracted = run_step("extract", None, env)
+    encrypted = run_step("encrypt", extracted["out"], env)
+    started = time.perf_counter()
+    procs = {cloud: subprocess.Popen(
+        [sys.executable, "-c", STEP_SCRIPT.format(include=str(REPO / "include")), "upload",
+         json.dumps({"cloud": cloud, "summary": encrypted["out"]})], env=env, stdout=subprocess.PIPE, text=True)
+        for cloud in policy.cloud_names}
+    uploads = {cloud: json.loads(p.communicate()[0].strip().splitlines()[-1]) for cloud, p in procs.items()}
+    return extracted, encrypted, uploads, time.perf_counter() - started
+
+
+def rss_line(extracted: dict, encrypted: dict, uploads: dict) -> str:
+    return ", ".join([f"extract {extracted['rss_mb']:.0f}", f"encrypt {encrypted['rss_mb']:.0f}",
+                      *[f"upload_to_{c} {u['rss_mb']:.0f}" for c, u in uploads.items()]])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--weddings", type=int, default=20000)
+    parser.add_argument("--gb", type=float, default=1.0, help="client_data size for the ratios")
+    parser.add_argument("--rss-gb", type=float, default=4.0, help="second size, for peak RSS only (0: skip)")
     parser.add_argument("--skip-load", action="store_true", help="reuse the demo data already loaded")
     args = parser.parse_args()
 
-    state = local_stack.start()
-    env = {**os.environ, **local_stack.environment(state)}
-    os.environ.update(env)
-    if not args.skip_load:
-        subprocess.run([str(Path(sys.executable).parent / "wedsync-dr"), "demo-data", "--weddings",
-                        str(args.weddings), "--photos", "0", "--documents", "0"], env=env, check=True)
+    weddings = round(args.gb * WEDDINGS_PER_GB)
+    state, env = stack_with_data(None if args.skip_load else weddings)
     from wedsync_dr.policy import load_policy
 
     policy = load_policy()
@@ -115,42 +129,42 @@ def main() -> int:
     port = state.port("postgres") if "postgres" in state.services else 5432
     dump = f"pg_dump -h 127.0.0.1 -p {port} -U {reader} -d {local_stack.SOURCE_DB} {table_flags}"
 
-    print(f"== client_data at {args.weddings:,} weddings ==")
-    ours_extract = run_step("extract", None, env)
-    summary = ours_extract["out"]
-    ours_encrypt = run_step("encrypt", summary, env)
-    summary = ours_encrypt["out"]
+    print(f"== client_data at {weddings:,} weddings ==")
+    extracted, encrypted, uploads, three_s = pipeline(policy, env)
+    summary = encrypted["out"]
     raw_mb = summary["plaintext_bytes"] / 1e6
-    ours_s = ours_extract["seconds"] + ours_encrypt["seconds"]
-    fc_s, fc_rss = timed_shell(f"{dump} -Fc > /dev/null", pg_env)
+    ours_s = extracted["seconds"] + encrypted["seconds"]
+    fc_s, _ = timed_shell(f"{dump} -Fc > /dev/null", pg_env)
     zstd_s, zstd_rss = timed_shell(f"{dump} -Fp | zstd -3 -q > /dev/null", pg_env)
-    print(f"raw table data {raw_mb:,.0f} MB -> {summary['compressed_bytes'] / 1e6:,.0f} MB zstd -> "
-          f"{summary['ciphertext_bytes'] / 1e6:,.0f} MB encrypted")
-    print(f"extract+compress+encrypt  {ours_s:6.1f} s  {raw_mb / ours_s:6.1f} MB/s")
+    print(f"raw table data {raw_mb:,.0f} MB in {summary['objects']} objects -> "
+          f"{summary['compressed_bytes'] / 1e6:,.0f} MB zstd -> {summary['ciphertext_bytes'] / 1e6:,.0f} MB encrypted")
+    print(f"extract+compress+encrypt  {ours_s:6.1f} s  {raw_mb / ours_s:6.1f} MB/s  "
+          f"(extract {extracted['seconds']:.1f} s, encrypt {encrypted['seconds']:.1f} s)")
     print(f"pg_dump -Fc               {fc_s:6.1f} s  {raw_mb / fc_s:6.1f} MB/s   ratio ours/this: {fc_s / ours_s:.2f}x")
     print(f"pg_dump -Fp | zstd -3     {zstd_s:6.1f} s  {raw_mb / zstd_s:6.1f} MB/s   ratio ours/this: "
           f"{zstd_s / ours_s:.2f}x  (goal >= 1.2x)")
 
-    # Uploads: three concurrent processes, as three Airflow tasks on LocalExecutor.
-    started = time.perf_counter()
-    procs = {cloud: subprocess.Popen(
-        [sys.executable, "-c", STEP_SCRIPT.format(include=str(REPO / "include")), "upload",
-         json.dumps({"cloud": cloud, "summary": summary})], env=env, stdout=subprocess.PIPE, text=True)
-        for cloud in policy.cloud_names}
-    uploads = {cloud: json.loads(p.communicate()[0].strip().splitlines()[-1]) for cloud, p in procs.items()}
-    three_s = time.perf_counter() - started
-    encrypted = json.loads((Path(summary["staging_dir"]) / "encrypt.json").read_text())
-    biggest = max(encrypted, key=lambda o: o["ciphertext_size"])
+    objects = json.loads((Path(summary["staging_dir"]) / "encrypt.json").read_text())
     slowest = max(uploads, key=lambda c: uploads[c]["seconds"])
-    raw_s = sum(raw_sdk_upload(state, slowest, Path(o["path"]), f"bench/raw/{o['name']}") for o in encrypted)
+    raw_s = sum(raw_sdk_upload(state, slowest, Path(o["path"]), f"bench/raw/{o['name']}") for o in objects)
     print(f"three uploads (concurrent) {three_s:6.1f} s; per cloud: "
           + ", ".join(f"{c} {u['seconds']:.1f}s" for c, u in uploads.items()))
     print(f"raw SDK upload to {slowest:6} {raw_s:6.1f} s   ratio three/raw: {three_s / raw_s:.2f}x  (goal <= 1.2x)"
-          f"   largest object {biggest['ciphertext_size'] / 1e6:.0f} MB")
-    rss = [f"extract {ours_extract['rss_mb']:.0f}", f"encrypt {ours_encrypt['rss_mb']:.0f}",
-           *[f"upload_to_{c} {u['rss_mb']:.0f}" for c, u in uploads.items()], f"pg_dump|zstd {zstd_rss:.0f}"]
-    print("peak RSS (MB): " + ", ".join(rss) + "  (goal <= 200)")
+          f"   largest object {max(o['ciphertext_size'] for o in objects) / 1e6:.0f} MB")
+    print(f"peak RSS (MB) at {args.gb:g} GB: {rss_line(extracted, encrypted, uploads)}, pg_dump|zstd {zstd_rss:.0f}"
+          "  (goal <= 200)")
     shutil.rmtree(summary["staging_dir"], ignore_errors=True)
+
+    if args.rss_gb:
+        big = round(args.rss_gb * WEDDINGS_PER_GB)
+        print(f"== client_data at {big:,} weddings (peak RSS) ==")
+        load(env, big)
+        extracted, encrypted, uploads, three_s = pipeline(policy, env)
+        summary = encrypted["out"]
+        print(f"raw table data {summary['plaintext_bytes'] / 1e6:,.0f} MB in {summary['objects']} objects; "
+              f"extract+encrypt {extracted['seconds'] + encrypted['seconds']:.1f} s, three uploads {three_s:.1f} s")
+        print(f"peak RSS (MB) at {args.rss_gb:g} GB: {rss_line(extracted, encrypted, uploads)}  (goal <= 200)")
+        shutil.rmtree(summary["staging_dir"], ignore_errors=True)
     return 0
 
 

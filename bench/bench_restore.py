@@ -13,17 +13,15 @@ On the local stack of `make run`, with demo data at the given scale (20,000 wedd
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "include"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from wedsync_dr import local_stack  # noqa: E402
+from common import local_stack, stack_with_data  # noqa: E402
 
 
 def main() -> int:
@@ -32,12 +30,7 @@ def main() -> int:
     parser.add_argument("--skip-load", action="store_true")
     args = parser.parse_args()
 
-    state = local_stack.start()
-    env = {**os.environ, **local_stack.environment(state)}
-    os.environ.update(env)
-    if not args.skip_load:
-        subprocess.run([str(Path(sys.executable).parent / "wedsync-dr"), "demo-data", "--weddings",
-                        str(args.weddings), "--photos", "0", "--documents", "0"], env=env, check=True)
+    state, env = stack_with_data(None if args.skip_load else args.weddings)
     import psycopg
 
     from wedsync_dr import backup, catalog, crypto

@@ -1,0 +1,35 @@
+"""What the benchmarks share: the local stack of `make run`, loaded with demo data at a chosen scale."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "include"))
+
+from wedsync_dr import local_stack  # noqa: E402
+
+# demo-data weddings per GB of client_data table text (measured: 20,000 weddings -> 516 MB)
+WEDDINGS_PER_GB = 40_000
+
+
+def stack_with_data(weddings: int | None, parser_args=None):
+    """Start (or reuse) the stack and, unless `weddings` is None, load that many demo weddings (no assets).
+
+    Returns (stack state, environment); this process's environment is updated so the library finds the
+    stack's connections.
+    """
+    state = local_stack.start()
+    env = {**os.environ, **local_stack.environment(state)}
+    os.environ.update(env)
+    if weddings is not None:
+        load(env, weddings)
+    return state, env
+
+
+def load(env: dict[str, str], weddings: int) -> None:
+    subprocess.run([str(Path(sys.executable).parent / "wedsync-dr"), "demo-data", "--weddings", str(weddings),
+                    "--photos", "0", "--documents", "0"], env=env, check=True)
