@@ -4,6 +4,10 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
+# Some shells set PYTHONDONTWRITEBYTECODE: every Python process would then compile Airflow from source
+# (5-10 s each: every task, every component, every test subprocess). Let the venv cache its bytecode.
+unexport PYTHONDONTWRITEBYTECODE
+
 PYTHON  ?= $(shell command -v python3.11 || command -v python3)
 VENV    := .venv
 BIN     := $(VENV)/bin

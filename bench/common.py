@@ -31,5 +31,14 @@ def stack_with_data(weddings: int | None, parser_args=None):
 
 
 def load(env: dict[str, str], weddings: int) -> None:
+    """Load, then VACUUM and CHECKPOINT: right after a bulk load the first reader of every page sets its hint
+    bits and autovacuum and the checkpointer write gigabytes, which would land on whichever side of a
+    comparison runs first."""
+    import psycopg
+
     subprocess.run([str(Path(sys.executable).parent / "wedsync-dr"), "demo-data", "--weddings", str(weddings),
                     "--photos", "0", "--documents", "0"], env=env, check=True)
+    state = local_stack.StackState.load(local_stack.DEFAULT_STACK_DIR.resolve())
+    with psycopg.connect(state.admin_url(local_stack.SOURCE_DB), autocommit=True) as conn:
+        conn.execute("VACUUM (FREEZE, ANALYZE)")
+        conn.execute("CHECKPOINT")
