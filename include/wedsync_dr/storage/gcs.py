@@ -1,7 +1,9 @@
 """Google Cloud Storage through the Google provider's GCSHook.
 
 Uploads: google-cloud-storage sends objects up to 8 MiB in one multipart request and larger ones as a
-resumable upload in `chunk_size` pieces (the 8 MiB switch is the library's, not configurable). The
+resumable upload in `chunk_size` pieces (the 8 MiB switch is the library's, not configurable). Each
+piece is read into memory before it is sent, so `chunk_size` (8 MiB) is what an upload adds to the task's
+peak RSS (16 MiB pieces measured +26 MB, 8 MiB +10 MB, same speed against the emulator). The
 caller's crc32c/md5 claims go into the object resource, and GCS rejects the upload when the bytes it
 received do not hash to them; without a crc32c claim the library computes one itself (with a claim we
 leave it off: in single-request uploads the computed value would replace ours).
@@ -36,7 +38,7 @@ class GcsStore(BaseStore):
 
     kind = "gcs"
 
-    def __init__(self, cloud: str, conn_id: str, bucket: str, *, chunk_size: int = 16 * MiB,
+    def __init__(self, cloud: str, conn_id: str, bucket: str, *, chunk_size: int = 8 * MiB,
                  read_chunk_size: int = 8 * MiB, retry_deadline: float = 15, connect_timeout: float = 5,
                  read_timeout: float = 60, list_page_size: int = 1000, retention_mode: str = "governance") -> None:
         super().__init__(cloud, conn_id, bucket, retention_mode=retention_mode)
