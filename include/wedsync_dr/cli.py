@@ -66,8 +66,7 @@ def cmd_backup_run(args: argparse.Namespace) -> int:
     from wedsync_dr import catalog, orchestration, report
     from wedsync_dr.policy import load_policy
 
-    policy = load_policy()
-    local_stack.ensure_pools(policy)
+    policy = load_policy()  # (migrate_airflow_db created its pools)
     rows, failed = [], []
     for name in args.data_classes or sorted(policy.data_classes):
         dag = orchestration.build_backup_dag(policy, policy.data_classes[name], doc_md="")

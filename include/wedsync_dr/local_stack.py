@@ -555,16 +555,11 @@ def migrate_airflow_db(state: StackState) -> None:
     migrate = subprocess.run([_venv_bin("airflow"), "db", "migrate"], env=env, capture_output=True, text=True)
     if migrate.returncode:
         raise StackError(f"airflow db migrate failed: {migrate.stderr.strip()[-2000:]}")
-    # The policy's pools: a task in a pool that does not exist is never scheduled.
-    from wedsync_dr.policy import load_policy
-
-    pools = state.airflow_home / "pools.json"
-    pools.write_text(json.dumps({name: {"slots": spec["slots"], "description": spec.get("description", ""),
-                                        "include_deferred": False} for name, spec in load_policy().pools.items()}))
-    imported = subprocess.run([_venv_bin("airflow"), "pools", "import", str(pools)], env=env, capture_output=True,
-                              text=True)
-    if imported.returncode:
-        raise StackError(f"airflow pools import failed: {imported.stderr.strip()[-2000:]}")
+    # The policy's pools (a task in a pool that does not exist is never scheduled), in that same DB.
+    pools = subprocess.run([sys.executable, "-c", "from wedsync_dr import local_stack, policy; "
+                            "local_stack.ensure_pools(policy.load_policy())"], env=env, capture_output=True, text=True)
+    if pools.returncode:
+        raise StackError(f"creating the policy's pools failed: {pools.stderr.strip()[-2000:]}")
 
 
 def start_airflow(state: StackState, port: int | None = None, dags_paused: bool = False) -> str:

@@ -100,7 +100,7 @@ def backup_pipeline(policy: Policy, data_class: DataClass, *, request=None, labe
             from wedsync_dr import backup, catalog, health
 
             try:
-                with catalog.connect() as conn:
+                with catalog.db_connector("wedsync_catalog")() as conn:  # a read: no schema upkeep
                     unhealthy = health.unhealthy_reason(conn, cloud_name)
             except Exception as err:  # noqa: BLE001 - no health data is no reason to skip a copy
                 log.warning("cloud health unknown (%s): uploading to %s anyway", err, cloud_name)
