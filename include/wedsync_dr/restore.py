@@ -28,6 +28,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
 from wedsync_dr import crypto, extract
+from wedsync_dr.backup import FORMAT_VERSION
 from wedsync_dr.policy import Policy
 from wedsync_dr.requests import _BACKUP_TS, RestoreError, RestoreRequest, default_target
 from wedsync_dr.storage import ObjectStore, StorageError
@@ -246,11 +247,12 @@ def recreate_live_table(conn, schema: str, table: str, definition: dict[str, Any
         conn.execute(index)
 
 
-def copy_into(conn, schema: str, table: str, columns: list[str], stream: BinaryIO) -> int:
-    """COPY FROM a plaintext stream; returns the rows loaded."""
+def copy_into(conn, schema: str, table: str, columns: list[str], stream: BinaryIO, copy_format: str = "text") -> int:
+    """COPY FROM a plaintext stream (`copy_format` "text" or "binary"); returns the rows loaded."""
     column_list = ", ".join(_quote(c) for c in columns)
+    options = " (FORMAT binary)" if copy_format == "binary" else ""
     with conn.cursor() as cur:
-        with cur.copy(f"COPY {_quote(schema)}.{_quote(table)} ({column_list}) FROM STDIN") as copy:
+        with cur.copy(f"COPY {_quote(schema)}.{_quote(table)} ({column_list}) FROM STDIN{options}") as copy:
             while chunk := stream.read(1 << 20):
                 copy.write(chunk)
         return cur.rowcount
@@ -345,16 +347,39 @@ def restore_tables(conn, manifest: dict[str, Any], stores: dict[str, ObjectStore
 
 
 def _load_table(conn, schema: str, entry: dict[str, Any], stream: BinaryIO, wedding_id: int | None) -> int:
+    copy_format = entry.get("copy_format", "text")  # format 1 manifests have COPY text and no field
     if wedding_id is None or "wedding_id" not in entry["columns"]:
         if wedding_id is not None:  # this table has no wedding: nothing of it belongs to one wedding
             while stream.read(1 << 20):
                 pass
             return 0
-        return copy_into(conn, schema, entry["source"], entry["columns"], stream)
+        return copy_into(conn, schema, entry["source"], entry["columns"], stream, copy_format)
+    if copy_format == "binary":
+        return _copy_one_wedding(conn, schema, entry, stream, wedding_id)
     position = entry["columns"].index("wedding_id")
     wanted = str(wedding_id).encode()
     return copy_into(conn, schema, entry["source"], entry["columns"],
                      _FilteredRows(stream, lambda row: row.split(b"\t")[position] == wanted))
+
+
+def _copy_one_wedding(conn, schema: str, entry: dict[str, Any], stream: BinaryIO, wedding_id: int) -> int:
+    """One wedding's rows of a binary table object: the server filters them (binary rows have no cheap
+    delimiter to split on in Python). The whole object goes into a temporary table shaped like the target,
+    then only that wedding's rows move on; the temporary table is dropped before the next object."""
+    table = entry["source"]
+    name = f"_wedsync_restore_{table}"[:63]
+    holding = f"pg_temp.{_quote(name)}"
+    columns = ", ".join(_quote(c) for c in entry["columns"])
+    conn.execute(f"CREATE TEMPORARY TABLE {holding} (LIKE {_quote(schema)}.{_quote(table)})")
+    # no try/finally: after an error the transaction is aborted, and rolling back the caller's savepoint
+    # (with_failover) drops the temporary table with everything else the attempt did
+    copy_into(conn, "pg_temp", name, entry["columns"], stream, "binary")
+    with conn.cursor() as cur:
+        cur.execute(f"INSERT INTO {_quote(schema)}.{_quote(table)} ({columns}) SELECT {columns} FROM {holding} "
+                    "WHERE wedding_id = %s", (wedding_id,))
+        rows = cur.rowcount
+    conn.execute(f"DROP TABLE {holding}")
+    return rows
 
 
 class _FilteredRows:
@@ -537,6 +562,9 @@ def run_restore(policy: Policy, request: RestoreRequest, *, stores: dict[str, Ob
     """Resolve and restore what `request` asks for; returns the report (also logged)."""
     manifest = resolve(policy, stores, request.data_class, backup_id=request.backup_id,
                        point_in_time=request.point_in_time, catalog_connect=catalog_connect)
+    if manifest.get("format_version", 1) > FORMAT_VERSION:  # written by a newer wedsync-dr
+        raise RestoreError(f"backup {manifest['backup_id']} has manifest format {manifest['format_version']}; "
+                           f"this wedsync-dr reads formats up to {FORMAT_VERSION}: restore with a newer release")
     order = cloud_order(stores, request.source_cloud, healthy)
     log.info("restoring %s backup %s (taken %s); clouds in order: %s", request.data_class, manifest["backup_id"],
              manifest.get("snapshot_at"), ", ".join(order))

@@ -177,7 +177,9 @@ def _assert_matches_source(stack, name: str, entry: dict, plaintext: bytes) -> N
     data_class = POLICY.data_classes[name]
     with _owner(stack) as conn:
         if data_class.kind == "tables":
-            assert plaintext == _fresh_copy(conn, f"COPY wedsync.{entry['source']} TO STDOUT"), entry["source"]
+            assert entry["copy_format"] == "binary"
+            expected = _fresh_copy(conn, f"COPY wedsync.{entry['source']} TO STDOUT (FORMAT binary)")
+            assert plaintext == expected, entry["source"]
         elif data_class.kind == "wedding_bundles":
             sections = {h["table"]: s.read() for h, s in extract.read_bundle(io.BytesIO(plaintext))}
             assert set(sections) == {t.name for t in data_class.bundle_tables}

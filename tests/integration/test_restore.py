@@ -116,6 +116,29 @@ def test_one_critical_wedding_restores_alone(stack, backed_up, key_ring):
     assert restored_guests == live_guests
 
 
+def test_one_wedding_restores_alone_from_whole_table_objects(stack, backed_up, key_ring):
+    """client_data stores whole tables as binary COPY streams: a one-wedding restore picks that wedding's
+    rows out of them (server-side, through a temporary table) and restores nothing else."""
+    manifest = backed_up["client_data"]["manifest"]
+    assert manifest["format_version"] == 2
+    assert {o["copy_format"] for o in manifest["objects"]} == {"binary"}
+    per_wedding = sorted({o["source"] for o in manifest["objects"] if "wedding_id" in o["columns"]})
+    others = sorted({o["source"] for o in manifest["objects"]} - set(per_wedding))
+    assert "guests" in per_wedding and others
+    with _owner(stack) as conn:
+        wedding_id = conn.execute("SELECT wedding_id FROM wedsync.guests GROUP BY 1 ORDER BY count(*) DESC, 1 "
+                                  "LIMIT 1").fetchone()[0]
+        expected = {t: sorted(_fresh_copy(conn, f"COPY (SELECT * FROM wedsync.{t} WHERE wedding_id = {wedding_id}) "
+                                                "TO STDOUT").splitlines()) for t in per_wedding}
+    report = _restore({"data_class": "client_data", "wedding_id": wedding_id}, key_ring)
+    assert expected["guests"] and _restored(stack, report.target, per_wedding) == expected
+    assert report.rows["guests"] == len(expected["guests"])
+    with _owner(stack) as conn:
+        for table in others:
+            assert conn.execute(f"SELECT count(*) FROM {report.target}.{table}").fetchone()[0] == 0, table
+        assert not conn.execute("SELECT 1 FROM pg_class WHERE relname LIKE '_wedsync_restore_%'").fetchall()
+
+
 def test_assets_restore_byte_for_byte_after_files_are_deleted(stack, backed_up, key_ring, tmp_path):
     source = Path(os.environ["WEDSYNC_ASSET_SOURCE"])
     originals = {p.relative_to(source).as_posix(): p.read_bytes() for p in source.rglob("*") if p.is_file()}

@@ -1,8 +1,9 @@
 """The storage adapters against the real emulators: same behaviour on every cloud, or a documented gap.
 
 Each test runs once per cloud. Small part/block/chunk sizes make an 11 MiB object take each adapter's
-multipart path (S3 5 MiB parts, Azure 1 MiB blocks, GCS 256 KiB resumable chunks above the library's
-8 MiB single-request limit). Every test writes under its own random prefix.
+multipart path (S3 5 MiB parts, Azure 1 MiB blocks, GCS 256 KiB resumable chunks: the GCS adapter streams
+everything over 2 MiB resumably, of a size the library is not told, so a 4 MiB object -- an exact
+multiple of the chunk -- checks how such a stream ends). Every test writes under its own random prefix.
 """
 
 from __future__ import annotations
@@ -120,7 +121,7 @@ def prefix(store):
 # --------------------------------------------------------------------------- round trips
 
 
-@pytest.mark.parametrize("size", [0, 1, MULTIPART_SIZE], ids=["empty", "one-byte", "multipart"])
+@pytest.mark.parametrize("size", [0, 1, 4 * MiB, MULTIPART_SIZE], ids=["empty", "one-byte", "4MiB", "multipart"])
 def test_put_file_round_trips_and_head_shows_claims_and_native_checksums(service, store, prefix, tmp_path, size):
     data = os.urandom(size)
     path = tmp_path / "object.tink"
