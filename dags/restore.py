@@ -7,7 +7,7 @@ cloud you choose or the best available, failing over object by object when a cop
 **What it does:** `check_request` rejects impossible combinations before anything is read;
 `restore` resolves the backup (catalog, or the manifests in the clouds when the catalog is gone), streams
 each object (download → verify checksum → decrypt → decompress → `COPY FROM`) into a fresh schema
-`restore_<class>_<timestamp>` (default), verifies row counts and checksums against the manifest, and only
+`restore_<class>_<timestamp>_<4 hex>` (default), verifies row counts and checksums against the manifest, and only
 for `in_place` (with `confirm` = `RESTORE <class>`) swaps the verified rows into the live tables in one
 transaction. Assets restore into a directory; paths can never escape it. `dry_run` reads, verifies and
 decrypts everything but writes nothing.

@@ -200,7 +200,8 @@ def restore_params(policy: Policy) -> dict[str, Any]:
                             description="Restore only this wedding (its bundle in critical_weddings, or its rows "
                                         "of the other classes)."),
         "target": Param("", type="string", pattern=TARGET_PATTERN, title="Target",
-                        description="Empty: a new schema restore_<class>_<timestamp> (assets: a new directory). "
+                        description="Empty: a new schema restore_<class>_<timestamp>_<4 hex> (assets: a new "
+                                    "directory). "
                                     "`in_place`: replace live tables (needs confirm). Or a schema name / an "
                                     "absolute directory for assets."),
         "confirm": Param("", type="string", title="Confirm in-place restore",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import secrets
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,5 +80,6 @@ def check_request(policy: Policy, params: dict[str, Any]) -> RestoreRequest:
 
 
 def default_target(request: RestoreRequest, now: dt.datetime | None = None) -> str:
+    """A new schema (or directory) name: two restores in the same second must not collide."""
     now = now or dt.datetime.now(dt.UTC)
-    return f"restore_{request.data_class}_{now:%Y%m%d%H%M%S}"
+    return f"restore_{request.data_class}_{now:%Y%m%d%H%M%S}_{secrets.token_hex(2)}"

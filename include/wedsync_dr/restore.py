@@ -7,7 +7,7 @@ mismatch, auth error, timeout) rolls the savepoint back and the same object is f
 cloud, with the reason logged. Row counts are verified against the manifest before anything is committed.
 
 Targets:
-- default: a new schema `restore_<class>_<UTC timestamp>` (the live schema is not touched);
+- default: a new schema `restore_<class>_<UTC timestamp>_<4 hex>` (the live schema is not touched);
 - `in_place`: the rows load into a scratch schema first; only after verification are the live tables'
   contents replaced, all in ONE transaction (a failure anywhere leaves live data exactly as it was).
 - assets: files are written under a target directory (paths can never escape it), each file via a

@@ -13,11 +13,11 @@ import pytest
 
 from tests.conftest import run_dag
 from tests.integration.test_backup_dags import _fresh_copy, _latest, _owner, _sdk_get, _sdk_put
-from wedsync_dr import backup, catalog, crypto, local_stack
+from wedsync_dr import backup, catalog, crypto, extract, local_stack
 from wedsync_dr.orchestration import build_backup_dag, build_restore_dag
 from wedsync_dr.policy import load_policy
 from wedsync_dr.requests import RestoreError, check_request
-from wedsync_dr.restore import run_restore
+from wedsync_dr.restore import restore_tables, run_restore
 
 POLICY = load_policy()
 
@@ -254,3 +254,34 @@ def test_asset_paths_cannot_escape_the_target(tmp_path):
     (tmp_path / "link").symlink_to("/etc")
     with pytest.raises(RestoreError):
         safe_target_path(tmp_path, "link/passwd")
+
+
+def test_a_format_1_backup_of_copy_text_still_restores(stack, backed_up, key_ring, monkeypatch):
+    """Backups taken before binary COPY hold COPY text and no `copy_format`: the whole class and one
+    wedding (filtered in Python, row by row) restore from them. Last in the module: the backup it takes
+    becomes the latest client_data one."""
+    monkeypatch.setattr(extract, "TABLE_COPY_FORMAT", "text")
+    data_class = POLICY.data_classes["client_data"]
+    assert run_dag(build_backup_dag(POLICY, data_class, doc_md="test")).state == "success"
+    with catalog.connect() as conn:
+        manifest = _latest(conn, "client_data")["manifest"]
+    assert {o["copy_format"] for o in manifest["objects"]} == {"text"}
+    manifest = {**manifest, "format_version": 1,
+                "objects": [{k: v for k, v in o.items() if k != "copy_format"} for o in manifest["objects"]]}
+    original = _snapshot(stack, data_class.tables)
+    with _owner(stack) as conn:
+        wedding_id = conn.execute("SELECT wedding_id FROM wedsync.guests LIMIT 1").fetchone()[0]
+        one = sorted(_fresh_copy(conn, f"COPY (SELECT * FROM wedsync.guests WHERE wedding_id = {wedding_id}) "
+                                       "TO STDOUT").splitlines())
+    stores = backup.stores(POLICY)
+    for schema, wanted in (("format1_whole", None), ("format1_wedding", wedding_id)):
+        with _owner(stack) as conn:
+            restore_tables(conn, manifest, stores, key_ring, order=list(POLICY.cloud_names), target_schema=schema,
+                           wedding_id=wanted)
+    try:
+        assert _restored(stack, "format1_whole", data_class.tables) == original
+        assert _restored(stack, "format1_wedding", ["guests"])["guests"] == one
+    finally:
+        with _owner(stack) as conn:
+            for schema in ("format1_whole", "format1_wedding"):
+                conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")

@@ -1,11 +1,12 @@
 """Restore requests: bad parameters are refused with a clear message before anything runs."""
 
 import datetime as dt
+import re
 
 import pytest
 
 from wedsync_dr.policy import load_policy
-from wedsync_dr.requests import RestoreError, check_request
+from wedsync_dr.requests import TARGET_PATTERN, RestoreError, check_request, default_target
 
 POLICY = load_policy()
 
@@ -13,6 +14,15 @@ POLICY = load_policy()
 def test_defaults_make_a_new_schema_restore_of_the_latest_backup():
     request = check_request(POLICY, {"data_class": "client_data"})
     assert (request.backup_id, request.target, request.in_place, request.dry_run) == ("latest", "", False, False)
+
+
+def test_default_targets_of_the_same_second_differ_and_are_valid_schema_names():
+    now = dt.datetime(2026, 12, 1, 8, 55, 43, tzinfo=dt.UTC)
+    for name in POLICY.data_classes:
+        request = check_request(POLICY, {"data_class": name})
+        names = {default_target(request, now) for _ in range(20)}
+        assert len(names) > 1  # two restores in one second once collided on the schema name
+        assert all(re.fullmatch(TARGET_PATTERN, n) and n.startswith(f"restore_{name}_20261201085543_") for n in names)
 
 
 def test_point_in_time_is_parsed_as_utc():
