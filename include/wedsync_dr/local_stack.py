@@ -403,7 +403,18 @@ def _create_buckets(state: StackState) -> None:
         blob.create_container(BUCKET)
     except ResourceExistsError:
         pass
-    # GCS: the emulator creates BUCKET itself (--default-bucket).
+    # GCS: the emulator creates BUCKET itself (--default-bucket), with GCS's default 7-day soft delete. The
+    # emulator rewrites one metadata file listing every object, soft-deleted ones too, on each write: with
+    # soft delete on, every object tests and benchmarks ever deleted would slow every later upload down.
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    gcs = storage.Client(project=GCP_PROJECT, credentials=AnonymousCredentials(),
+                         client_options={"api_endpoint": f"http://127.0.0.1:{state.port('gcs')}"})
+    bucket = gcs.get_bucket(BUCKET)
+    if int(bucket.soft_delete_policy.retention_duration_seconds or 0):
+        bucket.soft_delete_policy.retention_duration_seconds = 0
+        bucket.patch()
 
 
 # --------------------------------------------------------------------------- connections

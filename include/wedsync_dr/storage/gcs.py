@@ -6,10 +6,12 @@ and anything else as a resumable upload in `chunk_size` pieces. To bound memory 
 (1) give the library no size for objects over `single_request_max_size` (2 MiB), so it streams them
 resumably (one extra request per object), and (2) let requests forget each response's request body:
 the library holds the previous chunk's response while it reads the next chunk, which kept two chunks in
-memory. Measured on the 1 GB benchmark: the upload task's peak RSS 204-208 MB before, see the README
-for after. The caller's crc32c/md5 claims go into the object resource, and GCS rejects the upload when
-the bytes it received do not hash to them; without a crc32c claim the library computes one itself
-(with a claim we leave it off: in single-request uploads the computed value would replace ours).
+memory. Measured on the 1 GB benchmark (largest object 30 MB): the upload task's peak RSS went from
+204-208 MB to 186-188 MB, and the upload got faster against the emulator (1.3 s instead of 1.8 s).
+
+The caller's crc32c/md5 claims go into the object resource, and GCS rejects the upload when the bytes
+it received do not hash to them; without a crc32c claim the library computes one itself (with a claim
+we leave it off: in single-request uploads the computed value would replace ours).
 
 Native checksums: `md5` and `crc32c` are computed by the service over the stored bytes (composite
 objects have no md5).
