@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/bench_restore.py [--weddings 20000] [--skip-load]
 
-On the local stack of `make run`, with demo data at the given scale (20,000 weddings is about 1 GB):
+On the local stack of `make run`, with demo data at the given scale (40,000 weddings is about 1 GB):
 1. backs up `client_data` and `critical_weddings` (the library steps the DAG tasks run);
 2. restores client_data into a new schema from the clouds (download, verify, decrypt, decompress, COPY,
    verify counts) vs `pg_restore -j1` of a `pg_dump -Fc` of the same tables into an empty database
