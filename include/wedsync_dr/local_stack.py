@@ -380,41 +380,46 @@ def restart_emulator(state: StackState, name: str) -> None:
     _terminate(service)
     _start_emulator(state, name, port=service.port)  # the same port keeps the connections valid
     state.save()
-    _create_buckets(state)  # moto keeps nothing across a restart
+    _create_buckets(state, (name,))  # moto keeps nothing across a restart; the others may be stopped
 
 
 def stop_service(state: StackState, name: str) -> None:
     _terminate(state.services[name])
 
 
-def _create_buckets(state: StackState) -> None:
-    import boto3
-    from azure.core.exceptions import ResourceExistsError
-    from azure.storage.blob import BlobServiceClient
+def _create_buckets(state: StackState, services: tuple[str, ...] = ("s3", "azure", "gcs")) -> None:
+    """Make the backup bucket of each named emulator ready; touches no other (it may be stopped)."""
+    if "s3" in services:
+        import boto3
 
-    s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{state.port('s3')}", region_name="us-east-1",
-                      aws_access_key_id="testing", aws_secret_access_key="testing")
-    if BUCKET not in {b["Name"] for b in s3.list_buckets().get("Buckets", [])}:
-        # Object Lock can only be enabled when a bucket is created (it turns on versioning): the policy's
-        # `immutability` locks every backup object for some days.
-        s3.create_bucket(Bucket=BUCKET, ObjectLockEnabledForBucket=True)
-    blob = BlobServiceClient.from_connection_string(azure_connection_string(state.port("azure")))
-    try:
-        blob.create_container(BUCKET)
-    except ResourceExistsError:
-        pass
-    # GCS: the emulator creates BUCKET itself (--default-bucket), with GCS's default 7-day soft delete. The
-    # emulator rewrites one metadata file listing every object, soft-deleted ones too, on each write: with
-    # soft delete on, every object tests and benchmarks ever deleted would slow every later upload down.
-    from google.auth.credentials import AnonymousCredentials
-    from google.cloud import storage
+        s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{state.port('s3')}", region_name="us-east-1",
+                          aws_access_key_id="testing", aws_secret_access_key="testing")
+        if BUCKET not in {b["Name"] for b in s3.list_buckets().get("Buckets", [])}:
+            # Object Lock can only be enabled when a bucket is created (it turns on versioning): the policy's
+            # `immutability` locks every backup object for some days.
+            s3.create_bucket(Bucket=BUCKET, ObjectLockEnabledForBucket=True)
+    if "azure" in services:
+        from azure.core.exceptions import ResourceExistsError
+        from azure.storage.blob import BlobServiceClient
 
-    gcs = storage.Client(project=GCP_PROJECT, credentials=AnonymousCredentials(),
-                         client_options={"api_endpoint": f"http://127.0.0.1:{state.port('gcs')}"})
-    bucket = gcs.get_bucket(BUCKET)
-    if int(bucket.soft_delete_policy.retention_duration_seconds or 0):
-        bucket.soft_delete_policy.retention_duration_seconds = 0
-        bucket.patch()
+        blob = BlobServiceClient.from_connection_string(azure_connection_string(state.port("azure")))
+        try:
+            blob.create_container(BUCKET)
+        except ResourceExistsError:
+            pass
+    if "gcs" in services:
+        # The emulator creates BUCKET itself (--default-bucket), with GCS's default 7-day soft delete. It
+        # rewrites one metadata file listing every object, soft-deleted ones too, on each write: with soft
+        # delete on, every object tests and benchmarks ever deleted would slow every later upload down.
+        from google.auth.credentials import AnonymousCredentials
+        from google.cloud import storage
+
+        gcs = storage.Client(project=GCP_PROJECT, credentials=AnonymousCredentials(),
+                             client_options={"api_endpoint": f"http://127.0.0.1:{state.port('gcs')}"})
+        bucket = gcs.get_bucket(BUCKET)
+        if int(bucket.soft_delete_policy.retention_duration_seconds or 0):
+            bucket.soft_delete_policy.retention_duration_seconds = 0
+            bucket.patch()
 
 
 # --------------------------------------------------------------------------- connections
