@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO, WEDDINGS_PER_GB, load, local_stack, stack_with_data  # noqa: E402
 
 STEP_SCRIPT = """
-import json, os, sys, time
+import json, os, resource, sys, time
 sys.path.insert(0, {include!r})
 from wedsync_dr import backup, catalog, crypto
 from wedsync_dr.policy import load_policy
@@ -46,7 +46,6 @@ if step == "upload":
     backup.stores(policy, [arg["cloud"]])[arg["cloud"]].head("bench/warm-up")  # imports the cloud's SDK
     print("ready", flush=True)
     sys.stdin.readline()  # the three uploads start together
-import resource
 t0, r0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
 if step == "extract":
     with catalog.connect() as conn:
