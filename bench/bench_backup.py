@@ -9,7 +9,8 @@ about `--gb` GB of table text (40,000 weddings per GB). Measures, on the same da
    (goal: >= 1.2x the latter's throughput; medians of --repeat turns each, taken alternately);
 2. the three uploads (one process per cloud, concurrently, as the DAG's three tasks run; timed until the
    last one is done) vs one raw SDK upload of the same objects to the slowest emulator -- the one whose
-   raw upload takes longest (goal: <= 1.2x);
+   raw upload takes longest (goal: <= 1.2x); and, for reference, the raw SDK uploading to all three at
+   once the same way: what concurrency costs on this machine whoever the client is;
 3. the peak RSS (VmHWM) of each step's process, at `--gb` and again at `--rss-gb` (goal: <= 200 MB at both).
 Shared cores make figures swing by about +-25%: compare the ratios, not the absolute numbers.
 """
@@ -82,26 +83,54 @@ def timed_shell(command: str, env) -> float:
     return time.perf_counter() - t0
 
 
-def raw_sdk_upload(stack, cloud: str, path: Path, key: str) -> float:
-    """One upload of `path` with the cloud's SDK defaults: the anchor for our upload tasks."""
+def raw_sdk_upload(stack, cloud: str, paths: list[Path], prefix: str, before_start=None) -> float:
+    """Seconds to upload `paths`, one after another, with the cloud's SDK defaults: the anchor for our
+    upload tasks. One client per cloud, made (and `before_start` called) before the clock starts."""
     import boto3
     from azure.storage.blob import BlobServiceClient
     from google.auth.credentials import AnonymousCredentials
     from google.cloud import storage
 
-    t0 = time.perf_counter()
     if cloud == "aws":
-        boto3.client("s3", endpoint_url=f"http://127.0.0.1:{stack.port('s3')}", region_name="us-east-1",
-                     aws_access_key_id="testing", aws_secret_access_key="testing").upload_file(
-            str(path), local_stack.BUCKET, key)
+        s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{stack.port('s3')}", region_name="us-east-1",
+                          aws_access_key_id="testing", aws_secret_access_key="testing")
+
+        def put(path: Path, key: str) -> None:
+            s3.upload_file(str(path), local_stack.BUCKET, key)
     elif cloud == "azure":
-        client = BlobServiceClient.from_connection_string(local_stack.azure_connection_string(stack.port("azure")))
-        with open(path, "rb") as f:
-            client.get_blob_client(local_stack.BUCKET, key).upload_blob(f, overwrite=True)
+        container = BlobServiceClient.from_connection_string(
+            local_stack.azure_connection_string(stack.port("azure"))).get_container_client(local_stack.BUCKET)
+
+        def put(path: Path, key: str) -> None:
+            with open(path, "rb") as f:
+                container.get_blob_client(key).upload_blob(f, overwrite=True)
     else:
-        client = storage.Client(project=local_stack.GCP_PROJECT, credentials=AnonymousCredentials())
-        client.bucket(local_stack.BUCKET).blob(key).upload_from_filename(str(path))
+        bucket = storage.Client(project=local_stack.GCP_PROJECT, credentials=AnonymousCredentials()).bucket(
+            local_stack.BUCKET)
+
+        def put(path: Path, key: str) -> None:
+            bucket.blob(key).upload_from_filename(str(path))
+    if before_start:
+        before_start()
+    t0 = time.perf_counter()
+    for path in paths:
+        put(path, f"{prefix}/{path.name}")
     return time.perf_counter() - t0
+
+
+# The raw SDK uploads to all three emulators at once, one process per cloud like our upload tasks.
+RAW_SCRIPT = """
+import json, sys, time
+from pathlib import Path
+sys.path.insert(0, {bench!r})
+import bench_backup
+from common import local_stack
+state = local_stack.StackState.load(local_stack.DEFAULT_STACK_DIR.resolve())
+cloud, paths = sys.argv[1], [Path(p) for p in json.loads(sys.argv[2])]
+seconds = bench_backup.raw_sdk_upload(state, cloud, paths, "bench/raw3",
+                                      before_start=lambda: (print("ready", flush=True), sys.stdin.readline()))
+print(json.dumps({{"seconds": seconds, "finished_at": time.time()}}))
+"""
 
 
 def extract_and_encrypt(env, zstd_level: int | None = None) -> tuple[dict, dict]:
@@ -121,15 +150,13 @@ def emulator_cpu(state, policy) -> dict[str, float]:
     return {c.name: process_cpu_seconds(state.services[EMULATOR[c.kind]].pid) for c in policy.clouds}
 
 
-def pipeline(policy, env, state) -> tuple[dict, dict, dict, float, dict]:
-    """extract, encrypt, then the three uploads at once:
-    (extract, encrypt, uploads, uploads' wall seconds, each emulator's CPU seconds during the uploads)."""
-    extracted, encrypted = extract_and_encrypt(env)
-    procs = {cloud: subprocess.Popen(
-        [sys.executable, "-c", STEP_SCRIPT.format(include=str(REPO / "include")), "upload",
-         json.dumps({"cloud": cloud, "summary": encrypted["out"]})], env=env, stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE, text=True) for cloud in policy.cloud_names}
-    for cloud, proc in procs.items():  # every process has its SDK loaded and its client made
+def start_together(commands: dict[str, list[str]], env, state, policy) -> tuple[dict, float, dict]:
+    """Run one process per cloud; each prints "ready" once its SDK and client are set up, then all are
+    told to go at once. Returns (each one's JSON result, wall seconds until the last one was done, each
+    emulator's CPU seconds meanwhile)."""
+    procs = {cloud: subprocess.Popen(argv, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+             for cloud, argv in commands.items()}
+    for cloud, proc in procs.items():
         while (line := proc.stdout.readline()).strip() != "ready":  # (log lines may come first)
             if not line:
                 raise SystemExit(f"upload to {cloud} failed before it started")
@@ -138,10 +165,20 @@ def pipeline(policy, env, state) -> tuple[dict, dict, dict, float, dict]:
     for proc in procs.values():
         proc.stdin.write("go\n")
         proc.stdin.flush()
-    uploads = {cloud: json.loads(p.communicate()[0].strip().splitlines()[-1]) for cloud, p in procs.items()}
+    results = {cloud: json.loads(p.communicate()[0].strip().splitlines()[-1]) for cloud, p in procs.items()}
     # until the last upload was done, not until its process had exited (interpreter teardown is no upload)
-    wall = max(u["finished_at"] for u in uploads.values()) - started
-    servers = {c: s - cpu_before[c] for c, s in emulator_cpu(state, policy).items()}
+    wall = max(r["finished_at"] for r in results.values()) - started
+    return results, wall, {c: s - cpu_before[c] for c, s in emulator_cpu(state, policy).items()}
+
+
+def pipeline(policy, env, state) -> tuple[dict, dict, dict, float, dict]:
+    """extract, encrypt, then the three uploads at once:
+    (extract, encrypt, uploads, uploads' wall seconds, each emulator's CPU seconds during the uploads)."""
+    extracted, encrypted = extract_and_encrypt(env)
+    step = STEP_SCRIPT.format(include=str(REPO / "include"))
+    uploads, wall, servers = start_together(
+        {cloud: [sys.executable, "-c", step, "upload", json.dumps({"cloud": cloud, "summary": encrypted["out"]})]
+         for cloud in policy.cloud_names}, env, state, policy)
     return extracted, encrypted, uploads, wall, servers
 
 
@@ -215,9 +252,12 @@ def main() -> int:
         shutil.rmtree(lower_e["out"]["staging_dir"], ignore_errors=True)
 
     objects = json.loads((Path(summary["staging_dir"]) / "encrypt.json").read_text())
-    raw = {cloud: sum(raw_sdk_upload(state, cloud, Path(o["path"]), f"bench/raw/{o['name']}") for o in objects)
-           for cloud in policy.cloud_names}
+    paths = [Path(o["path"]) for o in objects]
+    raw = {cloud: raw_sdk_upload(state, cloud, paths, "bench/raw") for cloud in policy.cloud_names}
     slowest = max(raw, key=raw.get)
+    raw_three, raw_three_s, raw_servers = start_together(
+        {cloud: [sys.executable, "-c", RAW_SCRIPT.format(bench=str(Path(__file__).resolve().parent)), cloud,
+                 json.dumps([str(p) for p in paths])] for cloud in policy.cloud_names}, env, state, policy)
     print(f"three uploads (concurrent) {three_s:6.1f} s; per cloud: "
           + ", ".join(f"{c} {u['seconds']:.1f}s" for c, u in uploads.items()))
     cpu_total = sum(servers.values()) + sum(u["cpu_seconds"] for u in uploads.values())
@@ -227,9 +267,12 @@ def main() -> int:
     print("raw SDK upload, one cloud at a time: " + ", ".join(f"{c} {s:.1f}s" for c, s in raw.items()))
     print(f"slowest raw upload ({slowest}) {raw[slowest]:6.1f} s   ratio three/raw: {three_s / raw[slowest]:.2f}x  "
           f"(goal <= 1.2x)   largest object {max(o['ciphertext_size'] for o in objects) / 1e6:.0f} MB")
+    print(f"raw SDK to all three at once {raw_three_s:6.1f} s = {raw_three_s / raw[slowest]:.2f}x the slowest alone "
+          f"(what concurrency costs here, whoever uploads); ours/this: {three_s / raw_three_s:.2f}x; emulator CPU "
+          + ", ".join(f"{c} {s:.1f}" for c, s in raw_servers.items()) + f" = {sum(raw_servers.values()):.1f} CPU-s")
     print(f"peak RSS (MB) at {args.gb:g} GB: {rss_line(extracted, encrypted, uploads)}  (goal <= 200)")
     shutil.rmtree(summary["staging_dir"], ignore_errors=True)
-    forget_uploads(policy, [summary["prefix"] + "/", "bench/raw/"])
+    forget_uploads(policy, [summary["prefix"] + "/", "bench/raw/", "bench/raw3/"])
 
     if args.rss_gb:
         big = round(args.rss_gb * WEDDINGS_PER_GB)
