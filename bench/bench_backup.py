@@ -86,27 +86,19 @@ def timed_shell(command: str, env) -> float:
 def raw_sdk_upload(stack, cloud: str, paths: list[Path], prefix: str, before_start=None) -> float:
     """Seconds to upload `paths`, one after another, with the cloud's SDK defaults: the anchor for our
     upload tasks. One client per cloud, made (and `before_start` called) before the clock starts."""
-    import boto3
-    from azure.storage.blob import BlobServiceClient
-    from google.auth.credentials import AnonymousCredentials
-    from google.cloud import storage
-
     if cloud == "aws":
-        s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{stack.port('s3')}", region_name="us-east-1",
-                          aws_access_key_id="testing", aws_secret_access_key="testing")
+        s3 = local_stack.sdk_s3(stack)
 
         def put(path: Path, key: str) -> None:
             s3.upload_file(str(path), local_stack.BUCKET, key)
     elif cloud == "azure":
-        container = BlobServiceClient.from_connection_string(
-            local_stack.azure_connection_string(stack.port("azure"))).get_container_client(local_stack.BUCKET)
+        container = local_stack.sdk_azure_container(stack)
 
         def put(path: Path, key: str) -> None:
             with open(path, "rb") as f:
                 container.get_blob_client(key).upload_blob(f, overwrite=True)
     else:
-        bucket = storage.Client(project=local_stack.GCP_PROJECT, credentials=AnonymousCredentials()).bucket(
-            local_stack.BUCKET)
+        bucket = local_stack.sdk_gcs_bucket(stack)
 
         def put(path: Path, key: str) -> None:
             bucket.blob(key).upload_from_filename(str(path))

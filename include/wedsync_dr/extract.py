@@ -8,8 +8,8 @@ SNAPSHOT`), as `pg_dump -j` does; tables are then copied in parallel. Rows leave
 staging file. Binary, not text, because the server is the bottleneck of an extract and skips every
 output function in binary (timestamps, numerics, escaping): measured on the 1 GB benchmark, about 10 %
 less CPU for the whole extract, and zstd compresses the binary stream faster and smaller. Nothing is
-materialised in memory beyond a COPY chunk -- except wedding bundles (COPY text, split per wedding),
-which hold one batch of weddings (`batch_size`) at a time.
+materialised in memory beyond one segment per worker (`SEGMENT_SIZE`) -- except wedding bundles (COPY
+text, split per wedding), which hold one batch of weddings (`batch_size`) at a time.
 
 Wedding bundle format (plaintext of one `wedding-<id>.bundle` object): a sequence of sections, each a
 JSON header line `{"table": ..., "columns": [...], "rows": N, "bytes": M}` followed by exactly M bytes of

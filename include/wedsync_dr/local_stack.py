@@ -390,36 +390,56 @@ def stop_service(state: StackState, name: str) -> None:
 def _create_buckets(state: StackState, services: tuple[str, ...] = ("s3", "azure", "gcs")) -> None:
     """Make the backup bucket of each named emulator ready; touches no other (it may be stopped)."""
     if "s3" in services:
-        import boto3
-
-        s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{state.port('s3')}", region_name="us-east-1",
-                          aws_access_key_id="testing", aws_secret_access_key="testing")
+        s3 = sdk_s3(state)
         if BUCKET not in {b["Name"] for b in s3.list_buckets().get("Buckets", [])}:
             # Object Lock can only be enabled when a bucket is created (it turns on versioning): the policy's
             # `immutability` locks every backup object for some days.
             s3.create_bucket(Bucket=BUCKET, ObjectLockEnabledForBucket=True)
     if "azure" in services:
         from azure.core.exceptions import ResourceExistsError
-        from azure.storage.blob import BlobServiceClient
 
-        blob = BlobServiceClient.from_connection_string(azure_connection_string(state.port("azure")))
         try:
-            blob.create_container(BUCKET)
+            sdk_azure_container(state).create_container()
         except ResourceExistsError:
             pass
     if "gcs" in services:
         # The emulator creates BUCKET itself (--default-bucket), with GCS's default 7-day soft delete. It
         # rewrites one metadata file listing every object, soft-deleted ones too, on each write: with soft
         # delete on, every object tests and benchmarks ever deleted would slow every later upload down.
-        from google.auth.credentials import AnonymousCredentials
-        from google.cloud import storage
-
-        gcs = storage.Client(project=GCP_PROJECT, credentials=AnonymousCredentials(),
-                             client_options={"api_endpoint": f"http://127.0.0.1:{state.port('gcs')}"})
-        bucket = gcs.get_bucket(BUCKET)
+        bucket = sdk_gcs_bucket(state)
+        bucket.reload()
         if int(bucket.soft_delete_policy.retention_duration_seconds or 0):
             bucket.soft_delete_policy.retention_duration_seconds = 0
             bucket.patch()
+
+
+# The emulators' backup bucket through each cloud's own SDK, bypassing the product's storage layer: for
+# preparing the stack, for tests that read back what the product wrote, and for the benchmark's anchors.
+
+
+def sdk_s3(state: StackState):
+    """A boto3 S3 client of the moto server (use with `Bucket=BUCKET`)."""
+    import boto3
+
+    return boto3.client("s3", endpoint_url=f"http://127.0.0.1:{state.port('s3')}", region_name="us-east-1",
+                        aws_access_key_id="testing", aws_secret_access_key="testing")
+
+
+def sdk_azure_container(state: StackState):
+    """The Azurite container BUCKET as an azure-storage-blob ContainerClient."""
+    from azure.storage.blob import ContainerClient
+
+    return ContainerClient.from_connection_string(azure_connection_string(state.port("azure")), BUCKET)
+
+
+def sdk_gcs_bucket(state: StackState):
+    """The GCS emulator's BUCKET as a google-cloud-storage Bucket (not loaded: call reload() for metadata)."""
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    client = storage.Client(project=GCP_PROJECT, credentials=AnonymousCredentials(),
+                            client_options={"api_endpoint": f"http://127.0.0.1:{state.port('gcs')}"})
+    return client.bucket(BUCKET)
 
 
 # --------------------------------------------------------------------------- connections

@@ -32,44 +32,20 @@ FAST_POLICY = POLICY.with_overrides(upload_retries=0, upload_retry_delay_seconds
 
 def _sdk_get(stack, cloud: str, key: str) -> bytes:
     """Read an object with the cloud's own SDK (not the product's storage layer)."""
-    bucket = local_stack.BUCKET
     if cloud == "aws":
-        import boto3
-
-        s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{stack.port('s3')}", region_name="us-east-1",
-                          aws_access_key_id="testing", aws_secret_access_key="testing")
-        return s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        return local_stack.sdk_s3(stack).get_object(Bucket=local_stack.BUCKET, Key=key)["Body"].read()
     if cloud == "azure":
-        from azure.storage.blob import BlobServiceClient
-
-        client = BlobServiceClient.from_connection_string(local_stack.azure_connection_string(stack.port("azure")))
-        return client.get_blob_client(bucket, key).download_blob().readall()
-    from google.auth.credentials import AnonymousCredentials
-    from google.cloud import storage
-
-    client = storage.Client(project=local_stack.GCP_PROJECT, credentials=AnonymousCredentials())
-    return client.bucket(bucket).blob(key).download_as_bytes()
+        return local_stack.sdk_azure_container(stack).get_blob_client(key).download_blob().readall()
+    return local_stack.sdk_gcs_bucket(stack).blob(key).download_as_bytes()
 
 
 def _sdk_put(stack, cloud: str, key: str, data: bytes) -> None:
-    bucket = local_stack.BUCKET
     if cloud == "aws":
-        import boto3
-
-        s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{stack.port('s3')}", region_name="us-east-1",
-                          aws_access_key_id="testing", aws_secret_access_key="testing")
-        s3.put_object(Bucket=bucket, Key=key, Body=data)
+        local_stack.sdk_s3(stack).put_object(Bucket=local_stack.BUCKET, Key=key, Body=data)
     elif cloud == "azure":
-        from azure.storage.blob import BlobServiceClient
-
-        client = BlobServiceClient.from_connection_string(local_stack.azure_connection_string(stack.port("azure")))
-        client.get_blob_client(bucket, key).upload_blob(data, overwrite=True)
+        local_stack.sdk_azure_container(stack).get_blob_client(key).upload_blob(data, overwrite=True)
     else:
-        from google.auth.credentials import AnonymousCredentials
-        from google.cloud import storage
-
-        client = storage.Client(project=local_stack.GCP_PROJECT, credentials=AnonymousCredentials())
-        client.bucket(bucket).blob(key).upload_from_string(data)
+        local_stack.sdk_gcs_bucket(stack).blob(key).upload_from_string(data)
 
 
 def _decrypt(entry: dict, ciphertext: bytes, key_ring) -> bytes:
@@ -139,7 +115,6 @@ def test_backup_dag_copies_decrypt_to_the_source(stack, backup_env, key_ring, na
 
 def test_backups_are_write_once_for_the_policys_immutability_days(stack, backup_env):
     """S3 Object Lock on every object and the manifest; the catalog and retention hold the backup as long."""
-    import boto3
     from botocore.exceptions import ClientError
 
     from wedsync_dr import retention
@@ -152,8 +127,7 @@ def test_backups_are_write_once_for_the_policys_immutability_days(stack, backup_
     assert POLICY.immutability_days > 0 and POLICY.immutability_mode == "governance"
     assert dt.datetime.fromisoformat(record["manifest"]["locked_until"]) == locked_until
     assert record["retain_until"] == locked_until
-    s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{stack.port('s3')}", region_name="us-east-1",
-                      aws_access_key_id="testing", aws_secret_access_key="testing")
+    s3 = local_stack.sdk_s3(stack)
     for key in [e["key"] for e in record["manifest"]["objects"]] + [f"{record['prefix']}/manifest.json"]:
         head = s3.head_object(Bucket=local_stack.BUCKET, Key=key)
         assert head["ObjectLockMode"] == "GOVERNANCE", key

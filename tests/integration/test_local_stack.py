@@ -40,17 +40,11 @@ def test_airflow_connections_are_exported(stack):
 def test_the_buckets_are_made_for_backups(stack):
     """S3 with Object Lock (the policy locks every object); the GCS emulator's bucket without soft delete
     (it rewrites a metadata file listing every object, deleted ones too, on each write)."""
-    import boto3
-    from google.auth.credentials import AnonymousCredentials
-    from google.cloud import storage
-
-    s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{stack.port('s3')}", region_name="us-east-1",
-                      aws_access_key_id="testing", aws_secret_access_key="testing")
-    lock = s3.get_object_lock_configuration(Bucket=local_stack.BUCKET)["ObjectLockConfiguration"]
-    assert lock["ObjectLockEnabled"] == "Enabled"
-    gcs = storage.Client(project=local_stack.GCP_PROJECT, credentials=AnonymousCredentials(),
-                         client_options={"api_endpoint": f"http://127.0.0.1:{stack.port('gcs')}"})
-    assert gcs.get_bucket(local_stack.BUCKET).soft_delete_policy.retention_duration_seconds == 0
+    lock = local_stack.sdk_s3(stack).get_object_lock_configuration(Bucket=local_stack.BUCKET)
+    assert lock["ObjectLockConfiguration"]["ObjectLockEnabled"] == "Enabled"
+    bucket = local_stack.sdk_gcs_bucket(stack)
+    bucket.reload()
+    assert bucket.soft_delete_policy.retention_duration_seconds == 0
 
 
 def test_backup_role_cannot_write(stack, demo_data):
