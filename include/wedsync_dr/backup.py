@@ -270,18 +270,40 @@ def _progress_logger(cloud: str, name: str, total: int) -> Callable[[int, int], 
     return report
 
 
+SMALL_OBJECT_BYTES = 1 << 20  # up to this size an object is one request: several go at once (see run_upload)
+
+
+def in_parallel(fn: Callable[[Any], Any], items: list[Any], concurrency: int, name: str) -> list[Any]:
+    """`fn` over `items`, up to `concurrency` at a time; results in the order of `items`.
+
+    On the first error the items not yet started are cancelled, those in flight finish, and the error
+    is raised: a cloud that is down fails the task after one retry deadline, not one per object.
+    """
+    if concurrency <= 1 or len(items) <= 1:
+        return [fn(item) for item in items]
+    pool = ThreadPoolExecutor(max_workers=min(concurrency, len(items)), thread_name_prefix=name)
+    try:
+        return list(pool.map(fn, items))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def run_upload(policy: Policy, cloud: str, summary: dict[str, Any], store: ObjectStore | None = None) -> dict:
-    """Upload every encrypted object of the backup to one cloud (blobs only where that cloud lacks them)."""
+    """Upload every encrypted object of the backup to one cloud (blobs only where that cloud lacks them).
+
+    Small objects (wedding bundles, asset blobs: one request each, where a cloud's latency costs more than
+    its bandwidth) go `policy.upload_concurrency` at a time; large ones one after another, each a multipart
+    or block upload with its own parallel parts. Either way at most a few MiB are in memory.
+    """
     store = store or stores(policy, [cloud])[cloud]
     encrypted = _read_json(Path(summary["staging_dir"]) / "encrypt.json")
     lock_until = _instant(summary.get("lock_until"))
     t0 = time.perf_counter()
-    sent = skipped = 0
-    sent_bytes = 0
-    for obj in encrypted:
+
+    def send(obj: dict[str, Any]) -> int | None:
+        """Bytes sent; None for a blob the cloud already holds."""
         if obj["blob"] and (head := store.head(obj["key"])) and head.sha256 == obj["ciphertext_sha256"]:
-            skipped += 1
-            continue
+            return None
         metadata = {"backup-id": summary["backup_id"], "kek-id": obj["encryption"]["kek_id"]}
         if obj["blob"]:  # blobs are self-describing: whoever finds one can open it with the key ring
             metadata |= {"wrapped-key": obj["encryption"]["wrapped_key"], "plaintext-sha256": obj["plaintext_sha256"]}
@@ -289,8 +311,14 @@ def run_upload(policy: Policy, cloud: str, summary: dict[str, Any], store: Objec
                        crc32c=obj["ciphertext_crc32c"], metadata=metadata, retain_until=lock_until,
                        progress=_progress_logger(cloud, obj["name"], obj["ciphertext_size"])
                        if obj["ciphertext_size"] > 64 << 20 else None)
-        sent += 1
-        sent_bytes += obj["ciphertext_size"]
+        return obj["ciphertext_size"]
+
+    small = [o for o in encrypted if o["ciphertext_size"] <= SMALL_OBJECT_BYTES]
+    sent_sizes = in_parallel(send, small, policy.upload_concurrency, f"upload-{cloud}")
+    sent_sizes += [send(o) for o in encrypted if o["ciphertext_size"] > SMALL_OBJECT_BYTES]
+    sent = sum(1 for size in sent_sizes if size is not None)
+    skipped = len(sent_sizes) - sent
+    sent_bytes = sum(size for size in sent_sizes if size is not None)
     seconds = time.perf_counter() - t0
     log.info("upload %s to %s: %d objects (%d blobs already there), %.1f MB in %.1fs (%.1f MB/s)",
              summary["backup_id"], cloud, sent, skipped, sent_bytes / 1e6, seconds,
@@ -367,7 +395,9 @@ def run_validate(policy: Policy, summary: dict[str, Any], upload_results: dict[s
             checks[cloud] = CopyCheck(cloud, "failed", "upload task did not succeed")
             continue
         try:
-            problem = next((p for o in encrypted if (p := _check_object(store, o))), None)
+            found = in_parallel(lambda obj, store=store: _check_object(store, obj), encrypted,
+                                policy.upload_concurrency, f"validate-{cloud}")
+            problem = next((p for p in found if p), None)
             if problem is None and encrypted:
                 sample = encrypted[sample_index % len(encrypted)]
                 problem = _sample_decrypt(store, sample, key_ring, summary["backup_id"])

@@ -340,6 +340,14 @@ def _node_bin(name: str) -> str:
     return str(path)
 
 
+# gcp-storage-emulator serves one connection at a time from a listen queue of 5 (socketserver's default):
+# the 6th concurrent client's SYN is dropped and its connect times out, although the emulator would answer
+# it within a second. Uploads send several small objects at once (backup.run_upload), as against a real
+# cloud; a longer queue makes them wait their turn instead.
+_GCS_EMULATOR_MAIN = ("import socketserver, sys; socketserver.TCPServer.request_queue_size = 128; "
+                      "from gcp_storage_emulator.__main__ import main; sys.exit(main(sys.argv[1:]))")
+
+
 def _venv_bin(name: str) -> str:
     path = Path(sys.executable).parent / name
     return str(path) if path.exists() else name
@@ -362,7 +370,7 @@ def _start_emulator(state: StackState, name: str, port: int | None = None) -> No
         ready = f"http://127.0.0.1:{port}/{AZURITE_ACCOUNT}?comp=list"
         env = {}
     elif name == "gcs":
-        argv = [_venv_bin("gcp-storage-emulator"), "start", "--host", "127.0.0.1", "--port", str(port),
+        argv = [sys.executable, "-c", _GCS_EMULATOR_MAIN, "start", "--host", "127.0.0.1", "--port", str(port),
                 "--default-bucket", BUCKET, "--quiet"]
         ready = f"http://127.0.0.1:{port}/storage/v1/b"
         env = {"STORAGE_BASE": str(data)}  # persists objects across restarts of `make run`

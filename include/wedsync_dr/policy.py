@@ -60,6 +60,7 @@ POLICY_SCHEMA: dict[str, Any] = {
                 "retries": {"type": "integer", "minimum": 0},
                 "retry_delay_seconds": {"type": "number", "minimum": 0},
                 "max_retry_delay_seconds": {"type": "number", "minimum": 0},
+                "concurrency": {"type": "integer", "minimum": 1, "maximum": 64},
             },
         },
         "pools": {
@@ -206,6 +207,7 @@ class Policy:
     immutability_mode: str = "governance"
     immutability_days: int = 0
     notifiers: tuple[dict[str, Any], ...] = ()
+    upload_concurrency: int = 8  # small objects in flight per cloud (uploads and validation checks)
 
     def lock_days(self, data_class: DataClass, at_least: int = 0) -> int:
         """How long a backup's objects are write-once in every cloud (0: not locked)."""
@@ -262,6 +264,7 @@ def parse_policy(raw: dict[str, Any]) -> Policy:
         staging_dir_env=raw.get("staging_dir_env", "WEDSYNC_STAGING_DIR"), zstd_level=raw.get("zstd_level", 3),
         immutability_mode=immutability["mode"], immutability_days=immutability["days"],
         notifiers=tuple(raw.get("alerts", {}).get("notifiers", ())),
+        upload_concurrency=upload.get("concurrency", 8),
     )
 
 

@@ -1,0 +1,109 @@
+"""Small objects go to a cloud several at a time; large ones one at a time; a failure stops the rest."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+
+from wedsync_dr import backup
+from wedsync_dr.policy import load_policy
+
+BARRIER_TIMEOUT = 30  # generous: a slow machine only makes the parties arrive later, never fail
+
+
+def test_in_parallel_runs_up_to_concurrency_at_once_and_keeps_the_order():
+    meet = threading.Barrier(4, timeout=BARRIER_TIMEOUT)  # breaks unless 4 calls are in flight together
+
+    def square(n: int) -> int:
+        meet.wait()
+        return n * n
+
+    assert backup.in_parallel(square, list(range(8)), 4, "t") == [n * n for n in range(8)]
+
+
+def test_in_parallel_with_concurrency_one_runs_in_the_callers_thread():
+    threads = backup.in_parallel(lambda _: threading.current_thread(), [1, 2, 3], 1, "t")
+    assert threads == [threading.current_thread()] * 3
+
+
+def test_in_parallel_cancels_what_has_not_started_after_an_error():
+    started: list[int] = []
+    lock = threading.Lock()
+
+    def fail_first(n: int) -> int:
+        with lock:
+            started.append(n)
+        if n == 0:
+            raise RuntimeError("cloud down")
+        return n
+
+    with pytest.raises(RuntimeError, match="cloud down"):
+        backup.in_parallel(fail_first, list(range(500)), 2, "t")
+    assert 0 in started and len(started) < 500
+
+
+class RecordingStore:
+    """An ObjectStore stand-in that records how many puts overlap and holds one blob already."""
+
+    cloud = "mem"
+
+    def __init__(self, small_parties: int, existing_blob: tuple[str, str] | None = None):
+        self.meet = threading.Barrier(small_parties, timeout=BARRIER_TIMEOUT)
+        self.lock = threading.Lock()
+        self.in_flight = 0
+        self.overlapping_large: list[str] = []
+        self.put: dict[str, int] = {}
+        self.existing = dict([existing_blob]) if existing_blob else {}
+
+    def head(self, key: str):
+        sha = self.existing.get(key)
+        return type("Info", (), {"sha256": sha})() if sha else None
+
+    def put_file(self, key: str, path: Path, *, sha256: str, size: int | None = None, **_kwargs):
+        with self.lock:
+            self.in_flight += 1
+            if path.stat().st_size > backup.SMALL_OBJECT_BYTES and self.in_flight > 1:
+                self.overlapping_large.append(key)
+        try:
+            if path.stat().st_size <= backup.SMALL_OBJECT_BYTES:
+                self.meet.wait()
+            self.put[key] = path.stat().st_size
+        finally:
+            with self.lock:
+                self.in_flight -= 1
+
+
+def _staged(tmp_path: Path, sizes: list[int], blob_index: int | None = None) -> dict:
+    entries = []
+    for i, size in enumerate(sizes):
+        path = tmp_path / f"object-{i}.tink"
+        path.write_bytes(b"x" * size)
+        entries.append({"name": f"object-{i}", "key": f"backup/object-{i}", "path": str(path), "blob": i == blob_index,
+                        "ciphertext_size": size, "ciphertext_sha256": f"{i:064x}", "ciphertext_md5": "0" * 32,
+                        "ciphertext_crc32c": "0" * 8, "plaintext_sha256": f"{i:064x}",
+                        "encryption": {"kek_id": "k1", "wrapped_key": "w"}})
+    (tmp_path / "encrypt.json").write_text(json.dumps(entries))
+    return {"staging_dir": str(tmp_path), "backup_id": "b-1", "lock_until": None}
+
+
+def test_upload_sends_small_objects_together_and_large_ones_alone(tmp_path):
+    policy = load_policy().with_overrides(upload_concurrency=4)
+    big = backup.SMALL_OBJECT_BYTES + 1
+    sizes = [100] * 8 + [big, big]
+    store = RecordingStore(small_parties=4)
+    result = backup.run_upload(policy, "mem", _staged(tmp_path, sizes), store=store)
+    assert store.put == {f"backup/object-{i}": size for i, size in enumerate(sizes)}
+    assert store.overlapping_large == []
+    assert result["objects"] == 10 and result["bytes"] == sum(sizes) and result["skipped_blobs"] == 0
+
+
+def test_upload_skips_a_blob_the_cloud_already_holds(tmp_path):
+    policy = load_policy().with_overrides(upload_concurrency=3)
+    summary = _staged(tmp_path, [10, 20, 30, 40], blob_index=3)
+    store = RecordingStore(small_parties=3, existing_blob=("backup/object-3", f"{3:064x}"))
+    result = backup.run_upload(policy, "mem", summary, store=store)
+    assert sorted(store.put) == ["backup/object-0", "backup/object-1", "backup/object-2"]
+    assert (result["objects"], result["skipped_blobs"], result["bytes"]) == (3, 1, 60)
