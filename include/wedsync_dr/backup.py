@@ -33,6 +33,7 @@ from typing import Any
 import google_crc32c
 
 from wedsync_dr import alerts, catalog, crypto, extract
+from wedsync_dr.parallel import in_parallel
 from wedsync_dr.policy import DataClass, Policy
 from wedsync_dr.storage import ObjectStore, StorageError, open_store
 
@@ -271,21 +272,6 @@ def _progress_logger(cloud: str, name: str, total: int) -> Callable[[int, int], 
 
 
 SMALL_OBJECT_BYTES = 1 << 20  # up to this size an object is one request: several go at once (see run_upload)
-
-
-def in_parallel(fn: Callable[[Any], Any], items: list[Any], concurrency: int, name: str) -> list[Any]:
-    """`fn` over `items`, up to `concurrency` at a time; results in the order of `items`.
-
-    On the first error the items not yet started are cancelled, those in flight finish, and the error
-    is raised: a cloud that is down fails the task after one retry deadline, not one per object.
-    """
-    if concurrency <= 1 or len(items) <= 1:
-        return [fn(item) for item in items]
-    pool = ThreadPoolExecutor(max_workers=min(concurrency, len(items)), thread_name_prefix=name)
-    try:
-        return list(pool.map(fn, items))
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def run_upload(policy: Policy, cloud: str, summary: dict[str, Any], store: ObjectStore | None = None) -> dict:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from wedsync_dr.parallel import in_parallel
 from wedsync_dr.storage import ObjectInfo, ObjectStore, StorageError
 
 log = logging.getLogger(__name__)
@@ -69,11 +70,14 @@ def _copy(src: ObjectStore, dst: ObjectStore, entry: dict[str, Any], staging: Pa
 
 
 def repair_backup(manifest: dict[str, Any], stores: dict[str, ObjectStore], staging: Path,
-                  blob_entries: list[dict[str, Any]] = ()) -> RepairResult:
+                  blob_entries: list[dict[str, Any]] = (), concurrency: int = 1) -> RepairResult:
+    """Check every object in every cloud (`concurrency` objects at a time: a sweep of an hourly class is
+    thousands of HEADs), then re-copy the bad copies one at a time (each streams through a file)."""
     result = RepairResult(manifest["backup_id"])
     broken_clouds: set[str] = set()
-    for entry in [*manifest["objects"], *blob_entries]:
-        heads = _heads(stores, entry["key"])
+    entries = [*manifest["objects"], *blob_entries]
+    all_heads = in_parallel(lambda entry: _heads(stores, entry["key"]), entries, concurrency, "repair-check")
+    for entry, heads in zip(entries, all_heads, strict=True):
         problems = {c: (str(h) if isinstance(h, StorageError) else copy_problem(h, entry)) for c, h in heads.items()}
         good = [c for c, p in problems.items() if p is None]
         for cloud, problem in problems.items():
@@ -127,7 +131,8 @@ def run(policy, catalog_conn, stores: dict[str, ObjectStore], *, only_degraded: 
                          "ciphertext_size": b["ciphertext_size"], "encryption": b["encryption"],
                          "plaintext_sha256": sha, "blob": True}
                         for sha in manifest.get("referenced_blobs", []) if (b := known_blobs.get(sha))]
-        result = repair_backup(manifest, stores, policy.staging_dir() / "repair", blob_entries)
+        result = repair_backup(manifest, stores, policy.staging_dir() / "repair", blob_entries,
+                               concurrency=policy.upload_concurrency)
         copies = {c: ("validated", "repaired" if any(t == c for _, _, t in result.copied) else "checked")
                   for c in result.clouds_ok}
         copies |= {c: ("missing", "; ".join(u for u in result.unrepairable if f" in {c}:" in u)[:1000])

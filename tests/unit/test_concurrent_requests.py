@@ -1,7 +1,9 @@
-"""Small objects go to a cloud several at a time; large ones one at a time; a failure stops the rest."""
+"""Small objects go to (and are checked in) a cloud several at a time; large ones one at a time; a failure
+stops the rest."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 from pathlib import Path
@@ -9,7 +11,10 @@ from pathlib import Path
 import pytest
 
 from wedsync_dr import backup
+from wedsync_dr.parallel import in_parallel
 from wedsync_dr.policy import load_policy
+from wedsync_dr.repair import repair_backup
+from wedsync_dr.storage import ObjectInfo
 
 BARRIER_TIMEOUT = 30  # generous: a slow machine only makes the parties arrive later, never fail
 
@@ -21,11 +26,11 @@ def test_in_parallel_runs_up_to_concurrency_at_once_and_keeps_the_order():
         meet.wait()
         return n * n
 
-    assert backup.in_parallel(square, list(range(8)), 4, "t") == [n * n for n in range(8)]
+    assert in_parallel(square, list(range(8)), 4, "t") == [n * n for n in range(8)]
 
 
 def test_in_parallel_with_concurrency_one_runs_in_the_callers_thread():
-    threads = backup.in_parallel(lambda _: threading.current_thread(), [1, 2, 3], 1, "t")
+    threads = in_parallel(lambda _: threading.current_thread(), [1, 2, 3], 1, "t")
     assert threads == [threading.current_thread()] * 3
 
 
@@ -41,7 +46,7 @@ def test_in_parallel_cancels_what_has_not_started_after_an_error():
         return n
 
     with pytest.raises(RuntimeError, match="cloud down"):
-        backup.in_parallel(fail_first, list(range(500)), 2, "t")
+        in_parallel(fail_first, list(range(500)), 2, "t")
     assert 0 in started and len(started) < 500
 
 
@@ -107,3 +112,47 @@ def test_upload_skips_a_blob_the_cloud_already_holds(tmp_path):
     result = backup.run_upload(policy, "mem", summary, store=store)
     assert sorted(store.put) == ["backup/object-0", "backup/object-1", "backup/object-2"]
     assert (result["objects"], result["skipped_blobs"], result["bytes"]) == (3, 1, 60)
+
+
+class SweepStore:
+    """A cloud for repair: HEADs of the check phase must overlap (a barrier), later calls run freely."""
+
+    def __init__(self, cloud: str, objects: dict[str, bytes], barrier: threading.Barrier | None):
+        self.cloud, self.objects, self.barrier = cloud, objects, barrier
+        self.heads = 0
+        self.lock = threading.Lock()
+
+    def head(self, key: str):
+        with self.lock:
+            self.heads += 1
+            in_check_phase = self.barrier is not None and self.heads <= self.barrier.parties
+        if in_check_phase:
+            self.barrier.wait()
+        data = self.objects.get(key)
+        if data is None:
+            return None
+        digest = hashlib.sha256(data).hexdigest()
+        return ObjectInfo(key=key, size=len(data), sha256=digest, metadata={}, native={}, updated=None)
+
+    def download_to(self, key: str, fileobj) -> int:
+        fileobj.write(self.objects[key])
+        return len(self.objects[key])
+
+    def put_file(self, key: str, path: Path, **_kwargs) -> None:
+        self.objects[key] = path.read_bytes()
+
+    def put_bytes(self, key: str, data: bytes, **_kwargs) -> None:
+        self.objects[key] = data
+
+
+def test_repair_checks_objects_together_then_copies_what_is_missing(tmp_path):
+    bodies = {f"b/object-{i}": f"ciphertext {i}".encode() for i in range(8)}
+    manifest = {"backup_id": "b-1", "prefix": "b", "objects": [
+        {"key": key, "ciphertext_size": len(body), "ciphertext_sha256": hashlib.sha256(body).hexdigest(),
+         "encryption": {"kek_id": "k1"}} for key, body in bodies.items()]}
+    whole = SweepStore("aws", dict(bodies), threading.Barrier(4, timeout=BARRIER_TIMEOUT))
+    gappy = SweepStore("gcp", {k: v for k, v in bodies.items() if not k.endswith(("-2", "-5"))}, None)
+    result = repair_backup(manifest, {"aws": whole, "gcp": gappy}, tmp_path, concurrency=4)
+    assert sorted(result.copied) == [("b/object-2", "aws", "gcp"), ("b/object-5", "aws", "gcp")]
+    assert result.unrepairable == [] and result.clouds_ok == ["aws", "gcp"]
+    assert {k: gappy.objects[k] for k in bodies} == bodies and "b/manifest.json" in gappy.objects
