@@ -374,22 +374,26 @@ def run_validate(policy: Policy, summary: dict[str, Any], upload_results: dict[s
     """Prove each copy, commit the backup with its manifest where it is whole, or roll it back."""
     store_map = store_map or stores(policy)
     encrypted = _read_json(Path(summary["staging_dir"]) / "encrypt.json")
-    checks: dict[str, CopyCheck] = {}
     sample_index = int(summary["backup_id"].rsplit("-", 1)[1], 16)
-    for cloud, store in store_map.items():
+
+    def check_cloud(cloud: str) -> CopyCheck:
         if upload_results.get(cloud) is None:
-            checks[cloud] = CopyCheck(cloud, "failed", "upload task did not succeed")
-            continue
+            return CopyCheck(cloud, "failed", "upload task did not succeed")
+        store = store_map[cloud]
         try:
-            found = in_parallel(lambda obj, store=store: _check_object(store, obj), encrypted,
-                                policy.upload_concurrency, f"validate-{cloud}")
+            found = in_parallel(lambda obj: _check_object(store, obj), encrypted, policy.upload_concurrency,
+                                f"validate-{cloud}")
             problem = next((p for p in found if p), None)
             if problem is None and encrypted:
                 sample = encrypted[sample_index % len(encrypted)]
                 problem = _sample_decrypt(store, sample, key_ring, summary["backup_id"])
         except StorageError as err:
             problem = f"failed: {err}"
-        checks[cloud] = CopyCheck(cloud, problem.split(":", 1)[0] if problem else "validated", problem or "")
+        return CopyCheck(cloud, problem.split(":", 1)[0] if problem else "validated", problem or "")
+
+    # The clouds are checked at the same time: a slow or unreachable one costs its own time, not the sum.
+    checks = dict(zip(store_map, in_parallel(check_cloud, list(store_map), len(store_map), "validate"),
+                      strict=True))
     if any(c.status == "validated" for c in checks.values()):
         referenced = _check_referenced_blobs(policy, summary, store_map, checks)
         log.info("asset blobs referenced by this backup: %d", referenced)
