@@ -91,7 +91,9 @@ def run_extract(policy: Policy, data_class: DataClass, *, connect: Callable[[], 
                 backup_id: str | None = None, started_at: dt.datetime | None = None,
                 wedding_ids: list[int] | None = None, labels: tuple[str, ...] = (), reason: str | None = None,
                 requested_by: str | None = None, dag_id: str | None = None, run_id: str | None = None,
-                workers: int = 2, min_retention_days: int = 0) -> dict[str, Any]:
+                workers: int | None = None, min_retention_days: int = 0) -> dict[str, Any]:
+    """Stage the class's data: compressed plaintext files and `extract.json`. `workers` (default: the class's
+    `extract_workers`) tables or parts are copied at once."""
     started_at = started_at or dt.datetime.now(dt.UTC)
     backup_id = backup_id or new_backup_id(data_class.name, started_at)
     staging = staging_dir(policy, backup_id)
@@ -103,7 +105,8 @@ def run_extract(policy: Policy, data_class: DataClass, *, connect: Callable[[], 
                                 scope=scope, dag_id=dag_id, run_id=run_id)
     t0 = time.perf_counter()
     if data_class.kind == "tables":
-        extraction = extract.extract_tables(connect, policy, data_class, backup_id, staging, workers=workers)
+        extraction = extract.extract_tables(connect, policy, data_class, backup_id, staging,
+                                            workers=workers or data_class.extract_workers)
     elif data_class.kind == "wedding_bundles":
         extraction = extract.extract_wedding_bundles(connect, policy, data_class, backup_id, staging, wedding_ids)
     elif data_class.kind == "assets":

@@ -128,6 +128,7 @@ POLICY_SCHEMA: dict[str, Any] = {
                     "source_env": {"type": "string"},
                     "immutable_days": {"type": "integer", "minimum": 0},
                     "part_size_mb": {"type": "number", "minimum": 0},
+                    "extract_workers": {"type": "integer", "minimum": 1, "maximum": 32},
                     "bundle_tables": {
                         "type": "object", "minProperties": 1, "propertyNames": {"pattern": _IDENT},
                         "additionalProperties": {
@@ -185,6 +186,7 @@ class DataClass:
     source_env: str = ""
     immutable_days: int | None = None  # None: the policy-wide `immutability.days`
     part_size_mb: float = 128  # tables larger than this are extracted in parts (0: never split)
+    extract_workers: int = 2  # tables (or parts) copied at once: a COPY backend and a zstd stream each
 
 
 @dataclass(frozen=True)

@@ -183,6 +183,33 @@ def test_critical_weddings_are_one_bundle_per_wedding_in_the_window(stack, backu
     assert bundles == expected and len(expected) > 0
 
 
+def test_extract_workers_from_the_policy_change_speed_not_content(stack, backup_env, monkeypatch):
+    """The class's `extract_workers` reaches the table extract; 1 or 3 at once stage the same objects."""
+    seen: list[int] = []
+    extract_tables = extract.extract_tables
+
+    def recording(*args, workers, **kwargs):
+        seen.append(workers)
+        return extract_tables(*args, workers=workers, **kwargs)
+
+    monkeypatch.setattr(extract, "extract_tables", recording)
+    staged = {}
+    with catalog.connect() as conn:
+        for workers in (1, 3):
+            data_class = dataclasses.replace(POLICY.data_classes["vendor_data"], extract_workers=workers,
+                                             part_size_mb=0.0625)  # several parts: more objects than workers
+            summary = backup.run_extract(POLICY, data_class, connect=catalog.db_connector("wedsync_db"),
+                                         catalog_conn=conn)
+            try:
+                objects = json.loads((Path(summary["staging_dir"]) / "extract.json").read_text())["objects"]
+                staged[workers] = [(o["name"], o["rows"], o["plaintext_sha256"]) for o in objects]
+            finally:  # never uploaded: leave no staging and no "running" backup behind for later tests
+                backup.cleanup(POLICY, summary["backup_id"])
+                conn.execute("DELETE FROM backup_catalog.backups WHERE backup_id = %s", (summary["backup_id"],))
+    assert seen == [1, 3]
+    assert staged[1] == staged[3] and len(staged[1]) > 3
+
+
 # ----------------------------------------------------------------------------- assets are incremental
 
 
