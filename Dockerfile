@@ -13,7 +13,9 @@ WORKDIR /data
 # Objects persist under /data (a named volume in docker-compose.yml).
 ENV STORAGE_BASE=/data
 EXPOSE 9023
-ENTRYPOINT ["gcp-storage-emulator"]
+# The emulator's listen queue of 5 drops concurrent connects (uploads send several small objects at once):
+# started as the local stack starts it, with a queue of 128 (wedsync_dr.local_stack._GCS_EMULATOR_MAIN).
+ENTRYPOINT ["python", "-c", "import socketserver, sys; socketserver.TCPServer.request_queue_size = 128; from gcp_storage_emulator.__main__ import main; sys.exit(main(sys.argv[1:]))"]
 CMD ["start", "--host", "0.0.0.0", "--port", "9023"]
 
 

@@ -399,3 +399,9 @@ def test_embedded_scripts_are_valid_shell_and_python():
         for block in blocks:
             compile(block, f"<{name}>", "exec")
     assert "ensure_pools(" in script("airflow-init") and "catalog.connect()" in script("airflow-init")
+
+
+def test_the_gcs_emulator_image_starts_the_emulator_as_the_local_stack_does():
+    """Both with a listen queue long enough for concurrent uploads (see local_stack._GCS_EMULATOR_MAIN)."""
+    entrypoint = next(line for line in DOCKERFILE.read_text().splitlines() if line.startswith("ENTRYPOINT"))
+    assert json.loads(entrypoint.removeprefix("ENTRYPOINT")) == ["python", "-c", local_stack._GCS_EMULATOR_MAIN]
