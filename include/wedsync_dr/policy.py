@@ -266,7 +266,7 @@ def parse_policy(raw: dict[str, Any]) -> Policy:
         staging_dir_env=raw.get("staging_dir_env", "WEDSYNC_STAGING_DIR"), zstd_level=raw.get("zstd_level", 3),
         immutability_mode=immutability["mode"], immutability_days=immutability["days"],
         notifiers=tuple(raw.get("alerts", {}).get("notifiers", ())),
-        upload_concurrency=upload.get("concurrency", 8),
+        upload_concurrency=upload.get("concurrency", Policy.upload_concurrency),
     )
 
 

@@ -67,15 +67,17 @@ class RecordingStore:
         sha = self.existing.get(key)
         return type("Info", (), {"sha256": sha})() if sha else None
 
-    def put_file(self, key: str, path: Path, *, sha256: str, size: int | None = None, **_kwargs):
+    def put_file(self, key: str, path: Path, **_kwargs):
+        size = path.stat().st_size
+        small = size <= backup.SMALL_OBJECT_BYTES
         with self.lock:
             self.in_flight += 1
-            if path.stat().st_size > backup.SMALL_OBJECT_BYTES and self.in_flight > 1:
+            if not small and self.in_flight > 1:
                 self.overlapping_large.append(key)
         try:
-            if path.stat().st_size <= backup.SMALL_OBJECT_BYTES:
+            if small:
                 self.meet.wait()
-            self.put[key] = path.stat().st_size
+            self.put[key] = size
         finally:
             with self.lock:
                 self.in_flight -= 1
