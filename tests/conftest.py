@@ -18,7 +18,8 @@ import pytest
 from wedsync_dr import local_stack
 
 REPO = Path(__file__).resolve().parents[1]
-TEST_ROOT = REPO / ".local" / "test"
+# WEDSYNC_TEST_ROOT lets two focused test runs (e.g. two work trees' helpers) keep separate stacks.
+TEST_ROOT = Path(os.environ.get("WEDSYNC_TEST_ROOT") or REPO / ".local" / "test")
 
 # Airflow reads its configuration when first imported: set it before any test imports airflow.
 os.environ.update(local_stack.airflow_settings(TEST_ROOT / "airflow"))

@@ -1,6 +1,7 @@
 -- backup_catalog: what wedsync-dr knows about its backups. It is a cache of the manifests in the
 -- clouds (`wedsync-dr rebuild-catalog` recreates it from any one cloud) plus operational history
--- (validations, alerts, health checks, drills, restores). Idempotent: applied on every run.
+-- (validations, alerts, health checks, drills, restores). Idempotent: applied by `wedsync_dr.catalog.migrate`
+-- (stack up, the compose init container, `wedsync-dr catalog migrate`, rebuild-catalog), never per connection.
 
 CREATE SCHEMA IF NOT EXISTS backup_catalog;
 SET search_path TO backup_catalog;
@@ -74,6 +75,19 @@ CREATE TABLE IF NOT EXISTS asset_index (
     size             bigint NOT NULL,
     mtime_ns         bigint NOT NULL,
     backup_id        text NOT NULL
+);
+
+-- Content-addressed asset blobs (manifest format 3), by keyed content id (HMAC-SHA256 under the key ring's
+-- dedup key): no plaintext hash. `entry` is the blob's manifest entry (wedsync_dr.format.BLOB_FIELDS), which
+-- every later manifest that needs the blob repeats. Rebuilt from the manifests by rebuild-catalog.
+-- One row per stored object (key): the same content id under two key prefixes (two policies, one catalog)
+-- is two blobs.
+CREATE TABLE IF NOT EXISTS blobs (
+    key              text PRIMARY KEY,
+    content_id       char(64) NOT NULL,
+    entry            jsonb NOT NULL,
+    first_backup_id  text NOT NULL,
+    created_at       timestamptz NOT NULL DEFAULT now()
 );
 
 CREATE TABLE IF NOT EXISTS alerts (
@@ -160,3 +174,30 @@ CREATE TABLE IF NOT EXISTS drills (
     detail           text
 );
 CREATE INDEX IF NOT EXISTS drills_class_time ON drills (data_class, drilled_at DESC);
+
+-- Acknowledged alerts are no longer open (wedsync_dr.status): a person has seen the problem and owns it.
+-- Acknowledging one closes the earlier ones of the same kind and subject; a later alert opens it again.
+ALTER TABLE alerts ADD COLUMN IF NOT EXISTS acknowledged_at timestamptz,
+                   ADD COLUMN IF NOT EXISTS acknowledged_by text;
+CREATE INDEX IF NOT EXISTS alerts_kind_subject ON alerts (kind, subject, alert_id DESC);
+
+-- Verifications (backup_verify DAG): one backup's copy in one cloud downloaded, checksummed and decrypted.
+CREATE TABLE IF NOT EXISTS verifications (
+    verification_id  bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    verified_at      timestamptz NOT NULL DEFAULT now(),
+    backup_id        text NOT NULL,
+    data_class       text NOT NULL,
+    cloud            text NOT NULL,
+    ok               boolean NOT NULL,
+    sample           double precision NOT NULL,    -- fraction of the objects read (1: all)
+    seed             bigint NOT NULL,              -- which sample: the same seed reads the same objects
+    objects_read     integer NOT NULL,
+    objects_total    integer NOT NULL,
+    problem_count    integer NOT NULL,
+    problems         jsonb NOT NULL DEFAULT '[]',  -- the first 100
+    seconds          double precision NOT NULL,
+    dag_id           text,
+    run_id           text
+);
+CREATE INDEX IF NOT EXISTS verifications_backup ON verifications (backup_id, cloud, verified_at DESC);
+CREATE INDEX IF NOT EXISTS verifications_class_time ON verifications (data_class, verified_at DESC);

@@ -103,9 +103,16 @@ def _connection_exists(conn_id: str) -> bool:
 
 
 def on_task_failure(context: dict[str, Any]) -> None:
-    """Airflow failure callback: a task of a wedsync-dr DAG failed after its retries."""
+    """Airflow failure callback: a task of a wedsync-dr DAG failed after its retries.
+
+    Critical, except when the task refused what a user asked for (an InvalidRequest: a typo in a restore or
+    emergency request, unknown wedding ids): that is the requester's to fix, so a warning -- it never pages.
+    """
+    from wedsync_dr.requests import InvalidRequest
+
     ti = context.get("ti") or context.get("task_instance")
     exception = context.get("exception")
     where = f"{ti.dag_id}.{ti.task_id}" if ti else "unknown task"
-    alert(severity="critical", kind="task_failed", subject=where,
+    alert(severity="warning" if isinstance(exception, InvalidRequest) else "critical", kind="task_failed",
+          subject=where,
           message=f"{where} failed in run {context.get('run_id')}: {type(exception).__name__}: {exception}")

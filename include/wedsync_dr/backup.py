@@ -32,16 +32,13 @@ from typing import Any
 
 import google_crc32c
 
-from wedsync_dr import alerts, catalog, crypto, extract
+from wedsync_dr import alerts, catalog, crypto, extract, format
+from wedsync_dr.format import BLOB_AD_SCOPE
 from wedsync_dr.parallel import in_parallel
 from wedsync_dr.policy import DataClass, Policy
 from wedsync_dr.storage import ObjectStore, StorageError, open_store
 
 log = logging.getLogger(__name__)
-
-FORMAT_VERSION = 2  # 2: table objects are binary COPY streams (`copy_format`); 1 had COPY text
-MANIFEST_NAME = "manifest.json"
-BLOB_AD_SCOPE = "assets-blob"  # blobs are shared by many backups: their AD binds the content hash instead
 
 
 class QuorumNotMet(RuntimeError):
@@ -57,11 +54,11 @@ def new_backup_id(data_class: str, now: dt.datetime | None = None) -> str:
 
 
 def backup_prefix(policy: Policy, data_class: str, backup_id: str, started_at: dt.datetime) -> str:
-    return f"{policy.prefix}/{data_class}/{started_at:%Y/%m/%d}/{backup_id}"
+    return format.backup_prefix(policy.prefix, data_class, backup_id, started_at)
 
 
-def blob_key(policy: Policy, sha256: str) -> str:
-    return f"{policy.prefix}/assets/blobs/{sha256[:2]}/{sha256}.tink"
+def blob_key(policy: Policy, content_id: str) -> str:
+    return format.blob_key(policy.prefix, content_id)
 
 
 def staging_dir(policy: Policy, backup_id: str) -> Path:
@@ -91,9 +88,11 @@ def run_extract(policy: Policy, data_class: DataClass, *, connect: Callable[[], 
                 backup_id: str | None = None, started_at: dt.datetime | None = None,
                 wedding_ids: list[int] | None = None, labels: tuple[str, ...] = (), reason: str | None = None,
                 requested_by: str | None = None, dag_id: str | None = None, run_id: str | None = None,
-                workers: int | None = None, min_retention_days: int = 0) -> dict[str, Any]:
+                workers: int | None = None, min_retention_days: int = 0,
+                key_ring: crypto.KeyRing | None = None) -> dict[str, Any]:
     """Stage the class's data: compressed plaintext files and `extract.json`. `workers` (default: the class's
-    `extract_workers`) tables or parts are copied at once."""
+    `extract_workers`) tables or parts are copied at once. Assets need `key_ring` (its dedup key names the
+    blobs); nothing is staged without it."""
     started_at = started_at or dt.datetime.now(dt.UTC)
     backup_id = backup_id or new_backup_id(data_class.name, started_at)
     staging = staging_dir(policy, backup_id)
@@ -110,7 +109,9 @@ def run_extract(policy: Policy, data_class: DataClass, *, connect: Callable[[], 
     elif data_class.kind == "wedding_bundles":
         extraction = extract.extract_wedding_bundles(connect, policy, data_class, backup_id, staging, wedding_ids)
     elif data_class.kind == "assets":
-        extraction = _extract_assets(policy, data_class, backup_id, staging, catalog_conn)
+        if key_ring is None:
+            raise crypto.KeyUnavailableError("an assets backup needs the key ring: its dedup key names the blobs")
+        extraction = _extract_assets(policy, data_class, backup_id, staging, catalog_conn, key_ring)
     else:  # the policy schema makes this unreachable
         raise ValueError(f"unknown data class kind {data_class.kind!r}")
     seconds = time.perf_counter() - t0
@@ -141,38 +142,50 @@ def _instant(value: str | None) -> dt.datetime | None:
     return dt.datetime.fromisoformat(value) if value else None
 
 
-def _extract_assets(policy: Policy, data_class: DataClass, backup_id: str, staging: Path, catalog_conn):
-    """Index every asset file; stage only blobs no earlier backup stored (content addressing)."""
+def _extract_assets(policy: Policy, data_class: DataClass, backup_id: str, staging: Path, catalog_conn,
+                    key_ring: crypto.KeyRing):
+    """Index every asset file under its keyed content id; stage only blobs no earlier backup stored.
+
+    The blobs stored before are described in full in `referenced-blobs.json` (from the catalog), so the
+    manifest lists every blob the backup needs; validate proves each of them in every cloud.
+    """
     source = Path(os.environ.get(data_class.source_env, ""))
     if not os.environ.get(data_class.source_env):
         raise RuntimeError(f"asset source not configured: set {data_class.source_env}")
     files, hashed = extract.scan_assets(source, catalog.asset_index(catalog_conn))
-    known = catalog.known_asset_blobs(catalog_conn)
+    content_ids = {f.sha256: key_ring.content_id(f.sha256) for f in files}
+    known = catalog.known_blobs(catalog_conn, policy.prefix)
     new_blobs: dict[str, extract.AssetFile] = {}
+    referenced: dict[str, dict[str, Any]] = {}
     for f in files:
-        if f.sha256 not in known and f.sha256 not in new_blobs:
-            new_blobs[f.sha256] = f
-    # The index is the backup's data object: path -> content hash, and how to open each blob.
+        cid = content_ids[f.sha256]
+        if cid in known:
+            referenced[cid] = known[cid]
+        elif cid not in new_blobs:
+            new_blobs[cid] = f
+    # The index is the backup's data object and the only place paths and plaintext hashes are kept:
+    # path -> content id, and how to check each file.
     index_path = staging / "asset-index.jsonl.zst"
     sink = extract._HashingCompressor(index_path, policy.zstd_level)
     for f in files:
-        sink.write(json.dumps({"path": f.path, "sha256": f.sha256, "size": f.size, "mtime_ns": f.mtime_ns},
-                              separators=(",", ":")).encode() + b"\n")
+        sink.write(json.dumps({"path": f.path, "content_id": content_ids[f.sha256], "sha256": f.sha256,
+                               "size": f.size, "mtime_ns": f.mtime_ns}, separators=(",", ":")).encode() + b"\n")
     sha, size, compressed = sink.close()
     index = extract.StagedObject(name="asset-index.jsonl", path=str(index_path), source="asset-index",
                                  rows=len(files), plaintext_sha256=sha, plaintext_size=size,
                                  compressed_size=compressed)
-    blobs = [extract.StagedObject(name=f"blob-{f.sha256}", path=str(source / f.path), source=f"asset:{f.path}",
+    blobs = [extract.StagedObject(name=f"blob-{cid}", path=str(source / f.path), source="asset-blob",
                                   rows=0, plaintext_sha256=f.sha256, plaintext_size=f.size,
                                   compressed_size=0, compression=extract.blob_compression(f.path),
-                                  extra={"blob": True, "source_path": f.path})
-             for f in new_blobs.values()]
+                                  extra={"blob": True, "content_id": cid})
+             for cid, f in new_blobs.items()]
     log.info("assets: %d files (%d hashed, %d unchanged), %d new blobs to store, %d already stored", len(files),
-             hashed, len(files) - hashed, len(blobs), len({f.sha256 for f in files}) - len(blobs))
+             hashed, len(files) - hashed, len(blobs), len(referenced))
     extraction = extract.Extraction(backup_id, data_class.name, str(staging),
                                     dt.datetime.now(dt.UTC).isoformat(), [index, *blobs])
     extraction.notes = {"files": len(files), "hashed": hashed, "new_blobs": len(blobs)}
     _write_json(staging / "asset-files.json", [[f.path, f.sha256, f.size, f.mtime_ns] for f in files])
+    _write_json(staging / "referenced-blobs.json", sorted(referenced.values(), key=lambda b: b["key"]))
     return extraction
 
 
@@ -210,11 +223,12 @@ def run_encrypt(policy: Policy, summary: dict[str, Any], key_ring: crypto.KeyRin
 
     def encrypt_one(obj: extract.StagedObject) -> dict[str, Any]:
         is_blob = obj.extra.get("blob", False)
+        content_id = obj.extra.get("content_id")
         name = f"{obj.name}.zst.tink" if obj.compression == "zstd" and not is_blob else f"{obj.name}.tink"
-        key = blob_key(policy, obj.plaintext_sha256) if is_blob else f"{summary['prefix']}/{name}"
-        ad = crypto.associated_data(BLOB_AD_SCOPE, obj.plaintext_sha256) if is_blob else \
+        key = blob_key(policy, content_id) if is_blob else f"{summary['prefix']}/{name}"
+        ad = crypto.associated_data(BLOB_AD_SCOPE, content_id) if is_blob else \
             crypto.associated_data(summary["backup_id"], name)
-        out_path = staging / (f"{obj.plaintext_sha256}.tink" if is_blob else name)
+        out_path = staging / (f"{content_id}.tink" if is_blob else name)
         envelope = _encrypt_one(key_ring, Path(obj.path), out_path, ad,
                                 compress_level=policy.zstd_level if is_blob and obj.compression == "zstd" else None,
                                 expected_plaintext_sha256=obj.plaintext_sha256 if is_blob else None)
@@ -227,7 +241,7 @@ def run_encrypt(policy: Policy, summary: dict[str, Any], key_ring: crypto.KeyRin
             "plaintext_size": obj.plaintext_size,
             "compressed_size": obj.compressed_size or envelope.pop("compressed_size", obj.plaintext_size),
             **{k: v for k, v in envelope.items() if k != "compressed_size"},
-            "blob": is_blob, "extra": obj.extra,
+            "blob": is_blob, "extra": obj.extra, **({"content_id": content_id} if is_blob else {}),
         }
 
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="encrypt") as pool:
@@ -290,16 +304,12 @@ def run_upload(policy: Policy, cloud: str, summary: dict[str, Any], store: Objec
     t0 = time.perf_counter()
 
     def send(obj: dict[str, Any]) -> int | None:
-        """Bytes sent; None for a blob the cloud already holds."""
+        """Bytes sent; None for a blob the cloud already holds (validate extends its lock if need be)."""
         if obj["blob"] and (head := store.head(obj["key"])) and head.sha256 == obj["ciphertext_sha256"]:
             return None
-        metadata = {"backup-id": summary["backup_id"], "kek-id": obj["encryption"]["kek_id"]}
-        if obj["blob"]:  # blobs are self-describing: whoever finds one can open it with the key ring
-            metadata |= {"wrapped-key": obj["encryption"]["wrapped_key"], "plaintext-sha256": obj["plaintext_sha256"]}
-        store.put_file(obj["key"], Path(obj["path"]), sha256=obj["ciphertext_sha256"], md5=obj["ciphertext_md5"],
-                       crc32c=obj["ciphertext_crc32c"], metadata=metadata, retain_until=lock_until,
-                       progress=_progress_logger(cloud, obj["name"], obj["ciphertext_size"])
-                       if obj["ciphertext_size"] > 64 << 20 else None)
+        format.write_object(store, obj, Path(obj["path"]), backup_id=summary["backup_id"], lock_until=lock_until,
+                            progress=_progress_logger(cloud, obj["name"], obj["ciphertext_size"])
+                            if obj["ciphertext_size"] > 64 << 20 else None)
         return obj["ciphertext_size"]
 
     small = [o for o in encrypted if o["ciphertext_size"] <= SMALL_OBJECT_BYTES]
@@ -324,31 +334,20 @@ class CopyCheck:
     cloud: str
     status: str  # validated | missing | corrupt | failed
     detail: str = ""
+    missing_shared: frozenset[str] = frozenset()  # keys of shared blobs this cloud does not hold
 
 
-def _check_object(store: ObjectStore, obj: dict[str, Any]) -> str | None:
-    """None when the cloud's copy matches; otherwise what is wrong."""
-    info = store.head(obj["key"])
-    if info is None:
-        return f"missing: {obj['key']}"
-    if info.size != obj["ciphertext_size"]:
-        return f"corrupt: {obj['key']} has {info.size} bytes, expected {obj['ciphertext_size']}"
-    if info.sha256 != obj["ciphertext_sha256"]:
-        return f"corrupt: {obj['key']} sha256 metadata {info.sha256} != {obj['ciphertext_sha256']}"
-    # The cloud's own checksums, computed over the stored bytes, where it keeps one.
-    expected = {"sha256": obj["ciphertext_sha256"], "md5": obj["ciphertext_md5"], "crc32c": obj["ciphertext_crc32c"]}
-    for algorithm, value in info.native.items():
-        if algorithm in expected and value != expected[algorithm]:
-            return f"corrupt: {obj['key']} native {algorithm} {value} != {expected[algorithm]}"
+def _check_and_lock(store: ObjectStore, entry: dict[str, Any], *, shared: bool, lock_until: dt.datetime | None,
+                    lock_days: int) -> str | None:
+    """None when the cloud's copy matches the entry (and, for a blob stored by an earlier backup, is locked at
+    least as long as this backup); otherwise what is wrong, prefixed by its status."""
+    info = store.head(entry["key"])
+    problem = format.check_copy(info, entry)
+    if problem:
+        return f"{'missing' if info is None else 'corrupt'}: {entry['key']} {problem}"
+    if shared and format.lock_needs_extending(info, lock_until):
+        store.extend_retention(entry["key"], format.extended_lock(lock_until, lock_days))
     return None
-
-
-def expected_associated_data(backup_id: str, entry: dict[str, Any]) -> bytes:
-    """The AD an object must have been sealed with, computed from where it is expected -- never read from the
-    manifest, so an object swapped between backups (or a manifest edited to match) fails to decrypt."""
-    if entry.get("blob"):
-        return crypto.associated_data(BLOB_AD_SCOPE, entry["plaintext_sha256"])
-    return crypto.associated_data(backup_id, entry["name"])
 
 
 def _sample_decrypt(store: ObjectStore, obj: dict[str, Any], key_ring: crypto.KeyRing,
@@ -357,7 +356,7 @@ def _sample_decrypt(store: ObjectStore, obj: dict[str, Any], key_ring: crypto.Ke
     try:
         with store.open_read(obj["key"]) as src:
             stats = crypto.decrypt_stream(src, _NullSink(), key_ring.unwrap(crypto.WrappedKey.from_manifest(
-                obj["encryption"]), object_name=obj["key"]), expected_associated_data(summary_id, obj),
+                obj["encryption"]), object_name=obj["key"]), format.expected_associated_data(summary_id, obj),
                 object_name=obj["key"], decompress=obj["compression"] == "zstd")
     except (crypto.DecryptionError, StorageError) as err:
         return f"corrupt: {obj['key']} failed to decrypt: {err}"
@@ -374,69 +373,87 @@ class _NullSink:
 def run_validate(policy: Policy, summary: dict[str, Any], upload_results: dict[str, dict | None],
                  key_ring: crypto.KeyRing, catalog_conn, store_map: dict[str, ObjectStore] | None = None,
                  retain_until: dt.datetime | None = None) -> dict[str, Any]:
-    """Prove each copy, commit the backup with its manifest where it is whole, or roll it back."""
+    """Prove each copy, commit the backup with its manifest where it is whole, or roll it back.
+
+    A copy is whole when every object of this run and every shared blob the backup references is there and
+    matches; shared blobs locked for less time than this backup get their lock extended first, so that
+    nothing a committed backup needs can be deleted before the backup's own lock ends.
+    """
     store_map = store_map or stores(policy)
-    encrypted = _read_json(Path(summary["staging_dir"]) / "encrypt.json")
+    staging = Path(summary["staging_dir"])
+    encrypted = _read_json(staging / "encrypt.json")
+    shared = _read_json(staging / "referenced-blobs.json") if (staging / "referenced-blobs.json").exists() else []
+    data_class = policy.data_classes[summary["data_class"]]
+    lock_until = _instant(summary.get("lock_until"))
+    lock_days = policy.lock_days(data_class)
     sample_index = int(summary["backup_id"].rsplit("-", 1)[1], 16)
+    entries = [(o, False) for o in encrypted] + [(b, True) for b in shared]
 
     def check_cloud(cloud: str) -> CopyCheck:
         if upload_results.get(cloud) is None:
             return CopyCheck(cloud, "failed", "upload task did not succeed")
         store = store_map[cloud]
+        missing_shared: frozenset[str] = frozenset()
         try:
-            found = in_parallel(lambda obj: _check_object(store, obj), encrypted, policy.upload_concurrency,
-                                f"validate-{cloud}")
-            problem = next((p for p in found if p), None)
+            found = in_parallel(lambda item: _check_and_lock(store, item[0], shared=item[1], lock_until=lock_until,
+                                                             lock_days=lock_days),
+                                entries, policy.upload_concurrency, f"validate-{cloud}")
+            missing_shared = frozenset(entry["key"] for (entry, is_shared), p in zip(entries, found, strict=True)
+                                       if is_shared and p and p.startswith("missing"))
+            problems = [p for p in found if p]
+            problem = (problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")
+                       if problems else None)
             if problem is None and encrypted:
                 sample = encrypted[sample_index % len(encrypted)]
                 problem = _sample_decrypt(store, sample, key_ring, summary["backup_id"])
         except StorageError as err:
             problem = f"failed: {err}"
-        return CopyCheck(cloud, problem.split(":", 1)[0] if problem else "validated", problem or "")
+        return CopyCheck(cloud, problem.split(":", 1)[0] if problem else "validated", problem or "", missing_shared)
 
     # The clouds are checked at the same time: a slow or unreachable one costs its own time, not the sum.
     checks = dict(zip(store_map, in_parallel(check_cloud, list(store_map), len(store_map), "validate"),
                       strict=True))
-    if any(c.status == "validated" for c in checks.values()):
-        referenced = _check_referenced_blobs(policy, summary, store_map, checks)
-        log.info("asset blobs referenced by this backup: %d", referenced)
+    if shared:
+        log.info("asset blobs stored by earlier backups and referenced by this one: %d", len(shared))
     good = [c for c, check in checks.items() if check.status == "validated"]
     for check in checks.values():
         log.info("copy in %s: %s %s", check.cloud, check.status.upper(), check.detail)
 
-    manifest = build_manifest(policy, summary, encrypted)
+    retain_until = retain_until or _instant(summary.get("retain_until"))
+    manifest = build_manifest(policy, summary, encrypted, shared, retain_until)
     if len(good) >= policy.quorum:
-        body = json.dumps(manifest, indent=2, sort_keys=True).encode()
         for cloud in list(good):
             try:
-                store_map[cloud].put_bytes(f"{summary['prefix']}/{MANIFEST_NAME}", body,
-                                           metadata={"backup-id": summary["backup_id"]},
-                                           content_type="application/json",
-                                           retain_until=_instant(summary.get("lock_until")))
+                format.write_manifest(store_map[cloud], manifest)
             except StorageError as err:
                 checks[cloud] = CopyCheck(cloud, "failed", f"manifest write failed: {err}")
                 good.remove(cloud)
     copies = {c: (check.status, check.detail) for c, check in checks.items()}
     if len(good) < policy.quorum:
         _roll_back(summary, encrypted, store_map)
+        # Blobs the catalog promised and that every cloud, each checked, lacks: forget them, so the next run
+        # stores them again (under the same key; nothing can reference another copy of them).
+        checked = [c.missing_shared for c in checks.values() if c.status in ("validated", "missing", "corrupt")]
+        gone = sorted(frozenset.intersection(*checked)) if len(checked) == len(checks) else []
+        if gone:
+            catalog.forget_blobs(catalog_conn, gone)
         message = (f"backup {summary['backup_id']} has {len(good)} validated copies, quorum is {policy.quorum}: "
-                   + "; ".join(f"{c}: {check.status} {check.detail}" for c, check in checks.items()))
+                   + "; ".join(f"{c}: {check.status} {check.detail}" for c, check in checks.items())
+                   + (f"; {len(gone)} blobs the catalog knew are in no cloud: the next run stores them again"
+                      if gone else ""))
         catalog.record_backup_result(catalog_conn, None, backup_id=summary["backup_id"], status="failed",
                                      copies=copies, error=message)
         alerts.alert(severity="critical", kind="backup_failed", subject=summary["data_class"], message=message,
                      backup_id=summary["backup_id"], catalog_conn=catalog_conn)
         raise QuorumNotMet(message)
     status = "validated" if len(good) == len(store_map) else "degraded"
-    if summary.get("data_class") == "assets":
-        files = _read_json(Path(summary["staging_dir"]) / "asset-files.json")
-        catalog.record_asset_blobs(catalog_conn, [
-            {"sha256": o["plaintext_sha256"], "size": o["plaintext_size"], "key": o["key"],
-             "ciphertext_sha256": o["ciphertext_sha256"], "ciphertext_size": o["ciphertext_size"],
-             "encryption": {**o["encryption"], "compression": o["compression"]}}
-            for o in encrypted if o["blob"]], summary["backup_id"])
+    if data_class.kind == "assets":
+        files = _read_json(staging / "asset-files.json")
+        catalog.record_blobs(catalog_conn, [format.blob_entry(o) for o in encrypted if o["blob"]],
+                             summary["backup_id"])
         catalog.replace_asset_index(catalog_conn, files, summary["backup_id"])
     catalog.record_backup_result(catalog_conn, manifest, backup_id=summary["backup_id"], status=status,
-                                 copies=copies, retain_until=retain_until or _instant(summary.get("retain_until")))
+                                 copies=copies, retain_until=retain_until)
     if status == "degraded":
         missing = sorted(set(store_map) - set(good))
         alerts.alert(severity="warning", kind="backup_degraded", subject=summary["data_class"],
@@ -445,30 +462,8 @@ def run_validate(policy: Policy, summary: dict[str, Any], upload_results: dict[s
                      backup_id=summary["backup_id"], details={"missing": missing, "good": good},
                      catalog_conn=catalog_conn)
     return {"backup_id": summary["backup_id"], "status": status, "clouds_ok": good,
-            "clouds_failed": sorted(set(store_map) - set(good)), "manifest_key": f"{summary['prefix']}/{MANIFEST_NAME}",
-            "copies": copies, "totals": manifest["totals"]}
-
-
-def _check_referenced_blobs(policy: Policy, summary: dict[str, Any], store_map: dict[str, ObjectStore],
-                            checks: dict[str, CopyCheck]) -> int:
-    """Assets: every blob the index references must exist in a cloud for that copy to be whole."""
-    referenced = _referenced_blobs(summary)
-    if not referenced:
-        return 0
-    for cloud, store in store_map.items():
-        if checks[cloud].status != "validated":
-            continue
-        present = {info.key: info.size for info in store.list(f"{policy.prefix}/assets/blobs/")}
-        absent = [sha for sha in referenced if blob_key(policy, sha) not in present]
-        if absent:
-            checks[cloud] = CopyCheck(cloud, "missing", f"missing: {len(absent)} asset blobs, e.g. {absent[0]}")
-    return len(referenced)
-
-
-def _referenced_blobs(summary: dict[str, Any]) -> list[str]:
-    """Content hashes an assets backup's index points at (from staging; empty for other classes)."""
-    files = Path(summary["staging_dir"]) / "asset-files.json"
-    return sorted({sha for _path, sha, _size, _mtime in _read_json(files)}) if files.exists() else []
+            "clouds_failed": sorted(set(store_map) - set(good)),
+            "manifest_key": format.manifest_key(summary["prefix"]), "copies": copies, "totals": manifest["totals"]}
 
 
 def _roll_back(summary: dict[str, Any], encrypted: list[dict[str, Any]], store_map: dict[str, ObjectStore]) -> None:
@@ -480,33 +475,19 @@ def _roll_back(summary: dict[str, Any], encrypted: list[dict[str, Any]], store_m
             log.warning("could not remove the objects of the failed backup from %s: %s", cloud, err)
 
 
-def build_manifest(policy: Policy, summary: dict[str, Any], encrypted: list[dict[str, Any]]) -> dict[str, Any]:
-    """The manifest: plain JSON, no secrets, enough for any cloud's copy to rebuild the catalog and restore."""
-    objects = [{k: o[k] for k in ("name", "key", "source", "rows", "columns", "wedding_id", "compression",
-                                  "plaintext_sha256", "plaintext_size", "compressed_size", "ciphertext_sha256",
-                                  "ciphertext_size", "ciphertext_md5", "ciphertext_crc32c", "encryption")}
-               | ({"copy_format": o["copy_format"]} if o.get("copy_format") else {})
-               | ({"blob": True} if o["blob"] else {}) for o in encrypted]
-    return {
-        "format_version": FORMAT_VERSION,
-        "backup_id": summary["backup_id"],
-        "data_class": summary["data_class"],
-        "created_at": summary["started_at"],
-        "snapshot_at": summary.get("snapshot_at") or summary["started_at"],
-        "source_schema": policy.source_schema,
-        "labels": summary.get("labels", []),
-        "reason": summary.get("reason"),
-        "prefix": summary["prefix"],
-        "locked_until": summary.get("lock_until"),  # write-once in every cloud until then (None: not locked)
-        "objects": objects,
-        "referenced_blobs": _referenced_blobs(summary),
-        "tables": _read_json(Path(summary["staging_dir"]) / "tables.json"),
-        # what this backup stored (for assets: its index and the blobs it added)
-        "totals": {"objects": len(objects), "rows": sum(o["rows"] or 0 for o in objects),
-                   "plaintext_bytes": sum(o["plaintext_size"] for o in objects),
-                   "compressed_bytes": sum(o["compressed_size"] for o in objects),
-                   "ciphertext_bytes": sum(o["ciphertext_size"] for o in objects)},
-    }
+def build_manifest(policy: Policy, summary: dict[str, Any], encrypted: list[dict[str, Any]],
+                   shared: list[dict[str, Any]] = (), retain_until: dt.datetime | None = None) -> dict[str, Any]:
+    """The manifest of a run (see `wedsync_dr.format.build_manifest`): its objects, and every blob it needs --
+    the ones it stored and the ones earlier backups stored (`shared`)."""
+    new_blobs = [o for o in encrypted if o["blob"]]
+    return format.build_manifest(
+        backup_id=summary["backup_id"], data_class=summary["data_class"], created_at=summary["started_at"],
+        snapshot_at=summary.get("snapshot_at"), source_schema=policy.source_schema,
+        labels=summary.get("labels", []), reason=summary.get("reason"), prefix=summary["prefix"],
+        lock_until=summary.get("lock_until"), retain_until=retain_until.isoformat() if retain_until else None,
+        objects=[o for o in encrypted if not o["blob"]], blobs=[*new_blobs, *shared],
+        tables=_read_json(Path(summary["staging_dir"]) / "tables.json"),
+        stored_blob_keys=[b["key"] for b in new_blobs])
 
 
 # --------------------------------------------------------------------------- cleanup

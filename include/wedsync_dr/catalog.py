@@ -68,16 +68,37 @@ def _tuple_rows(cursor):
     return tuple_row(cursor)
 
 
+def _instant(value: str | None) -> dt.datetime | None:
+    return dt.datetime.fromisoformat(value) if value else None
+
+
+class CatalogNotReady(RuntimeError):
+    """The catalog database has no backup_catalog schema: nothing was migrated, or it was dropped."""
+
+
 def connect(conn_id: str = "wedsync_catalog"):
+    """An autocommit connection to a migrated catalog. No DDL runs here: `migrate` creates and upgrades the
+    schema once (stack up, the compose init container, `wedsync-dr catalog migrate`, rebuild-catalog)."""
     conn = db_connector(conn_id)()
     conn.autocommit = True
-    ensure_schema(conn)
+    if conn.execute("SELECT to_regclass('backup_catalog.backups')").fetchone()[0] is None:
+        conn.close()
+        raise CatalogNotReady(f"the backup catalog ({conn_id}) has no backup_catalog schema: create it with "
+                              "`wedsync-dr catalog migrate`, or recreate it from a cloud with "
+                              "`wedsync-dr rebuild-catalog --from-cloud <cloud>`")
     return conn
 
 
+def migrate(conn_id: str = "wedsync_catalog") -> None:
+    """Create or upgrade the backup_catalog schema (idempotent)."""
+    with db_connector(conn_id)() as conn:
+        conn.autocommit = True
+        ensure_schema(conn)
+
+
 def ensure_schema(conn) -> None:
+    """Apply include/sql/backup_catalog.sql on an open connection (idempotent DDL)."""
     conn.execute((SQL_DIR / "backup_catalog.sql").read_text())
-    conn.execute("SET search_path TO backup_catalog, public")
 
 
 def record_backup_start(conn, *, backup_id: str, data_class: str, prefix: str, started_at: dt.datetime,
@@ -210,7 +231,36 @@ def finish_emergency_run(conn, run_id: str, status: str, clouds: list[str], back
 # ----------------------------------------------------------------------------- assets
 
 
+def known_blobs(conn, prefix: str | None = None) -> dict[str, dict[str, Any]]:
+    """Format-3 blobs by content id (under the clouds' key `prefix`, when given): their manifest entries."""
+    rows = conn.execute("SELECT content_id, entry FROM backup_catalog.blobs WHERE %s::text IS NULL OR "
+                        "starts_with(key, %s)", (prefix, f"{prefix}/" if prefix else None))
+    return {cid: entry for cid, entry in rows}
+
+
+def record_blobs(conn, entries: Iterable[dict[str, Any]], backup_id: str) -> None:
+    with conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO backup_catalog.blobs (content_id, key, entry, first_backup_id) VALUES (%s, %s, %s, %s) "
+            "ON CONFLICT (key) DO NOTHING",
+            [(e["content_id"], e["key"], Jsonb(e), backup_id) for e in entries])
+
+
+def forget_blobs(conn, keys: Iterable[str]) -> None:
+    """Blobs found in no cloud: the next backup that needs them stores them again."""
+    conn.execute("DELETE FROM backup_catalog.blobs WHERE key = ANY(%s)", (list(keys),))
+
+
+def forget_unreferenced_blobs(conn, prefix: str, referenced_keys: Iterable[str], older_than: dt.datetime) -> None:
+    """After retention: the catalog forgets blobs under `prefix` no kept backup needs (formats 2 and 3)."""
+    keys = sorted(referenced_keys)
+    for table in ("blobs", "asset_blobs"):
+        conn.execute(f"DELETE FROM backup_catalog.{table} WHERE starts_with(key, %s) AND NOT (key = ANY(%s)) "
+                     "AND created_at < %s", (f"{prefix}/", keys, older_than))
+
+
 def known_asset_blobs(conn) -> dict[str, dict[str, Any]]:
+    """Format-2 blobs by plaintext sha256 (read for backups written before format 3)."""
     rows = conn.execute("SELECT sha256, size, ciphertext_sha256, ciphertext_size, key, encryption "
                         "FROM backup_catalog.asset_blobs").fetchall()
     return {r[0]: {"size": r[1], "ciphertext_sha256": r[2], "ciphertext_size": r[3], "key": r[4],
@@ -241,21 +291,43 @@ def replace_asset_index(conn, files: Iterable[tuple[str, str, int, int]], backup
 
 
 def upsert_from_manifest(conn, manifest: dict[str, Any], cloud: str) -> None:
-    """Recreate a backup's catalog rows from its manifest (rebuild-catalog).
+    """Recreate a backup's catalog rows from its manifest (rebuild-catalog): what retention needs to keep it
+    (its lock and keep-until dates) and what later backups need to reference its blobs.
 
     Only the copy in `cloud` is known to exist, so the backup is recorded as degraded until a repair or
     validation run has checked the other clouds.
     """
+    from wedsync_dr import format
+
     conn.execute(
         "INSERT INTO backup_catalog.backups (backup_id, data_class, status, prefix, started_at, labels, reason) "
         "VALUES (%s, %s, 'degraded', %s, %s, %s, %s) ON CONFLICT (backup_id) DO NOTHING",
         (manifest["backup_id"], manifest["data_class"], manifest["prefix"], manifest["created_at"],
          manifest.get("labels", []), manifest.get("reason")))
+    holds = [d for d in (format.locked_until(manifest), _instant(manifest.get("retain_until"))) if d]
     record_backup_result(conn, manifest, backup_id=manifest["backup_id"], status="degraded",
-                         copies={cloud: ("validated", "rebuilt from this cloud's manifest")})
+                         copies={cloud: ("validated", "rebuilt from this cloud's manifest")},
+                         retain_until=max(holds) if holds else None)
+    if manifest.get("format_version", 1) >= 3:
+        record_blobs(conn, format.blob_entries(manifest), manifest["backup_id"])
+        return
     blobs = [{"sha256": o["plaintext_sha256"], "size": o["plaintext_size"], "key": o["key"],
               "ciphertext_sha256": o["ciphertext_sha256"], "ciphertext_size": o["ciphertext_size"],
               "encryption": {**o["encryption"], "compression": o["compression"]}}
              for o in manifest["objects"] if o.get("blob")]
     if blobs:
         record_asset_blobs(conn, blobs, manifest["backup_id"])
+
+
+def rebuild_from_cloud(conn, policy, store) -> int:
+    """Recreate the catalog's rows of every committed backup (every manifest) in one cloud; returns how many."""
+    import json
+
+    from wedsync_dr.restore import list_manifest_keys
+
+    count = 0
+    for name in sorted(policy.data_classes):
+        for key in list_manifest_keys(store, policy, name):
+            upsert_from_manifest(conn, json.loads(store.read_bytes(key)), store.cloud)
+            count += 1
+    return count

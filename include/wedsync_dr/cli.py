@@ -101,12 +101,38 @@ def _use_connections(args: argparse.Namespace) -> None:
 
 
 def _product(args: argparse.Namespace):
+    """Policy, stores and key ring for an operator verb. With --from-cloud, the ONLY store is that cloud's: a
+    break-glass run told to use one cloud never waits on another (hung, gone, or being the problem)."""
     _use_connections(args)
     from wedsync_dr import backup, crypto
     from wedsync_dr.policy import load_policy
 
     policy = load_policy()
-    return policy, backup.stores(policy), crypto.KeyRing.from_connection(policy.key_ring_conn_id)
+    data_class = getattr(args, "data_class", None)
+    if data_class is not None and data_class not in policy.data_classes:
+        raise CliError(f"unknown data class {data_class!r}: choose one of {', '.join(sorted(policy.data_classes))}")
+    for option in ("from_cloud", "cloud"):
+        cloud = getattr(args, option, None)
+        if cloud is not None and cloud not in policy.cloud_names:
+            raise CliError(f"--{option.replace('_', '-')} {cloud!r} is not a cloud of the policy: "
+                           f"choose one of {', '.join(policy.cloud_names)}")
+    from_cloud = getattr(args, "from_cloud", None)
+    stores = backup.stores(policy, [from_cloud] if from_cloud else None)
+    return policy, stores, crypto.KeyRing.from_connection(policy.key_ring_conn_id)
+
+
+def _catalog(args: argparse.Namespace):
+    """A catalog connection, or one clear line saying it cannot be had and what to do instead."""
+    from wedsync_dr import catalog
+
+    try:
+        return catalog.connect()
+    except catalog.CatalogNotReady as err:
+        raise CliError(f"{err}; or read the backups straight from a cloud with --from-cloud <cloud>") from None
+    except Exception as err:  # noqa: BLE001 - unreachable, refused, no such database: all mean "use a cloud"
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CliError(f"the backup catalog is unreachable ({type(err).__name__}: {detail}): read the backups "
+                       "straight from a cloud with --from-cloud <cloud>") from None
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -122,9 +148,7 @@ def cmd_list(args: argparse.Namespace) -> int:
             for key in list_manifest_keys(stores[args.from_cloud], policy, name):
                 rows.append([name, key.rsplit("/", 2)[-2], "committed", args.from_cloud])
     else:
-        from wedsync_dr import catalog
-
-        with catalog.connect() as conn:
+        with _catalog(args) as conn:
             for name in classes:
                 for backup_id, status, started, clouds in conn.execute(
                         "SELECT backup_id, status, started_at, clouds_ok FROM backup_catalog.backups "
@@ -140,7 +164,18 @@ def _resolve(args, policy, stores):
     from wedsync_dr.restore import resolve
 
     return resolve(policy, stores, args.data_class, backup_id=args.backup_id,
+                   point_in_time=_instant(getattr(args, "point_in_time", None)),
                    catalog_connect=None if args.from_cloud else catalog.connect)
+
+
+def _instant(value: str | None) -> dt.datetime | None:
+    if not value:
+        return None
+    try:
+        when = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise CliError(f"--point-in-time {value!r} is not an ISO 8601 timestamp") from None
+    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -149,6 +184,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
     policy, stores, key_ring = _product(args)
     manifest = _resolve(args, policy, stores)
     clouds = [args.cloud] if args.cloud else list(stores)
+    if args.from_cloud and args.cloud and args.cloud != args.from_cloud:
+        raise CliError(f"--cloud {args.cloud} and --from-cloud {args.from_cloud}: verify reads only the cloud it "
+                       "was told to use")
+    if not 0 < args.sample <= 1:
+        raise CliError(f"--sample {args.sample}: give a fraction in (0, 1]")
     problems = verify_backup(manifest, stores, key_ring, clouds, sample=args.sample)
     for cloud in clouds:
         status = "OK" if not problems[cloud] else f"{len(problems[cloud])} PROBLEMS"
@@ -159,7 +199,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
-    from wedsync_dr import catalog
+    from wedsync_dr import catalog, health
     from wedsync_dr.requests import check_request
     from wedsync_dr.restore import run_restore
 
@@ -181,24 +221,33 @@ def cmd_restore(args: argparse.Namespace) -> int:
         "source_cloud": args.source_cloud, "dry_run": args.dry_run})
     report = run_restore(policy, request, stores=stores, key_ring=key_ring,
                          db_connect=catalog.db_connector("wedsync_db_owner"),
-                         catalog_connect=None if args.from_cloud else catalog.connect)
+                         catalog_connect=None if args.from_cloud else catalog.connect,
+                         healthy=() if args.from_cloud else health.healthy_clouds_if_known(
+                             policy, catalog.db_connector("wedsync_catalog")))
     print(report.render())
     return 0
 
 
 def cmd_rebuild_catalog(args: argparse.Namespace) -> int:
     from wedsync_dr import catalog
-    from wedsync_dr.restore import list_manifest_keys
 
     policy, stores, _ = _product(args)
-    store = stores[args.from_cloud]
-    count = 0
-    with catalog.connect() as conn:
-        for name in sorted(policy.data_classes):
-            for key in list_manifest_keys(store, policy, name):
-                catalog.upsert_from_manifest(conn, json.loads(store.read_bytes(key)), args.from_cloud)
-                count += 1
+    try:
+        catalog.migrate()  # rebuilding starts from the schema, whatever is left of it
+    except Exception as err:  # noqa: BLE001 - one clear line
+        raise CliError(f"the backup catalog is unreachable ({type(err).__name__}): {err}") from None
+    with _catalog(args) as conn:
+        count = catalog.rebuild_from_cloud(conn, policy, stores[args.from_cloud])
     print(f"catalog rebuilt from {args.from_cloud}: {count} backups")
+    return 0
+
+
+def cmd_catalog_migrate(args: argparse.Namespace) -> int:
+    from wedsync_dr import catalog
+
+    _use_connections(args)
+    catalog.migrate()
+    print("backup catalog schema ready")
     return 0
 
 
@@ -317,6 +366,11 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument("--source-cloud", default="auto")
     restore.add_argument("--dry-run", action="store_true")
     restore.set_defaults(func=cmd_restore)
+
+    catalog_parser = sub.add_parser("catalog", help="the backup catalog database")
+    catalog_sub = catalog_parser.add_subparsers(dest="catalog_command", required=True)
+    catalog_sub.add_parser("migrate", help="create or upgrade the backup_catalog schema (idempotent)").set_defaults(
+        func=cmd_catalog_migrate)
 
     rebuild = sub.add_parser("rebuild-catalog", help="recreate the catalog from one cloud's manifests")
     rebuild.add_argument("--from-cloud", required=True)

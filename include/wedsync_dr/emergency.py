@@ -1,10 +1,13 @@
 """Emergency backup requests: one schema for the trigger form, the REST guard and the CLI.
 
 The per-field rules are Airflow Params (checked by Airflow when a run is created: HTTP 400 / a form
-error). The rules that span fields -- `wedding_ids` exactly when scope is `weddings`, `data_classes`
-exactly when scope is `classes` -- are checked by the same JSON schema in the API server's request
-guard (plugins/wedsync_dr_plugin.py), so a bad request never creates a run either. What no schema can
-know (do these weddings exist?) fails the first task with a message naming them.
+error). `validate_conf` adds the rules that span fields -- `wedding_ids` exactly when scope is
+`weddings`, `data_classes` exactly when scope is `classes` (the form's scope `all` with classes chosen is
+refused, not guessed at) -- no unknown keys, and a reason that says something (whitespace and invisible
+characters do not count). The API server's trigger guard (plugins/wedsync_dr_plugin.py) runs it on the
+params a run would get, before the run exists, whether the caller sent a bearer token or the UI's
+session cookie; the first task runs it again. What no schema can know (do these weddings exist?) fails
+the first task with a message naming them: a user error, so a warning, never a critical alert.
 
 Coalescing rule: an emergency run claims its scope (`scope_key`) in the catalog; a second trigger for a
 scope that a running emergency run already covers -- the same scope, or any scope while an `all` run is
@@ -17,23 +20,36 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import unicodedata
 from typing import Any
 
 import jsonschema
 
 from wedsync_dr.policy import Policy
+from wedsync_dr.requests import InvalidRequest, classes_by_priority
 
 DAG_ID = "emergency_backup"
 CLAIM_TTL = dt.timedelta(hours=6)
+# Characters a reviewer cannot see, beyond whitespace: Unicode "format" (zero-width space/joiners, BOM,
+# soft hyphen, ...) and "control" characters, and the blank-looking fillers that are letters or symbols.
+_INVISIBLE_CATEGORIES = {"Cf", "Cc"}
+_BLANK_FILLERS = {"\u115f", "\u1160", "\u2800", "\u3164", "\uffa0"}
 
 
-class EmergencyRequestError(ValueError):
+class EmergencyRequestError(InvalidRequest):
     """The conf of an emergency trigger is invalid (the message says which field and why)."""
+
+
+def visible_text(text: str) -> str:
+    """`text` as a reader sees it: invisible characters dropped, runs of whitespace as one space, trimmed."""
+    kept = "".join(ch for ch in text if ch.isspace() or (
+        unicodedata.category(ch) not in _INVISIBLE_CATEGORIES and ch not in _BLANK_FILLERS))
+    return " ".join(kept.split())
 
 
 def field_schemas(policy: Policy) -> dict[str, dict[str, Any]]:
     """JSON schema per conf key: the DAG's Params use these, the request guard combines them."""
-    classes = sorted(policy.data_classes)
+    classes = classes_by_priority(policy)
     return {
         "reason": {"type": "string", "minLength": 10, "maxLength": 500, "title": "Reason",
                    "description": "Why an emergency backup is needed now (10-500 characters); kept with the backup."},
@@ -41,10 +57,13 @@ def field_schemas(policy: Policy) -> dict[str, dict[str, Any]]:
                   "description": "`all` data classes, specific `weddings` (their bundles), or chosen `classes`."},
         "wedding_ids": {"type": ["null", "array"], "items": {"type": "integer", "minimum": 1}, "minItems": 1,
                         "uniqueItems": True, "title": "Wedding ids",
-                        "description": "Required when scope is `weddings`: the weddings to back up now."},
+                        "description": "Required when scope is `weddings`, and only then: the weddings to back "
+                                       "up now, e.g. [101, 102]."},
+        # `examples` makes the trigger form a multi-select of the classes instead of free text.
         "data_classes": {"type": ["null", "array"], "items": {"type": "string", "enum": classes}, "minItems": 1,
-                         "uniqueItems": True, "title": "Data classes",
-                         "description": f"Required when scope is `classes`: any of {', '.join(classes)}."},
+                         "uniqueItems": True, "examples": classes, "title": "Data classes",
+                         "description": "Required when scope is `classes`, and only then: the classes to back "
+                                        "up now."},
         "requested_by": {"type": ["null", "string"], "maxLength": 200, "title": "Requested by",
                          "description": "Who asked (person, ticket, or monitor)."},
     }
@@ -85,6 +104,10 @@ def validate_conf(policy: Policy, conf: dict[str, Any]) -> dict[str, Any]:
         else:
             message = err.message
         raise EmergencyRequestError(f"invalid emergency request: {where}: {message}")
+    least = field_schemas(policy)["reason"]["minLength"]
+    if len(visible_text(full["reason"])) < least:
+        raise EmergencyRequestError(f"invalid emergency request: reason: say why in at least {least} characters; "
+                                    "whitespace and invisible characters do not count")
     return full
 
 

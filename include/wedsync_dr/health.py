@@ -86,6 +86,17 @@ def healthy_clouds(conn, policy: Policy) -> list[str]:
     return [c for c in policy.cloud_names if c not in unhealthy]
 
 
+def healthy_clouds_if_known(policy: Policy, connect) -> list[str]:
+    """`healthy_clouds` for a restore's cloud order (preferred, then healthy, then any), read through
+    `connect`; every cloud when the catalog cannot be read -- no health data is no reason not to restore."""
+    try:
+        with connect() as conn:
+            return healthy_clouds(conn, policy)
+    except Exception as err:  # noqa: BLE001 - any catalog failure: fall back to the policy's order
+        log.warning("cloud health unknown (%s: %s): trying the clouds in policy order", type(err).__name__, err)
+        return list(policy.cloud_names)
+
+
 def unhealthy_reason(conn, cloud: str) -> str | None:
     """Why uploads should not wait on this cloud now, or None when it is healthy (or never checked)."""
     row = conn.execute("SELECT failures_in_a_row, changed_at, last_error FROM backup_catalog.cloud_health "

@@ -328,6 +328,10 @@ def prepare_databases(state: StackState) -> None:
         for database, owner in ((SOURCE_DB, OWNER_ROLE), (CATALOG_DB, CATALOG_ROLE), (AIRFLOW_DB, AIRFLOW_ROLE)):
             if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone():
                 conn.execute(f'CREATE DATABASE "{database}" OWNER "{owner}"')
+    from wedsync_dr import catalog
+
+    with psycopg.connect(state.role_url(CATALOG_ROLE, CATALOG_DB), autocommit=True) as conn:
+        catalog.ensure_schema(conn)  # the catalog's migrate step, as its own role
 
 
 # --------------------------------------------------------------------------- emulators
@@ -480,7 +484,15 @@ def demo_key_ring(state: StackState) -> dict:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(KeyRing.generate(["demo-2026a"]).to_json())
-    return json.loads(path.read_text())
+    ring = json.loads(path.read_text())
+    if "dedup_key" not in ring:  # a stack made before content ids were keyed: add its dedup key once
+        ring["dedup_key"] = base64.b64encode(os.urandom(32)).decode()
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(ring))
+        tmp.replace(path)
+    return ring
 
 
 def connections(state: StackState) -> dict[str, dict]:

@@ -63,15 +63,18 @@ def backup_pipeline(policy: Policy, data_class: DataClass, *, request=None, labe
     @task(task_id="extract", **common)
     def extract_step(request: dict | None = None) -> dict:
         """Read the class's rows (or files) from one consistent snapshot into compressed staging files."""
-        from wedsync_dr import backup, catalog
+        from wedsync_dr import backup, catalog, crypto
 
         if request is not None and name not in request.get("classes", []):
             raise _skip(f"{name} is not in this run's scope")
         context = get_current_context()
         request = request or {}
+        # assets name their blobs by keyed content ids: the key ring's dedup key (fail closed without it)
+        key_ring = crypto.KeyRing.from_connection(policy.key_ring_conn_id) if data_class.kind == "assets" else None
         with catalog.connect() as catalog_conn:
             return backup.run_extract(
                 policy, data_class, connect=catalog.db_connector("wedsync_db"), catalog_conn=catalog_conn,
+                key_ring=key_ring,
                 wedding_ids=request.get("wedding_ids") if data_class.kind == "wedding_bundles" else None,
                 labels=labels, reason=request.get("reason"), requested_by=request.get("requested_by"),
                 dag_id=context["dag"].dag_id, run_id=context["run_id"], min_retention_days=min_retention_days or 0)
@@ -186,11 +189,12 @@ def restore_params(policy: Policy) -> dict[str, Any]:
     """The restore DAG's trigger form: each Param is typed, titled and described."""
     from airflow.sdk import Param
 
-    from wedsync_dr.requests import TARGET_PATTERN
+    from wedsync_dr.requests import TARGET_PATTERN, classes_by_priority
 
+    classes = classes_by_priority(policy)
     return {
-        "data_class": Param(sorted(policy.data_classes)[0], type="string", enum=sorted(policy.data_classes),
-                            title="Data class", description="Which class of data to restore."),
+        "data_class": Param(classes[0], type="string", enum=classes, title="Data class",
+                            description="Which class of data to restore."),
         "backup_id": Param("latest", type="string", pattern=r"^(latest|[a-z_]+-\d{8}T\d{6}Z-[0-9a-f]+)$",
                            title="Backup id", description="`latest`, or an id from the catalog / `wedsync-dr list`."),
         "point_in_time": Param(None, type=["null", "string"], format="date-time", title="Point in time",
@@ -199,12 +203,12 @@ def restore_params(policy: Policy) -> dict[str, Any]:
         "wedding_id": Param(None, type=["null", "integer"], minimum=1, title="Wedding id",
                             description="Restore only this wedding (its bundle in critical_weddings, or its rows "
                                         "of the other classes)."),
-        "target": Param("", type="string", pattern=TARGET_PATTERN, title="Target",
+        # Nullable, default None: the form makes a Param whose type excludes null required (Trigger stays off).
+        "target": Param(None, type=["null", "string"], pattern=TARGET_PATTERN, title="Target",
                         description="Empty: a new schema restore_<class>_<timestamp>_<4 hex> (assets: a new "
-                                    "directory). "
-                                    "`in_place`: replace live tables (needs confirm). Or a schema name / an "
-                                    "absolute directory for assets."),
-        "confirm": Param("", type="string", title="Confirm in-place restore",
+                                    "directory). `in_place`: replace live tables (needs confirm). Or a schema "
+                                    "name; for assets, an absolute directory (e.g. /srv/restores/assets)."),
+        "confirm": Param(None, type=["null", "string"], title="Confirm in-place restore",
                          description="For in_place only: type exactly `RESTORE <data_class>`."),
         "source_cloud": Param("auto", type="string", enum=["auto", *policy.cloud_names], title="Source cloud",
                               description="Preferred cloud; others are tried when it fails."),
@@ -220,7 +224,11 @@ def build_restore_dag(policy: Policy, doc_md: str):
     def restore_dag():
         @task(retries=0)
         def check_request() -> dict:
-            """Reject impossible parameter combinations before anything is read or written."""
+            """Reject impossible parameter combinations before anything is read or written.
+
+            The API server's trigger guard ran the same check before the run existed; this is for runs
+            created another way (`dags test`, a policy changed since).
+            """
             from dataclasses import asdict
 
             from wedsync_dr.requests import check_request as check
@@ -232,7 +240,7 @@ def build_restore_dag(policy: Policy, doc_md: str):
         @task(retries=2, pool=policy.emergency_pool, priority_weight=policy.emergency_priority_weight)
         def restore(request: dict) -> dict:
             """Resolve, stream, verify, load; swap in place only after verification."""
-            from wedsync_dr import backup, catalog, crypto
+            from wedsync_dr import backup, catalog, crypto, health
             from wedsync_dr.requests import check_request as check
             from wedsync_dr.restore import run_restore
 
@@ -240,7 +248,9 @@ def build_restore_dag(policy: Policy, doc_md: str):
             report = run_restore(policy, checked, stores=backup.stores(policy),
                                  key_ring=crypto.KeyRing.from_connection(policy.key_ring_conn_id),
                                  db_connect=catalog.db_connector("wedsync_db_owner"),
-                                 catalog_connect=lambda: catalog.connect())
+                                 catalog_connect=lambda: catalog.connect(),
+                                 healthy=health.healthy_clouds_if_known(
+                                     policy, catalog.db_connector("wedsync_catalog")))
             try:
                 with catalog.connect() as conn:
                     catalog.record_restore(conn, report.to_json(), run_id=get_current_context()["run_id"])
@@ -296,8 +306,9 @@ def build_emergency_dag(policy: Policy, doc_md: str):
                         f"SELECT wedding_id FROM {policy.source_schema}.weddings WHERE wedding_id = ANY(%s)",
                         (request["wedding_ids"],))}
                 missing = sorted(set(request["wedding_ids"]) - found)
-                if missing:
-                    raise ValueError(f"unknown wedding ids: {', '.join(map(str, missing))}; nothing was backed up")
+                if missing:  # the requester's to fix: a warning, not a page (alerts.on_task_failure)
+                    raise emergency.EmergencyRequestError(
+                        f"unknown wedding ids: {', '.join(map(str, missing))}; nothing was backed up")
             classes = emergency.classes_in_scope(policy, request)
             run_id = context["run_id"]
             with catalog.connect() as conn:
@@ -333,7 +344,10 @@ def build_emergency_dag(policy: Policy, doc_md: str):
                                        "AND status = 'coalesced'", (context["run_id"],)).fetchone()
                 if row:
                     return {"status": "coalesced", "into": row[0]}
-                raise RuntimeError("the request was refused by check_request: nothing was backed up")
+                # check_request's own failure has alerted with the severity its cause deserves (a user error:
+                # a warning); this red run must not page a second time
+                raise emergency.EmergencyRequestError("check_request did not accept or could not check the request: "
+                                                      "nothing was backed up (its log says why)")
             results = {name: ti.xcom_pull(task_ids=f"{name}.validate") for name in asked["classes"]}
             failed = sorted(name for name, result in results.items() if result is None)
             clouds = sorted({c for r in results.values() if r for c in r["clouds_ok"]})
@@ -504,3 +518,74 @@ def build_repair_dag(policy: Policy, doc_md: str):
         repair()
 
     return backup_repair()
+
+
+def verify_params(policy: Policy) -> dict[str, Any]:
+    """The backup_verify DAG's trigger form: which backup, in which cloud, how much of it."""
+    from airflow.sdk import Param
+
+    return {
+        "data_class": Param(sorted(policy.data_classes)[0], type="string", enum=sorted(policy.data_classes),
+                            title="Data class", description="The class of the backup to verify."),
+        "backup_id": Param("latest", type="string", pattern=r"^(latest|[a-z_]+-\d{8}T\d{6}Z-[0-9a-f]+)$",
+                           title="Backup id", description="`latest` (the newest good backup of the class), or an "
+                                                          "id from the catalog / `wedsync-dr list`."),
+        "cloud": Param("all", type="string", enum=["all", *policy.cloud_names], title="Cloud",
+                       description="The copy to verify: one cloud, or `all` (each cloud's copy on its own)."),
+        "sample": Param(1.0, type="number", exclusiveMinimum=0, maximum=1, title="Sample",
+                        description="Fraction of the objects to download, checksum and decrypt: 1 reads all of "
+                                    "them, 0.1 a random tenth (at least one)."),
+        "seed": Param(None, type=["null", "integer"], minimum=0, title="Seed",
+                      description="Which sample: the same seed reads the same objects again. Empty: a new one "
+                                  "(recorded with the result)."),
+    }
+
+
+def build_verify_dag(policy: Policy, doc_md: str):
+    """On demand: download, checksum and decrypt a chosen backup in the chosen clouds; record each verdict."""
+
+    @dag(dag_id="backup_verify", schedule=None, start_date=START_DATE, catchup=False, default_args=default_args(),
+         params=verify_params(policy), tags=sorted([str(Tag.KIND_OPS), str(Tag.PROJECT)]), doc_md=doc_md,
+         max_active_runs=4)
+    def backup_verify():
+        @task(retries=0)
+        def check_request() -> dict:
+            """Resolve the backup in the catalog (fails when it is unknown or was never committed)."""
+            import secrets
+
+            from wedsync_dr import catalog, verification
+
+            params = get_current_context()["params"]
+            with catalog.connect() as conn:
+                record = verification.resolve_backup(conn, params["data_class"], params["backup_id"])
+            clouds = policy.cloud_names if params["cloud"] == "all" else [params["cloud"]]
+            seed = params["seed"] if params["seed"] is not None else secrets.randbelow(2**31)
+            log.info("verifying %s in %s, sample %s, seed %d", record["backup_id"], ", ".join(clouds),
+                     params["sample"], seed)
+            return {"data_class": record["data_class"], "backup_id": record["backup_id"], "clouds": list(clouds),
+                    "sample": float(params["sample"]), "seed": seed}
+
+        request = check_request()
+        for cloud in policy.clouds:
+            @task(task_id=f"verify_in_{cloud.name}", retries=0)
+            def verify(request: dict, cloud_name: str = cloud.name) -> dict:
+                """Download, checksum and decrypt the copy in one cloud; record the verdict; red on problems."""
+                from wedsync_dr import backup, catalog, crypto, verification
+
+                if cloud_name not in request["clouds"]:
+                    raise _skip(f"{cloud_name} was not asked for")
+                context = get_current_context()
+                with catalog.connect() as conn:
+                    record = verification.resolve_backup(conn, request["data_class"], request["backup_id"])
+                    result = verification.verify_copy(
+                        record, cloud_name, backup.stores(policy),
+                        crypto.KeyRing.from_connection(policy.key_ring_conn_id), conn, sample=request["sample"],
+                        seed=request["seed"], dag_id=context["dag"].dag_id, run_id=context["run_id"])
+                if not result["ok"]:
+                    raise RuntimeError(f"{result['problem_count']} problems in {cloud_name}: "
+                                       + "; ".join(result["problems"][:3]))
+                return result
+
+            verify(request)
+
+    return backup_verify()

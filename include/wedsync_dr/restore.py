@@ -27,19 +27,20 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
-from wedsync_dr import crypto, extract
-from wedsync_dr.backup import FORMAT_VERSION
+from wedsync_dr import crypto, extract, format
 from wedsync_dr.policy import Policy
-from wedsync_dr.requests import _BACKUP_TS, RestoreError, RestoreRequest, default_target
+from wedsync_dr.requests import _BACKUP_TS, InvalidRequest, RestoreError, RestoreRequest, default_target
 from wedsync_dr.storage import ObjectStore, StorageError
 
 log = logging.getLogger(__name__)
 
-MANIFEST_NAME = "manifest.json"
-
 
 class BackupNotFound(RestoreError):
     pass
+
+
+class WeddingNotInBackup(RestoreError, InvalidRequest):
+    """A one-wedding restore asked for a wedding the backup does not hold (a user error: never pages)."""
 
 
 # ----------------------------------------------------------------------------- resolving
@@ -70,7 +71,7 @@ def resolve_from_catalog(catalog_conn, data_class: str, backup_id: str = "latest
 def list_manifest_keys(store: ObjectStore, policy: Policy, data_class: str) -> list[str]:
     """Keys of every committed backup of a class in one cloud (a backup exists iff its manifest does)."""
     return sorted(info.key for info in store.list(f"{policy.prefix}/{data_class}/")
-                  if info.key.endswith("/" + MANIFEST_NAME))
+                  if format.is_manifest_key(info.key))
 
 
 def resolve_from_clouds(stores: dict[str, ObjectStore], policy: Policy, data_class: str, backup_id: str = "latest",
@@ -171,10 +172,9 @@ def with_failover(entry: dict[str, Any], order: list[str], stores: dict[str, Obj
     is rolled back before the next cloud is tried.
     """
     attempts: list[Attempt] = []
-    from wedsync_dr.backup import expected_associated_data
-
     data_key = _data_key(entry, key_ring)
-    ad = expected_associated_data(backup_id, entry)  # from where the object should be, not from the manifest
+    # from where the object should be (backup id and name, or content id), not from the manifest's record
+    ad = format.expected_associated_data(backup_id, entry)
     for cloud in order:
         started = time.monotonic()
         try:
@@ -184,10 +184,10 @@ def with_failover(entry: dict[str, Any], order: list[str], stores: dict[str, Obj
                                                      decompress=entry["compression"] == "zstd")
                 checked = _HashingReader(plaintext)
                 if savepoint is None:
-                    result = _consume_and_verify(entry, consume, checked, verifier)
+                    result = _consume_and_verify(entry, consume, checked, verifier, key_ring)
                 else:
                     with savepoint():
-                        result = _consume_and_verify(entry, consume, checked, verifier)
+                        result = _consume_and_verify(entry, consume, checked, verifier, key_ring)
             attempts.append(Attempt(cloud, True, seconds=time.monotonic() - started))
             return result, attempts
         except _RETRYABLE as err:
@@ -202,14 +202,20 @@ class IntegrityError(RuntimeError):
     pass
 
 
-def _consume_and_verify(entry, consume, checked: _HashingReader, verifier: _HashingReader):
+def _consume_and_verify(entry, consume, checked: _HashingReader, verifier: _HashingReader,
+                        key_ring: crypto.KeyRing):
     result = consume(checked)
     while checked.read(1 << 20):  # anything the consumer left unread still has to be verified
         pass
     if verifier.sha256.hexdigest() != entry["ciphertext_sha256"]:
         raise IntegrityError("ciphertext sha256 differs from the manifest")
-    if checked.sha256.hexdigest() != entry["plaintext_sha256"] or checked.size != entry["plaintext_size"]:
-        raise IntegrityError("plaintext sha256/size differ from the manifest")
+    if checked.size != entry["plaintext_size"]:
+        raise IntegrityError("plaintext size differs from the manifest")
+    if "plaintext_sha256" in entry:  # data objects; a blob read for a file of the (decrypted) asset index
+        if checked.sha256.hexdigest() != entry["plaintext_sha256"]:
+            raise IntegrityError("plaintext sha256 differs from the manifest")
+    elif key_ring.has_dedup_key and key_ring.content_id(checked.sha256.hexdigest()) != entry["content_id"]:
+        raise IntegrityError("plaintext does not match the blob's content id")
     return result
 
 
@@ -301,12 +307,15 @@ def restore_tables(conn, manifest: dict[str, Any], stores: dict[str, ObjectStore
     """Restore a table-class or wedding-bundle backup (see the module docstring for the guarantees)."""
     started = time.monotonic()
     report = RestoreReport(manifest["backup_id"], manifest["data_class"], target_schema, dry_run, wedding_id)
-    entries = [o for o in manifest["objects"] if not o.get("blob")]
+    entries = format.data_objects(manifest)
     bundles = any(o.get("wedding_id") is not None for o in entries)
     if wedding_id is not None:
         entries = [o for o in entries if o.get("wedding_id") == wedding_id] if bundles else entries
         if not entries:
             raise RestoreError(f"backup {manifest['backup_id']} holds no bundle for wedding {wedding_id}")
+        # one wedding out of whole tables: its row of `weddings` first, so an id the backup's snapshot does not
+        # hold fails after one object, before the rest is read (the scratch schema is rolled back with it)
+        entries.sort(key=lambda o: o.get("source") != "weddings")
     definitions = manifest.get("tables", {})
     conn.autocommit = False
     try:
@@ -329,10 +338,16 @@ def restore_tables(conn, manifest: dict[str, Any], stores: dict[str, ObjectStore
                                                lambda s, e=entry: _load_table(conn, target_schema, e, s, wedding_id),
                                                backup_id=manifest["backup_id"], savepoint=conn.transaction)
                 report.rows[entry["source"]] = report.rows.get(entry["source"], 0) + rows  # a table may be in parts
+                if wedding_id is not None and entry["source"] == "weddings" and not report.rows["weddings"]:
+                    raise WeddingNotInBackup(f"wedding {wedding_id} is not in backup {manifest['backup_id']} "
+                                             f"(taken {manifest.get('snapshot_at', '?')}): nothing was restored")
             _record_attempts(report, entry, attempts)
             report.objects += 1
             report.bytes += entry["ciphertext_size"]
         if not dry_run:
+            if wedding_id is not None and not bundles and not sum(report.rows.values()):
+                raise WeddingNotInBackup(f"backup {manifest['backup_id']} holds no rows of wedding {wedding_id}: "
+                                         "nothing was restored")
             _verify_counts(conn, target_schema, entries, report, bundles, wedding_id)
             if in_place:
                 swap_into_live(conn, target_schema, live_schema, definitions, wedding_id if bundles else None)
@@ -503,7 +518,7 @@ def restore_assets(manifest: dict[str, Any], stores: dict[str, ObjectStore], key
     """Restore the files an assets backup's index lists into `target_dir` (verified, atomic per file)."""
     started = time.monotonic()
     report = RestoreReport(manifest["backup_id"], manifest["data_class"], str(target_dir), dry_run, wedding_id)
-    index_entry = next(o for o in manifest["objects"] if o["source"] == "asset-index")
+    index_entry = next(o for o in format.data_objects(manifest) if o["source"] == "asset-index")
     index, attempts = with_failover(index_entry, order, stores, key_ring,
                                     lambda s: [json.loads(line) for line in _lines(s)],
                                     backup_id=manifest["backup_id"])
@@ -512,9 +527,12 @@ def restore_assets(manifest: dict[str, Any], stores: dict[str, ObjectStore], key
         index = [f for f in index if f["path"].startswith(f"weddings/{wedding_id}/")]
     targets = [(f, safe_target_path(target_dir, f["path"])) for f in index]  # validate every path first
     for file, path in targets:
-        blob = blob_entries.get(file["sha256"])
-        if blob is None:
-            raise RestoreError(f"no stored blob for {file['path']} ({file['sha256']})")
+        # format 3 indexes name each file's blob by content id, format 2 by its plaintext sha256
+        found = blob_entries.get(file.get("content_id") or file["sha256"])
+        if found is None:
+            raise RestoreError(f"no stored blob for {file['path']} (the manifest does not describe it)")
+        # the file's own hash and size (from the authenticated index) are what the blob must decrypt to
+        blob = {**found, "plaintext_sha256": file["sha256"], "plaintext_size": file["size"]}
         if not dry_run:
             path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(f".{path.name}.partial")
@@ -562,17 +580,19 @@ def run_restore(policy: Policy, request: RestoreRequest, *, stores: dict[str, Ob
     """Resolve and restore what `request` asks for; returns the report (also logged)."""
     manifest = resolve(policy, stores, request.data_class, backup_id=request.backup_id,
                        point_in_time=request.point_in_time, catalog_connect=catalog_connect)
-    if manifest.get("format_version", 1) > FORMAT_VERSION:  # written by a newer wedsync-dr
-        raise RestoreError(f"backup {manifest['backup_id']} has manifest format {manifest['format_version']}; "
-                           f"this wedsync-dr reads formats up to {FORMAT_VERSION}: restore with a newer release")
+    try:
+        format.check_readable(manifest)
+    except format.FormatError as err:
+        raise RestoreError(str(err)) from None
     order = cloud_order(stores, request.source_cloud, healthy)
     log.info("restoring %s backup %s (taken %s); clouds in order: %s", request.data_class, manifest["backup_id"],
              manifest.get("snapshot_at"), ", ".join(order))
     if policy.data_classes[request.data_class].kind == "assets":
         target = Path(request.target) if request.target else (asset_root or policy.staging_dir().parent
                                                                 / "restores") / default_target(request)
-        blobs = {o["plaintext_sha256"]: o for o in manifest["objects"] if o.get("blob")}
-        blobs |= _blob_entries_from_catalog(catalog_connect, policy, manifest, blobs)
+        blobs = blob_entries_by_content(manifest)
+        if manifest.get("format_version", 1) < 3:  # format 2 describes only the blobs its own backup stored
+            blobs |= _blob_entries_from_catalog(catalog_connect, policy, manifest, blobs)
         report = restore_assets(manifest, stores, key_ring, order=order, target_dir=target, blob_entries=blobs,
                                 wedding_id=request.wedding_id, dry_run=request.dry_run)
     else:
@@ -586,9 +606,14 @@ def run_restore(policy: Policy, request: RestoreRequest, *, stores: dict[str, Ob
     return report
 
 
+def blob_entries_by_content(manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The blobs a manifest describes, by what its asset index names them with (content id; format 2: sha256)."""
+    return {b.get("content_id") or b["plaintext_sha256"]: b for b in format.blob_entries(manifest)}
+
+
 def _blob_entries_from_catalog(catalog_connect, policy: Policy, manifest: dict[str, Any],
                                have: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Blobs stored by earlier backups: their entries come from the catalog, or from the blobs' own metadata."""
+    """Format 2 only: blobs stored by earlier backups are described by the catalog."""
     wanted = [sha for sha in manifest.get("referenced_blobs", []) if sha not in have]
     if not wanted:
         return {}
@@ -629,7 +654,7 @@ def verify_backup(manifest: dict[str, Any], stores: dict[str, ObjectStore], key_
     """
     import random
 
-    entries = list(manifest["objects"])
+    entries = format.all_entries(manifest)
     if sample < 1.0 and entries:
         entries = random.Random(seed).sample(entries, max(1, round(len(entries) * sample)))
     problems: dict[str, list[str]] = {}

@@ -11,7 +11,8 @@ Failed backups (no manifest) are cleaned up once they are older than a day.
 
 Deletion order makes a half-deleted backup impossible to mistake for a valid one: the manifest goes
 first (in every cloud), then the objects; the catalog row is marked `deleted` last.
-Asset blobs are shared; one is deleted only when no kept backup's manifest references it.
+Asset blobs are shared (mark and sweep): one is deleted only when no kept backup's manifest references it,
+it is older than a day (a running backup may have just stored it) and its write-once lock has expired.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from wedsync_dr import format
 from wedsync_dr.policy import Policy
 from wedsync_dr.storage import ObjectStore, StorageError
 
@@ -91,7 +93,7 @@ def delete_backup(stores: dict[str, ObjectStore], prefix: str) -> dict[str, str]
     problems = {}
     for cloud, store in stores.items():
         try:
-            store.delete(f"{prefix}/manifest.json")
+            store.delete(format.manifest_key(prefix))
         except StorageError as err:
             problems[cloud] = f"manifest not deleted: {err}"
             continue  # objects without their manifest are harmless; a manifest without objects is not
@@ -104,17 +106,17 @@ def delete_backup(stores: dict[str, ObjectStore], prefix: str) -> dict[str, str]
 
 def collect_garbage_blobs(policy: Policy, stores: dict[str, ObjectStore], referenced: set[str],
                           now: dt.datetime, grace: dt.timedelta = dt.timedelta(days=1)) -> dict[str, int]:
-    """Delete asset blobs no kept backup references (older than `grace`, so a running backup's new blobs
-    are never taken); returns how many were deleted per cloud."""
+    """Delete asset blobs whose keys no kept backup references (older than `grace`, so a running backup's new
+    blobs are never taken, and no longer locked); returns how many were deleted per cloud."""
     deleted = {}
-    prefix = f"{policy.prefix}/assets/blobs/"
     for cloud, store in stores.items():
         count = 0
-        for info in store.list(prefix):
-            sha = info.key.rsplit("/", 1)[-1].removesuffix(".tink")
-            if sha in referenced:
+        for info in store.list(format.blobs_prefix(policy.prefix)):
+            if info.key in referenced:
                 continue
             if info.updated is not None and now - info.updated < grace:
+                continue
+            if info.retain_until is not None and info.retain_until > now:
                 continue
             try:
                 store.delete(info.key)
@@ -129,9 +131,11 @@ def run(policy: Policy, catalog_conn, stores: dict[str, ObjectStore], now: dt.da
         dry_run: bool = False) -> dict[str, Any]:
     """Apply the plan to the clouds and the catalog."""
     now = now or dt.datetime.now(dt.UTC)
+    # Only this policy's backups (its key prefix): a catalog may serve more than one, each with its own rules.
     rows = catalog_conn.execute(
         "SELECT backup_id, data_class, status, started_at, labels, retain_until, prefix, manifest "
-        "FROM backup_catalog.backups WHERE status <> 'deleted' AND status <> 'running'").fetchall()
+        "FROM backup_catalog.backups WHERE status <> 'deleted' AND status <> 'running' AND starts_with(prefix, %s)",
+        (f"{policy.prefix}/",)).fetchall()
     backups = [{"backup_id": r[0], "data_class": r[1], "status": r[2], "started_at": r[3], "labels": r[4],
                 "retain_until": r[5], "prefix": r[6], "manifest": r[7]} for r in rows]
     decided = plan(policy, backups, now)
@@ -147,11 +151,12 @@ def run(policy: Policy, catalog_conn, stores: dict[str, ObjectStore], now: dt.da
         catalog_conn.execute("UPDATE backup_catalog.backups SET status = 'deleted' WHERE backup_id = %s",
                              (backup_id,))
         deleted.append(backup_id)
-    referenced = {sha for b in backups if b["backup_id"] in decided.keep and b["manifest"]
-                  for sha in b["manifest"].get("referenced_blobs", [])}
+    referenced = {key for b in backups if b["backup_id"] in decided.keep and b["manifest"]
+                  for key in format.referenced_blob_keys(b["manifest"], policy.prefix)}
     blobs = {} if dry_run else collect_garbage_blobs(policy, stores, referenced, now)
     if not dry_run:
-        catalog_conn.execute("DELETE FROM backup_catalog.asset_blobs WHERE NOT (sha256 = ANY(%s)) "
-                             "AND created_at < %s", (sorted(referenced), now - dt.timedelta(days=1)))
+        from wedsync_dr import catalog
+
+        catalog.forget_unreferenced_blobs(catalog_conn, policy.prefix, referenced, now - dt.timedelta(days=1))
     return {"kept": decided.keep, "deleted": deleted, "failed": failed, "blobs_deleted": blobs,
             "planned_deletions": decided.delete}

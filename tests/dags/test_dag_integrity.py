@@ -3,23 +3,27 @@
 from __future__ import annotations
 
 import datetime as dt
+import importlib.util
 from pathlib import Path
 from unittest import mock
 
 import pytest
 
 from wedsync_dr.policy import load_policy
+from wedsync_dr.requests import classes_by_priority
 from wedsync_dr.tags import Tag, vocabulary
 
 DAGS_DIR = Path(__file__).resolve().parents[2] / "dags"
+PLUGIN = Path(__file__).resolve().parents[2] / "plugins" / "wedsync_dr_plugin.py"
 POLICY = load_policy()
 BACKUP_DAG_IDS = {f"backup_{name}" for name in POLICY.data_classes}
 EXPECTED_DAG_IDS = BACKUP_DAG_IDS | {"restore", "emergency_backup", "backup_health", "backup_restore_drill",
-                                     "backup_retention", "backup_repair"}
+                                     "backup_retention", "backup_repair", "backup_verify"}
 
 
-# Retrying cannot change their outcome: a quorum decision, a parameter check, a drill verdict.
-NO_RETRY_TASKS = {"validate", "check_request", "finish"} | {f"drill_{n}" for n in POLICY.data_classes}
+# Retrying cannot change their outcome: a quorum decision, a parameter check, a drill or verification verdict.
+NO_RETRY_TASKS = ({"validate", "check_request", "finish"} | {f"drill_{n}" for n in POLICY.data_classes}
+                  | {f"verify_in_{c}" for c in POLICY.cloud_names})
 
 
 def _forbidden(*_args, **_kwargs):
@@ -67,8 +71,38 @@ def test_restore_form_has_a_titled_described_param_for_every_option(dagbag):
     for name in params:
         param = params.get_param(name)
         assert param.schema.get("title") and param.description, name
-    assert params.get_param("data_class").schema["enum"] == sorted(POLICY.data_classes)
+    assert params.get_param("data_class").schema["enum"] == classes_by_priority(POLICY)
+    assert params["data_class"] == "critical_weddings"  # the most urgent class first, not `assets`
     assert dagbag.dags["restore"].schedule is None
+
+
+@pytest.mark.parametrize(("dag_id", "names"), [("restore", ["target", "confirm", "point_in_time", "wedding_id"]),
+                                               ("emergency_backup", ["wedding_ids", "data_classes", "requested_by"])])
+def test_optional_form_fields_are_nullable_and_empty(dagbag, dag_id, names):
+    """The form makes a field whose type excludes null required: Trigger stayed disabled on target ''."""
+    params = dagbag.dags[dag_id].params
+    for name in names:
+        param = params.get_param(name)
+        assert "null" in list(param.schema["type"]) and param.value is None, name  # e.g. ["null", "string"]
+
+
+def test_emergency_data_classes_is_a_multi_select_of_the_policys_classes(dagbag):
+    schema = dagbag.dags["emergency_backup"].params.get_param("data_classes").schema
+    assert schema["examples"] == schema["items"]["enum"] == classes_by_priority(POLICY)
+
+
+def test_the_trigger_guard_checks_exactly_the_params_each_guarded_dag_has(dagbag):
+    """The API server's guard builds each DAG's Params itself: they must be the DAG's own."""
+    spec = importlib.util.spec_from_file_location("wedsync_dr_plugin_integrity", PLUGIN)
+    plugin = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plugin)
+    assert plugin.GUARDED_DAG_IDS == set(plugin.TriggerConfGuard.checks()) == {"restore", "emergency_backup"}
+    for dag_id, (guard_params, _check) in plugin.TriggerConfGuard.checks().items():
+        dag_params = dagbag.dags[dag_id].params
+        assert set(guard_params) == set(dag_params), dag_id
+        for name, param in guard_params.items():
+            assert (param.schema, param.value) == (dag_params.get_param(name).schema,
+                                                   dag_params.get_param(name).value), (dag_id, name)
 
 
 def test_emergency_runs_every_class_pipeline_ahead_of_routine_work(dagbag):
@@ -119,3 +153,18 @@ def test_critical_weddings_outrank_bulk_work(dagbag):
 def test_retry_backoff_is_exponential(dagbag):
     task = dagbag.dags.get("backup_vendor_data").get_task("extract")
     assert task.retry_exponential_backoff and task.max_retry_delay >= dt.timedelta(minutes=10)
+
+
+def test_verify_form_chooses_a_backup_a_cloud_and_a_sample(dagbag):
+    dag = dagbag.dags["backup_verify"]
+    params = dag.params
+    assert set(params) == {"data_class", "backup_id", "cloud", "sample", "seed"}
+    for name in params:
+        param = params.get_param(name)
+        assert param.schema.get("title") and param.description, name
+    assert params.get_param("data_class").schema["enum"] == sorted(POLICY.data_classes)
+    assert params.get_param("cloud").schema["enum"] == ["all", *POLICY.cloud_names]
+    assert params.get_param("sample").schema["exclusiveMinimum"] == 0 and params["sample"] == 1.0
+    assert dag.schedule is None
+    for cloud in POLICY.cloud_names:  # one verdict per cloud, each on its own
+        assert dag.get_task(f"verify_in_{cloud}").upstream_task_ids == {"check_request"}

@@ -18,7 +18,7 @@ import psycopg
 import pytest
 
 from tests.conftest import run_dag
-from wedsync_dr import backup, catalog, crypto, extract, local_stack
+from wedsync_dr import backup, catalog, crypto, extract, format, local_stack
 from wedsync_dr.orchestration import build_backup_dag
 from wedsync_dr.policy import load_policy
 
@@ -105,12 +105,19 @@ def test_backup_dag_copies_decrypt_to_the_source(stack, backup_env, key_ring, na
     for cloud in ("aws", "azure", "gcp"):
         stored_manifest = json.loads(_sdk_get(stack, cloud, f"{manifest['prefix']}/manifest.json"))
         assert stored_manifest == json.loads(json.dumps(manifest)), cloud
-        for entry in stored_manifest["objects"]:
+        for entry in format.all_entries(stored_manifest):
             ciphertext = _sdk_get(stack, cloud, entry["key"])
             assert hashlib.sha256(ciphertext).hexdigest() == entry["ciphertext_sha256"]
             plaintext = _decrypt(entry, ciphertext, key_ring)
-            assert hashlib.sha256(plaintext).hexdigest() == entry["plaintext_sha256"]
+            if "content_id" in entry:  # a blob: its keyed content id is the only name of its plaintext
+                assert key_ring.content_id(hashlib.sha256(plaintext).hexdigest()) == entry["content_id"]
+            else:
+                assert hashlib.sha256(plaintext).hexdigest() == entry["plaintext_sha256"]
             _assert_matches_source(stack, name, entry, plaintext)
+    if name == "assets":  # every file of the source is in a blob this one manifest describes
+        assert len(manifest["blobs"]) == len({key_ring.content_id(hashlib.sha256(p.read_bytes()).hexdigest())
+                                              for p in Path(os.environ["WEDSYNC_ASSET_SOURCE"]).rglob("*")
+                                              if p.is_file()})
 
 
 def test_backups_are_write_once_for_the_policys_immutability_days(stack, backup_env):
@@ -161,11 +168,10 @@ def _assert_matches_source(stack, name: str, entry: dict, plaintext: bytes) -> N
                 expected = _fresh_copy(conn, f"COPY (SELECT t.* FROM wedsync.{spec.name} t {spec.join} "
                                              f"WHERE {spec.wedding_key} = {entry['wedding_id']} ORDER BY 1) TO STDOUT")
                 assert sorted(sections[spec.name].splitlines()) == sorted(expected.splitlines()), spec.name
-        elif entry.get("blob"):
+        elif "content_id" in entry:
             source = Path(os.environ["WEDSYNC_ASSET_SOURCE"])
-            matches = [p for p in source.rglob("*") if p.is_file()
-                       and hashlib.sha256(p.read_bytes()).hexdigest() == entry["plaintext_sha256"]]
-            assert matches and matches[0].read_bytes() == plaintext
+            matches = [p for p in source.rglob("*") if p.is_file() and p.read_bytes() == plaintext]
+            assert matches, entry["key"]
         else:  # the asset index lists every file with its hash
             index = [json.loads(line) for line in plaintext.splitlines()]
             source = Path(os.environ["WEDSYNC_ASSET_SOURCE"])

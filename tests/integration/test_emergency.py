@@ -68,6 +68,82 @@ def test_invalid_conf_is_refused_with_400_and_no_run(api, conf):
     assert len(_runs(api)) == before
 
 
+def _trigger_from_the_ui(api, conf: dict, dag_id: str = "emergency_backup", cookie: str | None = None):
+    """As the UI's Trigger form does it: the public endpoint, the `_token` session cookie, no bearer header."""
+    url, token = api
+    request = urllib.request.Request(f"{url}/api/v2/dags/{dag_id}/dagRuns", method="POST",
+                                     data=json.dumps({"logical_date": None, "conf": conf}).encode(),
+                                     headers={"Content-Type": "application/json", "Referer": f"{url}/dags/{dag_id}",
+                                              "Cookie": f"_token={cookie or token}"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}")
+
+
+FORM = {"reason": "Venue system outage 3 days before the wedding", "scope": "all", "wedding_ids": None,
+        "data_classes": None, "requested_by": None}  # the Trigger form posts every param, empty ones null
+
+
+@pytest.mark.parametrize("conf", [
+    {**FORM, "data_classes": ["vendor_data"]},  # scope `all` with classes chosen: once a run that paged on-call
+    {**FORM, "reason": " " * 12},
+    {**FORM, "reason": "\u200b" * 12},
+    {**FORM, "scope": "weddings"},
+])
+def test_invalid_conf_from_the_ui_session_is_refused_with_400_and_no_run(api, conf):
+    before = len(_runs(api))
+    status, body = _trigger_from_the_ui(api, conf)
+    assert status == 400, body
+    assert body.get("detail")
+    assert len(_runs(api)) == before
+
+
+def _restore_dag_is_parsed(api) -> None:
+    url, token = api
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if _request("GET", f"{url}/api/v2/dags/restore", token=token)[0] == 200:
+            return
+        time.sleep(2)
+    pytest.fail("the restore DAG was not parsed in time")
+
+
+@pytest.mark.parametrize("how", ["bearer", "cookie"])
+@pytest.mark.parametrize("conf", [
+    {"data_class": "vendor_data", "target": "in_place"},                # no confirmation
+    {"data_class": "client_data", "tagret": "restored_clients"},         # a typo'd key
+    {"data_class": "assets", "target": "x"},                             # relative: the worker's cwd
+    {"data_class": "client_data", "backup_id": "client_data-20261120T180000Z-ab12",
+     "point_in_time": "2026-11-20T18:00:00Z"},
+])
+def test_an_invalid_restore_is_refused_with_400_and_no_run(api, how, conf):
+    _restore_dag_is_parsed(api)
+    before = len(_runs(api, "restore"))
+    status, body = (_trigger(api, conf, dag_id="restore") if how == "bearer"
+                    else _trigger_from_the_ui(api, conf, dag_id="restore"))
+    assert status == 400, body
+    assert body.get("detail")
+    assert len(_runs(api, "restore")) == before
+
+
+def test_a_forged_session_cookie_is_401_before_any_conf_check(api):
+    before = len(_runs(api))
+    status, body = _trigger_from_the_ui(api, {"scope": "all"}, cookie=api[1][:-8] + "AAAAAAAA")
+    assert status == 401, body
+    assert "reason" not in json.dumps(body)
+    assert len(_runs(api)) == before
+
+
+def test_a_valid_trigger_from_the_ui_session_runs(api):
+    status, run = _trigger_from_the_ui(api, {**FORM, "reason": "Venue reports a failing disk: wedding 1 now",
+                                             "scope": "weddings", "wedding_ids": [1]})
+    assert status == 200, run
+    assert run["conf"]["wedding_ids"] == [1]
+    assert _wait(api, run["dag_run_id"])["state"] == "success", _task_states(api, run["dag_run_id"])
+
+
 def test_no_token_or_a_bad_token_is_refused(api):
     status, _ = _trigger(api, {"reason": "vendor outage before the wedding"}, token=None)
     assert status == 401
@@ -114,9 +190,10 @@ def test_unknown_wedding_ids_fail_fast_naming_them(api):
     assert all(state in ("upstream_failed", "skipped", None) for task, state in states.items()
                if task.endswith(".extract"))
     with catalog.connect() as conn:
-        messages = [a["message"] for a in catalog.alerts(conn, kind="task_failed")
-                    if run["dag_run_id"] in a["message"]]
-    assert any("unknown wedding ids: 987654" in m for m in messages), messages
+        refusals = [a for a in catalog.alerts(conn, kind="task_failed")
+                    if run["dag_run_id"] in a["message"] and "unknown wedding ids: 987654" in a["message"]]
+    assert refusals, "no alert names the unknown wedding"
+    assert {(a["subject"], a["severity"]) for a in refusals} == {("emergency_backup.check_request", "warning")}
 
 
 def test_a_second_trigger_for_a_covered_scope_is_coalesced(api):

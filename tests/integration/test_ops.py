@@ -6,15 +6,17 @@ import datetime as dt
 import json
 import shutil
 import subprocess
+import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_dag
+from tests.conftest import http_json, run_dag
 from tests.integration.test_backup_dags import _sdk_get, _sdk_put
-from wedsync_dr import backup, catalog, crypto, drill, health, local_stack, repair, retention
+from wedsync_dr import alerts, backup, catalog, crypto, drill, health, local_stack, repair, retention
 from wedsync_dr.orchestration import build_backup_dag
 from wedsync_dr.policy import load_policy
 
@@ -202,21 +204,106 @@ def _get(url: str, token: str | None = None) -> tuple[int, bytes]:
         return err.code, err.read()
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None  # urllib then raises HTTPError for the 30x: the test sees the redirect itself
+
+
+def _browser_visit(url: str) -> tuple[int, str | None]:
+    """A browser without a session opening the page: (status, Location)."""
+    request = urllib.request.Request(url, headers={"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"})
+    try:
+        with urllib.request.build_opener(_NoRedirect).open(request, timeout=60) as response:
+            return response.status, None
+    except urllib.error.HTTPError as err:
+        return err.code, err.headers.get("Location")
+
+
 def test_status_api_requires_airflow_authentication(api, ops):
     url, token = api
     drill.drill_class(POLICY, "vendor_data", ops, backup.stores(POLICY),
                       crypto.KeyRing.from_connection(POLICY.key_ring_conn_id), catalog.db_connector("wedsync_db_owner"))
     assert _get(f"{url}/wedsync-dr/api/status")[0] == 401
-    assert _get(f"{url}/wedsync-dr/")[0] == 401
+    assert _get(f"{url}/wedsync-dr/")[0] == 401  # an API client (no Accept: text/html)
+    for path in ("api/verifications", "openapi.json", "docs", "redoc", "docs/oauth2-redirect"):
+        assert _get(f"{url}/wedsync-dr/{path}")[0] in (401, 404), path  # FastAPI's own routes included
+    code, location = _browser_visit(f"{url}/wedsync-dr/")
+    assert code in (302, 307) and location is not None
+    assert urllib.parse.urlsplit(location).path.endswith("/auth/login"), location
+    assert urllib.parse.parse_qs(urllib.parse.urlsplit(location).query)["next"] == [f"{url}/wedsync-dr/"]
+    status, body = _get(f"{url}/wedsync-dr/openapi.json", token)
+    assert status == 200 and "/api/verifications" in json.loads(body)["paths"]
     status, body = _get(f"{url}/wedsync-dr/api/status", token)
     assert status == 200
     data = json.loads(body)
     assert set(data["classes"]) == set(POLICY.data_classes)
     vendor = data["classes"]["vendor_data"]
     assert vendor["last_backup"]["backup_id"] == _newest(ops, "vendor_data")["backup_id"]
+    assert vendor["last_attempt"]["backup_id"] and vendor["age_hours"] is not None
     assert vendor["rpo_ok"] is True and vendor["last_drill"] is not None
     assert set(data["cloud_health"]) == {"aws", "azure", "gcp"}
-    assert isinstance(data["critical_weddings"], list)
+    assert isinstance(data["critical_weddings"], list) and data["critical_weddings_known"] is True
+    for key in ("open_alerts", "recent_alerts", "emergency_runs", "restores", "verifications", "problems"):
+        assert isinstance(data[key], list), key
+    assert data["ok"] is (not data["problems"])
+
+
+def test_an_open_alert_turns_the_status_red_until_acknowledged(api, ops):
+    url, token = api
+    subject = "backup_retention.apply_retention"
+    alerts.alert(severity="critical", kind="task_failed", subject=subject, catalog_conn=ops,
+                 message=f"{subject} failed in run scheduled__test: RuntimeError: some backups could not be deleted")
+
+    def shown() -> tuple[dict, list[dict]]:
+        status, body = _get(f"{url}/wedsync-dr/api/status", token)
+        assert status == 200
+        data = json.loads(body)
+        return data, [a for a in data["open_alerts"] if (a["kind"], a["subject"]) == ("task_failed", subject)]
+
+    data, [alert] = shown()
+    assert data["ok"] is False and any("open critical alert" in p for p in data["problems"])
+    assert alert["severity"] == "critical" and alert["age_hours"] < 1
+    page = _get(f"{url}/wedsync-dr/", token)[1].decode()
+    assert "attention needed" in page and "some backups could not be deleted" in page
+    ack = f"{url}/wedsync-dr/api/alerts/{alert['alert_id']}/acknowledge"
+    assert http_json("POST", ack)[0] == 401
+    status, body = http_json("POST", ack, token=token)
+    assert status == 200 and alert["alert_id"] in body["acknowledged"] and body["by"] == "admin"
+    assert shown()[1] == []
+
+
+def test_backup_verify_is_triggered_and_answered_over_rest(api, ops):
+    url, token = api
+    deadline = time.monotonic() + 120
+    while http_json("GET", f"{url}/api/v2/dags/backup_verify", token=token)[0] != 200:
+        assert time.monotonic() < deadline, "backup_verify was not parsed"
+        time.sleep(2)
+    assert http_json("PATCH", f"{url}/api/v2/dags/backup_verify", {"is_paused": False}, token)[0] == 200
+    trigger = f"{url}/api/v2/dags/backup_verify/dagRuns"
+    refused, _ = http_json("POST", trigger, {"logical_date": None, "conf": {"data_class": "vendor_data",
+                                                                           "sample": 0}}, token)
+    assert refused == 400  # typed Params: a sample of nothing never becomes a run
+    earlier = "backup_verify.verify_in_aws"  # a failure before this run: its success must clear the alert
+    alerts.alert(severity="critical", kind="task_failed", subject=earlier, catalog_conn=ops,
+                 message=f"{earlier} failed in run manual__earlier: RuntimeError: 1 problems in aws")
+    conf = {"data_class": "vendor_data", "backup_id": "latest", "cloud": "all", "sample": 0.5, "seed": 3}
+    status, run = http_json("POST", trigger, {"logical_date": None, "conf": conf}, token)
+    assert status == 200, run
+    deadline = time.monotonic() + 300
+    while (state := http_json("GET", f"{trigger}/{run['dag_run_id']}", token=token)[1].get("state")) not in (
+            "success", "failed"):
+        assert time.monotonic() < deadline, state
+        time.sleep(2)
+    assert state == "success"
+    status, body = _get(f"{url}/wedsync-dr/api/verifications?run_id={urllib.parse.quote(run['dag_run_id'])}",
+                        token)
+    assert status == 200
+    verdicts = json.loads(body)
+    assert sorted(v["cloud"] for v in verdicts) == sorted(POLICY.cloud_names)
+    assert all(v["ok"] and v["backup_id"] == _newest(ops, "vendor_data")["backup_id"] and v["seed"] == 3
+               for v in verdicts), verdicts
+    data = json.loads(_get(f"{url}/wedsync-dr/api/status", token)[1])
+    assert not [a for a in data["open_alerts"] if a["subject"] == earlier]  # Airflow's metadata: it succeeded since
 
 
 def test_status_page_renders_in_headless_chromium(api):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -120,7 +121,7 @@ def test_one_wedding_restores_alone_from_whole_table_objects(stack, backed_up, k
     """client_data stores whole tables as binary COPY streams: a one-wedding restore picks that wedding's
     rows out of them (server-side, through a temporary table) and restores nothing else."""
     manifest = backed_up["client_data"]["manifest"]
-    assert manifest["format_version"] == 2
+    assert manifest["format_version"] == 3
     assert {o["copy_format"] for o in manifest["objects"]} == {"binary"}
     per_wedding = sorted({o["source"] for o in manifest["objects"] if "wedding_id" in o["columns"]})
     others = sorted({o["source"] for o in manifest["objects"]} - set(per_wedding))
@@ -285,3 +286,49 @@ def test_a_format_1_backup_of_copy_text_still_restores(stack, backed_up, key_rin
         with _owner(stack) as conn:
             for schema in ("format1_whole", "format1_wedding"):
                 conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+def _cli(stack, *argv: str, **env_changes: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, **local_stack.environment(stack), **env_changes}
+    return subprocess.run([sys.executable, "-m", "wedsync_dr.cli", *argv], env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_cli_names_an_unknown_class_or_cloud_in_one_line(stack):
+    for argv, expected in ((["verify", "--class", "honeymoons"], "unknown data class 'honeymoons'"),
+                           (["list", "--from-cloud", "ibm"], "'ibm' is not a cloud of the policy")):
+        result = _cli(stack, *argv)
+        assert result.returncode == 1, result
+        assert result.stderr.strip().count("\n") == 0 and expected in result.stderr, result.stderr
+
+
+def test_list_says_the_catalog_is_unreachable_or_missing_and_offers_a_cloud(stack, backed_up):
+    unreachable = json.dumps({"conn_type": "postgres", "host": "127.0.0.1", "port": local_stack.free_port(),
+                              "login": "nobody", "password": "x", "schema": "nothing"})
+    result = _cli(stack, "list", AIRFLOW_CONN_WEDSYNC_CATALOG=unreachable)
+    assert result.returncode == 1 and "catalog is unreachable" in result.stderr and "--from-cloud" in result.stderr
+    assert result.stderr.strip().count("\n") == 0
+    with psycopg.connect(stack.role_url(local_stack.CATALOG_ROLE, local_stack.CATALOG_DB)) as conn:
+        conn.execute("ALTER SCHEMA backup_catalog RENAME TO backup_catalog_away")
+    try:
+        result = _cli(stack, "list")
+        assert result.returncode == 1 and "no backup_catalog schema" in result.stderr, result.stderr
+        from_cloud = _cli(stack, "list", "--from-cloud", "gcp", "--class", "vendor_data")
+        assert from_cloud.returncode == 0 and backed_up["vendor_data"]["backup_id"] in from_cloud.stdout
+    finally:
+        with psycopg.connect(stack.role_url(local_stack.CATALOG_ROLE, local_stack.CATALOG_DB)) as conn:
+            conn.execute("ALTER SCHEMA backup_catalog_away RENAME TO backup_catalog")
+
+
+def test_a_one_wedding_restore_of_a_wedding_the_backup_lacks_fails_before_creating_anything(stack, backed_up):
+    result = _cli(stack, "restore", "--class", "client_data", "--wedding-id", "987654321", "--target",
+                  "no_such_wedding")
+    assert result.returncode == 1 and "wedding 987654321 is not in backup" in result.stderr, result.stderr
+    with _owner(stack) as conn:
+        assert not conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = 'no_such_wedding'").fetchall()
+
+
+def test_one_wedding_is_never_restored_in_place_from_whole_tables(stack):
+    with pytest.raises(RestoreError, match="never in place"):
+        check_request(POLICY, {"data_class": "vendor_data", "wedding_id": 3, "target": "in_place",
+                               "confirm": "RESTORE vendor_data"})

@@ -7,7 +7,6 @@ import hashlib
 import io
 import json
 import os
-import re
 import stat
 import subprocess
 import sys
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import run_worked_example, worked_example
 from wedsync_dr import crypto
 
 REPO = Path(__file__).resolve().parents[2]
@@ -164,16 +164,9 @@ def test_files_are_private_and_appear_only_when_complete(key, tmp_path):
 # ----------------------------------------------------------------------------- docs/FORMAT.md runs
 
 
-def _example_block(document: str, label: str) -> str:
-    found = re.search(rf"<!-- worked-example: {re.escape(label)} -->\s*```\w+\n(.*?)```", document, re.S)
-    assert found, f"docs/FORMAT.md lost its worked example {label!r}"
-    return found.group(1)
-
-
 def test_the_worked_example_in_format_md_opens_an_object_without_wedsync_dr(tmp_path):
     """Extracts the worked example from docs/FORMAT.md and runs it: tink + cryptography + the zstd CLI."""
-    document = (REPO / "docs" / "FORMAT.md").read_text()
-    script, shell = _example_block(document, "decrypt_object.py"), _example_block(document, "shell")
+    script = worked_example("decrypt_object.py")
     assert "wedsync_dr" not in script
 
     # A backup as the library writes it: one object and its manifest, KEKs rotated once.
@@ -193,14 +186,7 @@ def test_the_worked_example_in_format_md_opens_an_object_without_wedsync_dr(tmp_
     (tmp_path / "keyring.json").write_text(ring.to_json())
     (tmp_path / "decrypt_object.py").write_text(script)
 
-    # `python3` in the example: this interpreter, without the project on its path
-    python_dir = tmp_path / "bin"
-    python_dir.mkdir()
-    (python_dir / "python3").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')  # keeps its venv
-    (python_dir / "python3").chmod(0o755)
-    env = {"PATH": f"{python_dir}:{os.environ['PATH']}", "HOME": str(tmp_path)}
-    result = subprocess.run(["bash", "-c", shell], cwd=tmp_path, env=env, capture_output=True, text=True,
-                            timeout=120)
+    result = run_worked_example(tmp_path, "shell")
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "guests.copy").read_bytes() == rows
     assert result.stdout.split()[0] == entry["plaintext_sha256"]
@@ -211,8 +197,7 @@ def test_the_worked_example_in_format_md_opens_an_object_without_wedsync_dr(tmp_
     (tmp_path / "guests.copy.zst.tink").write_bytes(bytes(blob))
     entry["ciphertext_sha256"] = hashlib.sha256(blob).hexdigest()  # as if the manifest were forged too
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
-    result = subprocess.run(["bash", "-c", shell], cwd=tmp_path, env=env, capture_output=True, text=True,
-                            timeout=120)
+    result = run_worked_example(tmp_path, "shell")
     assert result.returncode != 0
 
 

@@ -333,8 +333,10 @@ def test_the_key_ring_placeholder_has_the_library_s_shape_and_fails_closed():
     with pytest.raises(KeyUnavailableError):
         KeyRing.from_json(placeholder["extra"])
     # the same shape with real key material is what KeyRing.from_connection reads
-    real = {**placeholder["extra"], "keys": json.loads(KeyRing.generate(["kek-1"]).to_json())["keys"]}
+    generated = json.loads(KeyRing.generate(["kek-1"]).to_json())
+    real = {**placeholder["extra"], "keys": generated["keys"], "dedup_key": generated["dedup_key"]}
     assert KeyRing.from_json(real).primary_id == placeholder["extra"]["primary"]
+    assert KeyRing.from_json(real).has_dedup_key
 
 
 def test_the_key_ring_reaches_the_workers_only():
@@ -398,7 +400,7 @@ def test_embedded_scripts_are_valid_shell_and_python():
         assert blocks, f"{name} runs no Python"
         for block in blocks:
             compile(block, f"<{name}>", "exec")
-    assert "ensure_pools(" in script("airflow-init") and "catalog.connect()" in script("airflow-init")
+    assert "ensure_pools(" in script("airflow-init") and "catalog.migrate()" in script("airflow-init")
 
 
 def test_the_gcs_emulator_image_starts_the_emulator_as_the_local_stack_does():

@@ -6,7 +6,13 @@ the same JSON; any secrets backend that serves that connection works), or by `Ke
 
     {"primary": "k2026b",
      "keys": {"k2026a": "<base64 of 32 bytes>", "k2026b": "<base64 of 32 bytes>"},
-     "retired": ["k2025a"]}                        (optional)
+     "retired": ["k2025a"],                        (optional)
+     "dedup_key": "<base64 of 32 bytes>"}          (needed by the assets class)
+
+The dedup key is not a KEK: it keys the HMAC-SHA256 content ids of shared, content-addressed objects (asset
+blobs), so that a cloud holding them cannot confirm which known file one holds. It must stay the same across
+KEK rotations (a new dedup key only costs one full re-upload of the blobs) and, like the KEKs, never goes
+into a cloud.
 
 The primary KEK wraps new data keys; every listed KEK unwraps, so rotation is: add a key, make it primary,
 and old backups still open. Retiring a KEK is an explicit step: listed under `retired` it stays in the
@@ -21,6 +27,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 import json
 import logging
 import os
@@ -80,6 +88,13 @@ class KeyEncryptionKey(SecretKey):
     """A KEK of the key ring: wraps data keys."""
 
 
+class DedupKey(SecretKey):
+    """Keys the content ids of shared objects (HMAC-SHA256): who lacks it cannot compute or confirm one."""
+
+
+CONTENT_ID_DOMAIN = b"wedsync-dr content id v1\x00"
+
+
 @dataclass(frozen=True)
 class WrappedKey:
     """A data key wrapped by KEK `kek_id`: safe to store in manifests and object metadata (`to_manifest`)."""
@@ -107,7 +122,8 @@ class WrappedKey:
 class KeyRing:
     """KEKs by id: the primary wraps, every key that is not retired unwraps."""
 
-    def __init__(self, keys: Mapping[str, KeyEncryptionKey], primary: str, retired: Iterable[str] = ()):
+    def __init__(self, keys: Mapping[str, KeyEncryptionKey], primary: str, retired: Iterable[str] = (),
+                 dedup_key: DedupKey | None = None):
         retired = frozenset(retired)
         if not keys:
             raise KeyUnavailableError("the key ring holds no key-encryption key")
@@ -124,6 +140,7 @@ class KeyRing:
         self._keys = dict(keys)
         self.primary_id = primary
         self.retired_ids = sorted(retired)
+        self._dedup_key = dedup_key
 
     def __repr__(self) -> str:
         return f"<KeyRing primary={self.primary_id!r} keys={self.key_ids!r} retired={self.retired_ids!r}>"
@@ -146,6 +163,23 @@ class KeyRing:
     def wrap(self, data_key: DataKey) -> WrappedKey:
         kek = self._keys[self.primary_id]
         return WrappedKey(self.primary_id, keywrap.aes_key_wrap(kek.material(), data_key.material()))
+
+    # ------------------------------------------------------------------ content ids
+
+    @property
+    def has_dedup_key(self) -> bool:
+        return self._dedup_key is not None
+
+    def content_id(self, plaintext_sha256: str) -> str:
+        """The keyed content id (64 hex digits) of a plaintext whose sha256 is given: HMAC-SHA256 under the
+        dedup key of a domain tag and the digest. Fails closed without a dedup key."""
+        if self._dedup_key is None:
+            raise KeyUnavailableError("the key ring has no dedup_key: content-addressed objects (assets) need "
+                                      "one; add \"dedup_key\": <base64 of 32 random bytes> to the key ring")
+        digest = bytes.fromhex(plaintext_sha256)
+        if len(digest) != 32:
+            raise ValueError("a sha256 digest is 32 bytes")
+        return hmac.new(self._dedup_key.material(), CONTENT_ID_DOMAIN + digest, hashlib.sha256).hexdigest()
 
     def unwrap(self, wrapped: WrappedKey, *, object_name: str | None = None) -> DataKey:
         """The data key, or a typed error naming the object (or the KEK when no object is given)."""
@@ -171,7 +205,7 @@ class KeyRing:
         if kek_id in self._keys:
             raise ValueError(f"key id {kek_id!r} is already in the key ring")
         new_key = KeyEncryptionKey(os.urandom(KEY_BYTES))
-        return KeyRing({**self._keys, kek_id: new_key}, kek_id, self.retired_ids)
+        return KeyRing({**self._keys, kek_id: new_key}, kek_id, self.retired_ids, self._dedup_key)
 
     def retire(self, kek_id: str) -> KeyRing:
         """Backups whose data keys `kek_id` wrapped can no longer be opened (until it is taken back)."""
@@ -179,7 +213,7 @@ class KeyRing:
             raise ValueError(f"key id {kek_id!r} is not in the key ring")
         if kek_id == self.primary_id:
             raise ValueError("the primary key cannot be retired: rotate to a new primary first")
-        return KeyRing(self._keys, self.primary_id, [*self.retired_ids, kek_id])
+        return KeyRing(self._keys, self.primary_id, [*self.retired_ids, kek_id], self._dedup_key)
 
     # ------------------------------------------------------------------ loading and saving
 
@@ -189,7 +223,8 @@ class KeyRing:
         ids = list(ids)
         if not ids:
             raise ValueError("at least one key id")
-        return cls({i: KeyEncryptionKey(os.urandom(KEY_BYTES)) for i in ids}, ids[-1])
+        return cls({i: KeyEncryptionKey(os.urandom(KEY_BYTES)) for i in ids}, ids[-1],
+                   dedup_key=DedupKey(os.urandom(KEY_BYTES)))
 
     @classmethod
     def from_json(cls, document: str | Mapping[str, Any]) -> KeyRing:
@@ -234,8 +269,8 @@ class KeyRing:
             ring = cls.from_json(document)
         except KeyUnavailableError as err:
             raise KeyUnavailableError(f"key ring connection {conn_id!r}: {err}") from None
-        log.info("key ring from connection %s: primary %s, keys %s, retired %s", conn_id, ring.primary_id,
-                 ring.key_ids, ring.retired_ids)
+        log.info("key ring from connection %s: primary %s, keys %s, retired %s, dedup key %s", conn_id,
+                 ring.primary_id, ring.key_ids, ring.retired_ids, "present" if ring.has_dedup_key else "absent")
         return ring
 
     def to_json(self) -> str:
@@ -244,10 +279,12 @@ class KeyRing:
         document: dict[str, Any] = {"primary": self.primary_id, "keys": keys}
         if self.retired_ids:
             document["retired"] = self.retired_ids
+        if self._dedup_key is not None:
+            document["dedup_key"] = base64.b64encode(self._dedup_key.material()).decode()
         return json.dumps(document)
 
 
-ParsedKeyRing = tuple[dict[str, KeyEncryptionKey], str, list[str]]
+ParsedKeyRing = tuple[dict[str, KeyEncryptionKey], str, list[str], DedupKey | None]
 
 
 def _parse_key_ring(document: str | Mapping[str, Any]) -> ParsedKeyRing | None:
@@ -258,6 +295,8 @@ def _parse_key_ring(document: str | Mapping[str, Any]) -> ParsedKeyRing | None:
         retired = raw.get("retired", [])
         if not isinstance(retired, list):
             return None
-        return keys, str(raw["primary"]), [str(i) for i in retired]
+        dedup = raw.get("dedup_key")
+        dedup_key = DedupKey(base64.b64decode(dedup, validate=True)) if dedup is not None else None
+        return keys, str(raw["primary"]), [str(i) for i in retired], dedup_key
     except (ValueError, KeyError, TypeError, AttributeError):  # binascii.Error is a ValueError
         return None

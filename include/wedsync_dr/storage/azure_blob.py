@@ -20,12 +20,15 @@ version-level immutability on the container. Azurite 3.35 accepts the headers an
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from functools import cached_property
 from typing import Any
 
 from wedsync_dr.storage.base import BaseStore, MiB, ObjectInfo, Upload
 from wedsync_dr.storage.errors import CloudAuthError, CloudUnavailable, ObjectNotFound, StorageError
+
+log = logging.getLogger(__name__)
 
 _POLICY_MODES = {"governance": "Unlocked", "compliance": "Locked"}
 _BATCH_DELETE = 256  # blobs per batch request, the service's limit
@@ -97,6 +100,20 @@ class AzureBlobStore(BaseStore):
         for blob in self._container.list_blobs(name_starts_with=prefix, include=["metadata"],
                                                results_per_page=self.list_page_size):
             yield _info(blob)
+
+    def _extend_retention(self, key: str, retain_until) -> bool:
+        from azure.core.exceptions import HttpResponseError
+        from azure.storage.blob import ImmutabilityPolicy
+
+        try:
+            self._container.get_blob_client(key).set_immutability_policy(
+                ImmutabilityPolicy(expiry_time=retain_until, policy_mode=_POLICY_MODES[self.retention_mode]))
+        except HttpResponseError as err:
+            if err.status_code == 501:  # Azurite: "Current API is not implemented yet"
+                log.debug("%s does not implement blob immutability policies: %s not re-locked", self.cloud, key)
+                return False
+            raise
+        return True
 
     def _delete(self, key: str) -> None:
         self._container.delete_blob(key)

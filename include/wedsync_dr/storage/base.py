@@ -73,6 +73,8 @@ class ObjectStore(Protocol):
 
     def delete_prefix(self, prefix: str) -> int: ...
 
+    def extend_retention(self, key: str, retain_until: datetime) -> bool: ...
+
 
 @dataclass(frozen=True)
 class Upload:
@@ -285,6 +287,21 @@ class BaseStore:
             self.delete(key)
         return len(keys)
 
+    # ------------------------------------------------------------------ retention
+
+    def extend_retention(self, key: str, retain_until: datetime) -> bool:
+        """Make an existing object write-once until at least `retain_until` (never shortens a lock).
+
+        Returns False when the service does not implement object retention (the local emulators): the
+        request was sent and refused as unimplemented, which a real cloud never answers.
+        """
+        check_key(key)
+        check_retention(retain_until, self.retention_mode)
+        if retain_until is None:
+            raise ValueError("retain_until is required")
+        with self._calling(key):
+            return self._extend_retention(key, retain_until)
+
     # ------------------------------------------------------------------ errors
 
     @contextmanager
@@ -321,6 +338,9 @@ class BaseStore:
         raise NotImplementedError
 
     def _delete(self, key: str) -> None:
+        raise NotImplementedError
+
+    def _extend_retention(self, key: str, retain_until: datetime) -> bool:
         raise NotImplementedError
 
 

@@ -1,0 +1,344 @@
+"""Shared, content-addressed asset blobs against the real stack (audit findings of issue #13, items 1-5):
+later backups extend the write-once lock of the blobs they reference, repaired copies are locked like the
+originals, every manifest restores its backup on its own (after the first backup is retired and the catalog
+rebuilt from one cloud), blob keys, metadata and manifests name no plaintext, format-2 backups still
+restore, the restore DAG honours cloud health, and wedding bundles carry the wedding's reviews.
+
+Everything here lives under its own key prefix and a renamed assets class (`media`): the class is found by
+its kind, never by its name, and nothing here disturbs the other modules' backups.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import io
+import json
+import os
+import secrets
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from tests.conftest import run_dag
+from tests.helpers import run_backup_steps, run_worked_example, worked_example
+from wedsync_dr import backup, catalog, crypto, format, local_stack, repair, retention
+from wedsync_dr.policy import load_policy
+from wedsync_dr.requests import check_request
+from wedsync_dr.restore import run_restore
+
+POLICY = load_policy()
+PREFIX = "wedsync-dr-audit"
+MEDIA = dataclasses.replace(POLICY.data_classes["assets"], name="media")
+AUDIT = POLICY.with_overrides(prefix=PREFIX, data_classes={
+    **{k: v for k, v in POLICY.data_classes.items() if k != "assets"}, "media": MEDIA})
+
+
+class RecordingStores(dict):
+    """The policy's stores, each remembering which keys it was asked to re-lock."""
+
+    def __init__(self, policy):
+        super().__init__(backup.stores(policy))
+        self.relocked: dict[str, list[str]] = {cloud: [] for cloud in self}
+        for cloud, store in self.items():
+            def extend(key, retain_until, _cloud=cloud, _inner=store.extend_retention):
+                self.relocked[_cloud].append(key)
+                return _inner(key, retain_until)
+
+            store.extend_retention = extend
+
+
+def _source() -> Path:
+    return Path(os.environ["WEDSYNC_ASSET_SOURCE"])
+
+
+def _source_files() -> dict[str, bytes]:
+    return {p.relative_to(_source()).as_posix(): p.read_bytes() for p in _source().rglob("*") if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def key_ring(stack):
+    return crypto.KeyRing.from_connection(POLICY.key_ring_conn_id)
+
+
+@pytest.fixture(scope="module")
+def two_backups(stack, demo_data, airflow_db, key_ring):
+    """A first `media` backup now, and a second one a day later (injected clock) after one file changed and
+    one was added; then the source as the second backup saw it."""
+    store_map = RecordingStores(AUDIT)
+    changed = sorted(_source().rglob("*.pdf"))[0]
+    original = changed.read_bytes()
+    added = _source() / "weddings" / "audit" / "added.pdf"
+    t0 = dt.datetime.now(dt.UTC)
+    with catalog.connect() as conn:
+        try:
+            first = run_backup_steps(AUDIT, MEDIA, catalog_conn=conn, key_ring=key_ring, started_at=t0,
+                                     store_map=store_map)
+            relocked_by_first = {c: list(keys) for c, keys in store_map.relocked.items()}
+            changed.write_bytes(original + b"\n% revised by the audit test\n")
+            added.parent.mkdir(parents=True, exist_ok=True)
+            added.write_bytes(os.urandom(3000))
+            second = run_backup_steps(AUDIT, MEDIA, catalog_conn=conn, key_ring=key_ring,
+                                      started_at=t0 + dt.timedelta(days=1), store_map=store_map)
+            yield {"t0": t0, "stores": store_map, "first": catalog.backup(conn, first["backup_id"]),
+                   "second": catalog.backup(conn, second["backup_id"]), "relocked_by_first": relocked_by_first,
+                   "files": _source_files(), "changed": changed.relative_to(_source()).as_posix()}
+        finally:
+            changed.write_bytes(original)
+            added.unlink(missing_ok=True)
+            conn.execute("DELETE FROM backup_catalog.backups WHERE starts_with(prefix, %s)", (f"{PREFIX}/",))
+            conn.execute("DELETE FROM backup_catalog.blobs WHERE starts_with(key, %s)", (f"{PREFIX}/",))
+
+
+def test_a_later_backup_extends_the_lock_of_every_blob_it_references(stack, two_backups):
+    first, second = two_backups["first"]["manifest"], two_backups["second"]["manifest"]
+    stored_by_first = {b["key"] for b in first["blobs"]}
+    referenced = {b["key"] for b in second["blobs"]}
+    assert second["totals"]["blobs_stored"] == 2  # the changed file and the added one: nothing else again
+    assert len(referenced - stored_by_first) == 2 and len(stored_by_first & referenced) == len(stored_by_first) - 1
+    locked_until = dt.datetime.fromisoformat(second["locked_until"]).replace(microsecond=0)
+    assert locked_until > dt.datetime.fromisoformat(first["locked_until"])
+    s3 = local_stack.sdk_s3(stack)
+    for key in referenced:
+        head = s3.head_object(Bucket=local_stack.BUCKET, Key=key)
+        assert head["ObjectLockMode"] == "GOVERNANCE", key
+        assert head["ObjectLockRetainUntilDate"] >= locked_until, key
+    # Azurite and the GCS emulator accept retention and keep none: what matters is that each was asked.
+    shared = stored_by_first & referenced
+    for cloud in POLICY.cloud_names:
+        asked = set(two_backups["stores"].relocked[cloud]) - set(two_backups["relocked_by_first"][cloud])
+        assert shared <= asked, cloud
+
+
+def test_repaired_copies_carry_the_backups_lock_and_metadata(stack, two_backups, tmp_path):
+    manifest = two_backups["second"]["manifest"]
+    blob = manifest["blobs"][0]
+    index = next(o for o in manifest["objects"] if o["source"] == "asset-index")
+    s3 = local_stack.sdk_s3(stack)
+    for key in (blob["key"], index["key"], format.manifest_key(manifest["prefix"])):
+        s3.delete_object(Bucket=local_stack.BUCKET, Key=key)  # a delete marker hides the locked version
+    result = repair.repair_backup(manifest, two_backups["stores"], tmp_path, lock_days=AUDIT.immutability_days)
+    assert {(key, cloud) for key, _source, cloud in result.copied} == {(blob["key"], "aws"), (index["key"], "aws")}
+    assert "aws" in result.clouds_ok
+    locked_until = dt.datetime.fromisoformat(manifest["locked_until"]).replace(microsecond=0)
+    for key in (blob["key"], index["key"], format.manifest_key(manifest["prefix"])):
+        head = s3.head_object(Bucket=local_stack.BUCKET, Key=key)
+        assert head["ObjectLockMode"] == "GOVERNANCE" and head["ObjectLockRetainUntilDate"] >= locked_until, key
+    metadata = s3.head_object(Bucket=local_stack.BUCKET, Key=blob["key"])["Metadata"]
+    assert metadata["content-id"] == blob["content_id"] and "plaintext-sha256" not in metadata
+
+
+def test_blob_keys_metadata_and_manifests_name_no_plaintext(stack, two_backups):
+    files = two_backups["files"]
+    hashes = {hashlib.sha256(data).hexdigest() for data in files.values()}
+    names = {Path(path).name for path in files} | set(files)
+    listed = {
+        "aws": [(o["Key"], local_stack.sdk_s3(stack).head_object(Bucket=local_stack.BUCKET, Key=o["Key"])["Metadata"])
+                for o in local_stack.sdk_s3(stack).list_objects_v2(Bucket=local_stack.BUCKET,
+                                                                   Prefix=PREFIX)["Contents"]],
+        "azure": [(b.name, b.metadata) for b in local_stack.sdk_azure_container(stack).list_blobs(
+            name_starts_with=PREFIX, include=["metadata"])],
+        "gcp": [(b.name, b.metadata or {}) for b in local_stack.sdk_gcs_bucket(stack).client.list_blobs(
+            local_stack.BUCKET, prefix=PREFIX)],
+    }
+    for cloud, objects in listed.items():
+        blobs = [(key, meta) for key, meta in objects if key.startswith(format.blobs_prefix(PREFIX))]
+        assert blobs, cloud
+        for key, metadata in objects:
+            assert not any(h in key for h in hashes), f"{cloud}: {key} names a plaintext hash"
+            assert not (set(metadata.values()) & hashes), f"{cloud}: {key} metadata holds a plaintext hash"
+            assert not any("plaintext" in name.lower() for name in metadata), (cloud, key, metadata)
+    for record in (two_backups["first"], two_backups["second"]):
+        text = local_stack.sdk_s3(stack).get_object(
+            Bucket=local_stack.BUCKET, Key=format.manifest_key(record["prefix"]))["Body"].read().decode()
+        assert not [h for h in hashes if h in text], "a manifest holds a plaintext hash of a file"
+        assert not [n for n in names if n in text], "a manifest names a file"
+
+
+def test_the_newest_backup_restores_on_its_own_after_the_first_is_retired_and_the_catalog_rebuilt(
+        stack, two_backups, key_ring, tmp_path):
+    first, second = two_backups["first"], two_backups["second"]
+    store_map = two_backups["stores"]
+    only_newest = dataclasses.replace(MEDIA, retention={"daily_days": 0})
+    policy = AUDIT.with_overrides(data_classes={**AUDIT.data_classes, "media": only_newest})
+    stale = next(b["key"] for b in first["manifest"]["blobs"]
+                 if b["key"] not in {s["key"] for s in second["manifest"]["blobs"]})  # the changed file's old blob
+    with catalog.connect() as conn:
+        result = retention.run(policy, conn, store_map, now=two_backups["t0"] + dt.timedelta(days=30))
+    assert result["deleted"] == [first["backup_id"]] and second["backup_id"] in result["kept"]
+    for cloud, store in store_map.items():
+        assert store.head(format.manifest_key(first["prefix"])) is None, cloud
+        assert store.head(stale) is None, f"{cloud}: the blob no kept backup needs was not swept"
+
+    database = f"rebuilt_catalog_{secrets.token_hex(3)}"
+    with psycopg.connect(stack.admin_url(local_stack.CATALOG_DB), autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {database}")
+    rebuilt_url = stack.admin_url(database)
+    with psycopg.connect(rebuilt_url, autocommit=True) as conn:
+        catalog.ensure_schema(conn)
+        assert catalog.rebuild_from_cloud(conn, policy, store_map["gcp"]) == 1
+        assert conn.execute("SELECT count(*) FROM backup_catalog.blobs").fetchone()[0] == len(
+            second["manifest"]["blobs"])
+
+    for label, catalog_connect in (("rebuilt catalog", lambda: psycopg.connect(rebuilt_url)), ("no catalog", None)):
+        target = tmp_path / label.replace(" ", "-")
+        report = run_restore(policy, check_request(policy, {"data_class": "media", "target": str(target),
+                                                            "source_cloud": "aws"}),
+                             stores=store_map, key_ring=key_ring, db_connect=catalog.db_connector("wedsync_db_owner"),
+                             catalog_connect=catalog_connect)
+        assert report.backup_id == second["backup_id"], label
+        restored = {p.relative_to(target).as_posix(): p.read_bytes() for p in target.rglob("*") if p.is_file()}
+        assert restored == two_backups["files"], label
+
+
+def _seal(key_ring, plaintext: bytes, ad: bytes, zstd_level: int | None):
+    data_key = key_ring.new_data_key()
+    out = io.BytesIO()
+    stats = crypto.encrypt_stream(io.BytesIO(plaintext), out, data_key, ad, zstd_level=zstd_level)
+    return out.getvalue(), stats, crypto.encryption_entry(key_ring.wrap(data_key), ad)
+
+
+def test_a_format_2_assets_backup_still_restores(stack, two_backups, key_ring, tmp_path):
+    """Written the way format 2 did: blobs keyed by plaintext sha256 with the hash as metadata and AD, the
+    manifest describing only the blobs its backup stored, the catalog the rest."""
+    store_map = two_backups["stores"]
+    files = dict(sorted(two_backups["files"].items())[:3])
+    started = dt.datetime.now(dt.UTC) - dt.timedelta(days=400)
+    backup_id = backup.new_backup_id("media", started)
+    prefix = format.backup_prefix(PREFIX, "media", backup_id, started)
+    blob_entries = []
+    for data in files.values():
+        sha = hashlib.sha256(data).hexdigest()
+        ciphertext, stats, encryption = _seal(key_ring, data, crypto.associated_data("assets-blob", sha), None)
+        entry = {"name": f"blob-{sha}", "key": format.blob_key(PREFIX, sha), "source": "asset:x", "rows": 0,
+                 "columns": None, "wedding_id": None, "compression": "none", "plaintext_sha256": sha,
+                 "plaintext_size": len(data), "compressed_size": len(data), "ciphertext_size": len(ciphertext),
+                 "ciphertext_sha256": stats.ciphertext_sha256, "encryption": encryption, "blob": True}
+        for store in store_map.values():
+            store.put_bytes(entry["key"], ciphertext, metadata={"backup-id": backup_id, "plaintext-sha256": sha})
+        blob_entries.append(entry)
+    index = b"".join(json.dumps({"path": path, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data),
+                                 "mtime_ns": 0}).encode() + b"\n" for path, data in files.items())
+    name = "asset-index.jsonl.zst.tink"
+    ciphertext, stats, encryption = _seal(key_ring, index, crypto.associated_data(backup_id, name), 3)
+    index_entry = {"name": name, "key": f"{prefix}/{name}", "source": "asset-index", "rows": len(files),
+                   "columns": None, "wedding_id": None, "compression": "zstd",
+                   "plaintext_sha256": hashlib.sha256(index).hexdigest(), "plaintext_size": len(index),
+                   "compressed_size": 0, "ciphertext_size": len(ciphertext),
+                   "ciphertext_sha256": stats.ciphertext_sha256, "encryption": encryption}
+    manifest = {"format_version": 2, "backup_id": backup_id, "data_class": "media", "created_at": started.isoformat(),
+                "snapshot_at": started.isoformat(), "source_schema": "wedsync", "labels": [], "reason": None,
+                "prefix": prefix, "locked_until": None, "objects": [index_entry, blob_entries[0]],
+                "referenced_blobs": sorted(e["plaintext_sha256"] for e in blob_entries), "tables": {}}
+    for store in store_map.values():
+        store.put_bytes(f"{prefix}/{name}", ciphertext)
+        store.put_bytes(format.manifest_key(prefix), json.dumps(manifest).encode())
+    with catalog.connect() as conn:
+        catalog.record_asset_blobs(conn, [{"sha256": e["plaintext_sha256"], "size": e["plaintext_size"],
+                                           "key": e["key"], "ciphertext_sha256": e["ciphertext_sha256"],
+                                           "ciphertext_size": e["ciphertext_size"],
+                                           "encryption": {**e["encryption"], "compression": "none"}}
+                                          for e in blob_entries[1:]], backup_id)
+    try:
+        target = tmp_path / "format2"
+        run_restore(AUDIT, check_request(AUDIT, {"data_class": "media", "backup_id": backup_id,
+                                                 "target": str(target)}),
+                    stores=store_map, key_ring=key_ring, db_connect=catalog.db_connector("wedsync_db_owner"),
+                    catalog_connect=catalog.connect)
+        assert {p.relative_to(target).as_posix(): p.read_bytes() for p in target.rglob("*") if p.is_file()} == files
+    finally:
+        with catalog.connect() as conn:
+            conn.execute("DELETE FROM backup_catalog.asset_blobs WHERE starts_with(key, %s)", (f"{PREFIX}/",))
+        for store in store_map.values():  # nothing of it stays behind for a later test to find
+            store.delete_prefix(f"{prefix}/")
+            for entry in blob_entries:
+                store.delete(entry["key"])
+
+
+def test_the_restore_dag_prefers_healthy_clouds(stack, two_backups, key_ring):
+    from wedsync_dr.orchestration import build_restore_dag
+
+    vendor = AUDIT.data_classes["vendor_data"]
+    with catalog.connect() as conn:
+        done = run_backup_steps(AUDIT, vendor, catalog_conn=conn, key_ring=key_ring)
+        conn.execute("INSERT INTO backup_catalog.cloud_health (cloud, healthy, failures_in_a_row, changed_at, "
+                     "checked_at) VALUES ('aws', false, 3, now(), now()) ON CONFLICT (cloud) DO UPDATE SET "
+                     "healthy = false, failures_in_a_row = 3")
+    try:
+        run = run_dag(build_restore_dag(AUDIT, doc_md="test"),
+                      {"data_class": "vendor_data", "backup_id": done["backup_id"], "dry_run": True})
+        assert run.state == "success"
+        ti = next(t for t in run.get_task_instances() if t.task_id == "restore")
+        report = ti.xcom_pull(task_ids="restore")
+    finally:
+        with catalog.connect() as conn:
+            conn.execute("DELETE FROM backup_catalog.cloud_health WHERE cloud = 'aws'")
+    # auto: healthy clouds first (azure, then gcp), the unhealthy one only as a last resort
+    assert report["sources"] == {"azure": done["totals"]["objects"]}
+
+
+def test_a_wedding_bundle_carries_the_weddings_reviews(stack, two_backups, key_ring):
+    bundles = AUDIT.data_classes["critical_weddings"]
+    owner = stack.role_url(local_stack.OWNER_ROLE, local_stack.SOURCE_DB)
+    with psycopg.connect(owner, autocommit=True) as conn:
+        wedding_id, supplier_id = conn.execute(
+            "SELECT w.wedding_id, wv.supplier_id FROM wedsync.weddings w JOIN wedsync.wedding_vendors wv "
+            "USING (wedding_id) WHERE w.wedding_date >= current_date ORDER BY 1 LIMIT 1").fetchone()
+        review_id = conn.execute(
+            "INSERT INTO wedsync.reviews (supplier_id, wedding_id, rating, title, body) VALUES (%s, %s, 5, "
+            "'Perfect day', 'The audit test wrote this review.') RETURNING review_id",
+            (supplier_id, wedding_id)).fetchone()[0]
+    try:
+        with catalog.connect() as conn:
+            done = run_backup_steps(AUDIT, bundles, catalog_conn=conn, key_ring=key_ring, wedding_ids=[wedding_id])
+        report = run_restore(AUDIT, check_request(AUDIT, {"data_class": "critical_weddings",
+                                                          "backup_id": done["backup_id"], "wedding_id": wedding_id}),
+                             stores=backup.stores(AUDIT), key_ring=key_ring,
+                             db_connect=catalog.db_connector("wedsync_db_owner"), catalog_connect=catalog.connect)
+        with psycopg.connect(owner, autocommit=True) as conn:
+            restored = conn.execute(f"SELECT review_id, title FROM {report.target}.reviews").fetchall()
+            conn.execute(f"DROP SCHEMA {report.target} CASCADE")
+        assert (review_id, "Perfect day") in restored
+    finally:
+        with psycopg.connect(owner, autocommit=True) as conn:
+            conn.execute("DELETE FROM wedsync.reviews WHERE review_id = %s", (review_id,))
+
+
+def test_the_format_md_worked_example_opens_a_table_object_and_a_blob_of_a_later_backup(
+        stack, two_backups, key_ring, tmp_path):
+    """docs/FORMAT.md's blocks, verbatim, on objects read from the stack with the plain S3 SDK: the guests table
+    of a client_data backup, and a file whose blob the FIRST media backup stored, opened through the SECOND's
+    manifest (every manifest describes every blob it needs)."""
+    s3 = local_stack.sdk_s3(stack)
+
+    def download(key: str, path: Path) -> None:
+        path.write_bytes(s3.get_object(Bucket=local_stack.BUCKET, Key=key)["Body"].read())
+
+    with catalog.connect() as conn:
+        clients = catalog.backup(conn, run_backup_steps(AUDIT, AUDIT.data_classes["client_data"], catalog_conn=conn,
+                                                        key_ring=key_ring)["backup_id"])["manifest"]
+    later = two_backups["second"]["manifest"]
+    for directory, manifest in ((tmp_path / "table", clients), (tmp_path / "blob", later)):
+        directory.mkdir()
+        (directory / "manifest.json").write_text(json.dumps(manifest))
+        (directory / "keyring.json").write_text(key_ring.to_json())
+        (directory / "decrypt_object.py").write_text(worked_example("decrypt_object.py"))
+
+    guests = next(o for o in clients["objects"] if o["name"] == "guests.copy.zst.tink")
+    download(guests["key"], tmp_path / "table" / guests["name"])
+    result = run_worked_example(tmp_path / "table", "shell")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[0] == guests["plaintext_sha256"]
+
+    stored_first = {b["content_id"] for b in two_backups["first"]["manifest"]["blobs"]}
+    path, data = next((p, d) for p, d in sorted(two_backups["files"].items())
+                      if key_ring.content_id(hashlib.sha256(d).hexdigest()) in stored_first)
+    content_id = key_ring.content_id(hashlib.sha256(data).hexdigest())
+    index = next(o for o in later["objects"] if o["source"] == "asset-index")
+    download(index["key"], tmp_path / "blob" / "asset-index.jsonl.zst.tink")
+    download(format.blob_key(PREFIX, content_id), tmp_path / "blob" / f"{content_id}.tink")
+    result = run_worked_example(tmp_path / "blob", "shell-blob", {"ASSET": path})
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "blob" / "asset.file").read_bytes() == data

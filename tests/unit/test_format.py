@@ -1,0 +1,87 @@
+"""The format module: keyed content ids, copy checks, lock extension, manifests of formats 2 and 3."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+
+import pytest
+
+from wedsync_dr import crypto, format
+from wedsync_dr.storage import ObjectInfo
+
+SHA = hashlib.sha256(b"a couple's contract").hexdigest()
+
+
+def test_content_ids_are_keyed_and_fail_closed_without_the_dedup_key():
+    ring = crypto.KeyRing.generate(["k1"])
+    other = crypto.KeyRing.generate(["k1"])
+    content_id = ring.content_id(SHA)
+    assert len(content_id) == 64 and content_id != SHA
+    assert content_id == ring.content_id(SHA)  # deterministic: dedup works
+    assert other.content_id(SHA) != content_id  # who lacks the key cannot compute (or confirm) it
+    assert ring.with_new_key("k2").content_id(SHA) == content_id  # KEK rotation keeps the ids
+    assert crypto.KeyRing.from_json(ring.to_json()).content_id(SHA) == content_id
+    without = json.loads(ring.to_json())
+    del without["dedup_key"]
+    with pytest.raises(crypto.KeyUnavailableError, match="dedup_key"):
+        crypto.KeyRing.from_json(without).content_id(SHA)
+    assert json.loads(ring.to_json())["dedup_key"] not in repr(ring) + str(ring)
+
+
+def _entry(**changes):
+    return {"key": "p/x", "ciphertext_size": 10, "ciphertext_sha256": "a" * 64, "ciphertext_md5": "b" * 32,
+            "ciphertext_crc32c": "c" * 8, **changes}
+
+
+def _info(**changes):
+    values = {"key": "p/x", "size": 10, "sha256": "a" * 64, "metadata": {}, "native": {"md5": "b" * 32},
+              "updated": None, **changes}
+    return ObjectInfo(**values)
+
+
+def test_check_copy_judges_size_claim_and_every_native_checksum():
+    assert format.check_copy(_info(), _entry()) is None
+    assert format.check_copy(None, _entry()) == "missing"
+    assert "size" in format.check_copy(_info(size=11), _entry())
+    assert "sha256 metadata" in format.check_copy(_info(sha256="d" * 64), _entry())
+    assert "native md5" in format.check_copy(_info(native={"md5": "e" * 32}), _entry())
+    assert "native crc32c" in format.check_copy(_info(native={"crc32c": "0" * 8}), _entry())
+
+
+def test_a_lock_shorter_than_the_backup_needs_is_extended_by_a_whole_period():
+    until = dt.datetime(2026, 12, 9, tzinfo=dt.UTC)
+    assert format.lock_needs_extending(_info(retain_until=None), until)
+    assert format.lock_needs_extending(_info(retain_until=until - dt.timedelta(seconds=1)), until)
+    assert not format.lock_needs_extending(_info(retain_until=until), until)
+    assert not format.lock_needs_extending(_info(retain_until=None), None)  # an unlocked backup needs none
+    assert format.extended_lock(until, 7) == until + dt.timedelta(days=7)
+
+
+def test_blobs_are_bound_to_their_content_id_and_data_objects_to_their_backup():
+    blob = {"content_id": "f" * 64, "key": "p/assets/blobs/ff/" + "f" * 64 + ".tink"}
+    assert format.expected_associated_data("b-1", blob) == crypto.associated_data("assets-blob", "f" * 64)
+    legacy = {"blob": True, "plaintext_sha256": SHA, "name": "blob-x"}
+    assert format.expected_associated_data("b-1", legacy) == crypto.associated_data("assets-blob", SHA)
+    assert format.expected_associated_data("b-1", {"name": "t.copy.zst.tink"}) == crypto.associated_data(
+        "b-1", "t.copy.zst.tink")
+
+
+def test_format_2_and_3_manifests_name_every_blob_they_need():
+    v3 = {"format_version": 3, "objects": [{"name": "asset-index.jsonl.zst.tink"}],
+          "blobs": [{"key": "p/assets/blobs/aa/a.tink", "content_id": "a"}]}
+    assert format.referenced_blob_keys(v3, "p") == {"p/assets/blobs/aa/a.tink"}
+    assert format.all_entries(v3) == [v3["objects"][0], v3["blobs"][0]]
+    v2 = {"format_version": 2, "objects": [{"name": "i"}, {"name": "blob-x", "blob": True, "key": "k"}],
+          "referenced_blobs": [SHA]}
+    assert format.referenced_blob_keys(v2, "p") == {format.blob_key("p", SHA)}
+    assert format.data_objects(v2) == [{"name": "i"}]
+    with pytest.raises(format.FormatError, match="newer release"):
+        format.check_readable({"format_version": format.FORMAT_VERSION + 1, "backup_id": "x"})
+
+
+def test_blob_metadata_names_no_plaintext():
+    entry = {"content_id": "c" * 64, "encryption": {"kek_id": "k1", "wrapped_key": "d2s="}}
+    metadata = format.object_metadata("assets-1", entry)
+    assert metadata == {"backup-id": "assets-1", "kek-id": "k1", "wrapped-key": "d2s=", "content-id": "c" * 64}
