@@ -32,6 +32,17 @@ _TRIGGER_PATH = re.compile(r"^/api/v2/dags/(?P<dag_id>[^/]+)/dagRuns/?$")
 GUARDED_DAG_IDS = frozenset({"emergency_backup", "restore"})
 
 
+MAX_TRIGGER_BODY = 1 << 20
+
+
+async def _answer(send, status: int, detail: str, extra_headers: list) -> None:
+    payload = json.dumps({"detail": detail}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(payload)).encode()), *extra_headers]})
+    await send({"type": "http.response.body", "body": payload})
+
+
 class TriggerConfGuard:
     """Pure ASGI middleware: reads the body once, replays it to Airflow when it passes."""
 
@@ -43,11 +54,15 @@ class TriggerConfGuard:
         if dag_id is None:
             await self.app(scope, receive, send)
             return
-        chunks, more = [], True
+        chunks, more, size = [], True, 0
         while more:
             message = await receive()
             chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
             more = message.get("more_body", False)
+            if size > MAX_TRIGGER_BODY:  # a trigger's conf is a few hundred bytes: refuse before buffering more
+                await _answer(send, 413, f"a trigger body is at most {MAX_TRIGGER_BODY} bytes", [])
+                return
         body = b"".join(chunks)
 
         async def replay():
@@ -57,12 +72,7 @@ class TriggerConfGuard:
         if problem is None:
             await self.app(scope, replay, send)
             return
-        status, detail, extra_headers = problem
-        payload = json.dumps({"detail": detail}).encode()
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(payload)).encode()), *extra_headers]})
-        await send({"type": "http.response.body", "body": payload})
+        await _answer(send, *problem)
 
     @staticmethod
     def _guarded_dag_id(scope) -> str | None:
@@ -145,7 +155,8 @@ def _status_app():
     """
     import logging
 
-    from airflow.api_fastapi.core_api.security import get_user, requires_authenticated
+    from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
+    from airflow.api_fastapi.core_api.security import get_user, requires_access_dag, requires_authenticated
     from fastapi import Depends, FastAPI, HTTPException, Query
     from fastapi.exception_handlers import http_exception_handler
     from fastapi.responses import HTMLResponse, RedirectResponse
@@ -219,7 +230,9 @@ def _status_app():
 
         return render_html(current_status())
 
-    @app.post("/api/alerts/{alert_id}/acknowledge")
+    # Acknowledging turns the headline green: only who may run the operations DAGs (trigger backup_repair) may.
+    @app.post("/api/alerts/{alert_id}/acknowledge", dependencies=[Depends(
+        requires_access_dag("POST", DagAccessEntity.RUN, param_dag_id="backup_repair"))])
     # not `user: GetUserDep`: under `from __future__ import annotations` a locally imported type never resolves
     def acknowledge_alert(alert_id: int, user=Depends(get_user)) -> dict:  # noqa: B008 - FastAPI's idiom
         """Close an open alert (and the earlier ones of its kind and subject); a later alert opens it again."""

@@ -23,7 +23,7 @@ def run_backup_steps(policy: Policy, data_class: DataClass, *, catalog_conn, key
     store_map = store_map or backup.stores(policy)
     summary = backup.run_extract(policy, data_class, connect=catalog.db_connector("wedsync_db"),
                                  catalog_conn=catalog_conn, started_at=started_at, key_ring=key_ring,
-                                 wedding_ids=wedding_ids)
+                                 wedding_ids=wedding_ids, store_map=store_map)
     try:
         summary = backup.run_encrypt(policy, summary, key_ring)
         uploads = {cloud: backup.run_upload(policy, cloud, summary, store) for cloud, store in store_map.items()}

@@ -201,3 +201,12 @@ CREATE TABLE IF NOT EXISTS verifications (
 );
 CREATE INDEX IF NOT EXISTS verifications_backup ON verifications (backup_id, cloud, verified_at DESC);
 CREATE INDEX IF NOT EXISTS verifications_class_time ON verifications (data_class, verified_at DESC);
+
+-- The schema's version: catalog.connect() refuses a catalog older than the release needs (not migrated since an
+-- upgrade) instead of failing later on a missing table or column. Raise it with every change above.
+CREATE TABLE IF NOT EXISTS schema_version (
+    singleton        boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    version          integer NOT NULL
+);
+INSERT INTO schema_version (singleton, version) VALUES (true, 2)
+    ON CONFLICT (singleton) DO UPDATE SET version = GREATEST(schema_version.version, EXCLUDED.version);

@@ -89,7 +89,8 @@ def run_extract(policy: Policy, data_class: DataClass, *, connect: Callable[[], 
                 wedding_ids: list[int] | None = None, labels: tuple[str, ...] = (), reason: str | None = None,
                 requested_by: str | None = None, dag_id: str | None = None, run_id: str | None = None,
                 workers: int | None = None, min_retention_days: int = 0,
-                key_ring: crypto.KeyRing | None = None) -> dict[str, Any]:
+                key_ring: crypto.KeyRing | None = None, store_map: dict[str, ObjectStore] | None = None
+                ) -> dict[str, Any]:
     """Stage the class's data: compressed plaintext files and `extract.json`. `workers` (default: the class's
     `extract_workers`) tables or parts are copied at once. Assets need `key_ring` (its dedup key names the
     blobs); nothing is staged without it."""
@@ -111,7 +112,8 @@ def run_extract(policy: Policy, data_class: DataClass, *, connect: Callable[[], 
     elif data_class.kind == "assets":
         if key_ring is None:
             raise crypto.KeyUnavailableError("an assets backup needs the key ring: its dedup key names the blobs")
-        extraction = _extract_assets(policy, data_class, backup_id, staging, catalog_conn, key_ring)
+        extraction = _extract_assets(policy, data_class, backup_id, staging, catalog_conn, key_ring,
+                                     store_map or stores(policy))
     else:  # the policy schema makes this unreachable
         raise ValueError(f"unknown data class kind {data_class.kind!r}")
     seconds = time.perf_counter() - t0
@@ -143,11 +145,13 @@ def _instant(value: str | None) -> dt.datetime | None:
 
 
 def _extract_assets(policy: Policy, data_class: DataClass, backup_id: str, staging: Path, catalog_conn,
-                    key_ring: crypto.KeyRing):
-    """Index every asset file under its keyed content id; stage only blobs no earlier backup stored.
+                    key_ring: crypto.KeyRing, store_map: dict[str, ObjectStore]):
+    """Index every asset file under its keyed content id; stage only blobs no cloud holds yet.
 
-    The blobs stored before are described in full in `referenced-blobs.json` (from the catalog), so the
-    manifest lists every blob the backup needs; validate proves each of them in every cloud.
+    The blobs stored before are described in full in `referenced-blobs.json` (from the catalog, or adopted
+    from a cloud that holds one the catalog does not know), so the manifest lists every blob the backup
+    needs; validate proves each of them in every cloud. A stored blob is never overwritten: committed
+    manifests may name its bytes and wrapped key.
     """
     source = Path(os.environ.get(data_class.source_env, ""))
     if not os.environ.get(data_class.source_env):
@@ -163,6 +167,9 @@ def _extract_assets(policy: Policy, data_class: DataClass, backup_id: str, stagi
             referenced[cid] = known[cid]
         elif cid not in new_blobs:
             new_blobs[cid] = f
+    for cid, entry in _adopt_stored_blobs(policy, store_map, key_ring, new_blobs).items():
+        referenced[cid] = entry
+        del new_blobs[cid]
     # The index is the backup's data object and the only place paths and plaintext hashes are kept:
     # path -> content id, and how to check each file.
     index_path = staging / "asset-index.jsonl.zst"
@@ -187,6 +194,49 @@ def _extract_assets(policy: Policy, data_class: DataClass, backup_id: str, stagi
     _write_json(staging / "asset-files.json", [[f.path, f.sha256, f.size, f.mtime_ns] for f in files])
     _write_json(staging / "referenced-blobs.json", sorted(referenced.values(), key=lambda b: b["key"]))
     return extraction
+
+
+def _adopt_stored_blobs(policy: Policy, store_map: dict[str, ObjectStore], key_ring: crypto.KeyRing,
+                        candidates: dict[str, extract.AssetFile]) -> dict[str, dict[str, Any]]:
+    """Blobs the catalog does not know but a cloud holds (a failed or concurrent run stored them, or the catalog
+    was rebuilt or lost), described from the stored object itself once it is proven to decrypt to the file.
+    Re-encrypting them instead would write a second ciphertext under the same key."""
+    def find(item: tuple[str, extract.AssetFile]) -> tuple[str, dict[str, Any] | None]:
+        cid, asset = item
+        key = blob_key(policy, cid)
+        for cloud, store in store_map.items():
+            try:
+                info = store.head(key)
+            except StorageError as err:
+                log.warning("cannot look for blob %s in %s: %s", key, cloud, err)
+                continue
+            if info is None or info.metadata.get("content-id") != cid or "wrapped-key" not in info.metadata:
+                continue
+            entry = format.adopted_blob_entry(info, cid, asset.size,
+                                              info.metadata.get("compression") or extract.blob_compression(asset.path))
+            if _proves(store, entry, key_ring, asset.sha256):
+                return cid, entry
+            log.warning("blob %s in %s does not decrypt to its file: not adopted", key, cloud)
+        return cid, None
+
+    found = in_parallel(find, list(candidates.items()), policy.upload_concurrency, "adopt")
+    adopted = {cid: entry for cid, entry in found if entry is not None}
+    if adopted:
+        log.info("assets: %d blobs already stored in a cloud but unknown to the catalog: adopted, not re-sent",
+                 len(adopted))
+    return adopted
+
+
+def _proves(store: ObjectStore, entry: dict[str, Any], key_ring: crypto.KeyRing, plaintext_sha256: str) -> bool:
+    """Whether the stored object decrypts (tags, the content id's AD) to the plaintext with that sha256."""
+    try:
+        with store.open_read(entry["key"]) as src:
+            stats = crypto.decrypt_stream(src, _NullSink(), key_ring.unwrap(crypto.WrappedKey.from_manifest(
+                entry["encryption"]), object_name=entry["key"]), format.expected_associated_data("", entry),
+                object_name=entry["key"], decompress=entry["compression"] == "zstd")
+    except (crypto.DecryptionError, crypto.KeyUnavailableError, StorageError):
+        return False
+    return stats.plaintext_sha256 == plaintext_sha256
 
 
 # --------------------------------------------------------------------------- encrypt
@@ -305,7 +355,10 @@ def run_upload(policy: Policy, cloud: str, summary: dict[str, Any], store: Objec
 
     def send(obj: dict[str, Any]) -> int | None:
         """Bytes sent; None for a blob the cloud already holds (validate extends its lock if need be)."""
-        if obj["blob"] and (head := store.head(obj["key"])) and head.sha256 == obj["ciphertext_sha256"]:
+        if obj["blob"] and (head := store.head(obj["key"])):
+            if head.sha256 != obj["ciphertext_sha256"]:  # another run stored it meanwhile: never overwrite
+                log.warning("%s already holds %s from another run: not overwritten (validate decides)", cloud,
+                            obj["key"])
             return None
         format.write_object(store, obj, Path(obj["path"]), backup_id=summary["backup_id"], lock_until=lock_until,
                             progress=_progress_logger(cloud, obj["name"], obj["ciphertext_size"])
@@ -449,7 +502,8 @@ def run_validate(policy: Policy, summary: dict[str, Any], upload_results: dict[s
     status = "validated" if len(good) == len(store_map) else "degraded"
     if data_class.kind == "assets":
         files = _read_json(staging / "asset-files.json")
-        catalog.record_blobs(catalog_conn, [format.blob_entry(o) for o in encrypted if o["blob"]],
+        # the blobs it stored, and those it adopted from a cloud (known ones are already there: no-ops)
+        catalog.record_blobs(catalog_conn, [format.blob_entry(o) for o in encrypted if o["blob"]] + shared,
                              summary["backup_id"])
         catalog.replace_asset_index(catalog_conn, files, summary["backup_id"])
     catalog.record_backup_result(catalog_conn, manifest, backup_id=summary["backup_id"], status=status,

@@ -72,6 +72,9 @@ def _instant(value: str | None) -> dt.datetime | None:
     return dt.datetime.fromisoformat(value) if value else None
 
 
+SCHEMA_VERSION = 2  # include/sql/backup_catalog.sql's schema_version: 2 added blobs, verifications, acknowledgements
+
+
 class CatalogNotReady(RuntimeError):
     """The catalog database has no backup_catalog schema: nothing was migrated, or it was dropped."""
 
@@ -86,6 +89,13 @@ def connect(conn_id: str = "wedsync_catalog"):
         raise CatalogNotReady(f"the backup catalog ({conn_id}) has no backup_catalog schema: create it with "
                               "`wedsync-dr catalog migrate`, or recreate it from a cloud with "
                               "`wedsync-dr rebuild-catalog --from-cloud <cloud>`")
+    version = None
+    if conn.execute("SELECT to_regclass('backup_catalog.schema_version')").fetchone()[0] is not None:
+        version = conn.execute("SELECT version FROM backup_catalog.schema_version").fetchone()[0]
+    if (version or 1) < SCHEMA_VERSION:
+        conn.close()
+        raise CatalogNotReady(f"the backup catalog ({conn_id}) has schema version {version or 1}, this release "
+                              f"needs {SCHEMA_VERSION}: run `wedsync-dr catalog migrate`")
     return conn
 
 

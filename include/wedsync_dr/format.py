@@ -17,6 +17,7 @@ Versions (`format_version` in the manifest; restores read all of them):
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
 import logging
@@ -185,10 +186,32 @@ def object_metadata(backup_id: str, entry: dict[str, Any]) -> dict[str, str]:
     without its manifest (wrapped key and content id are not secret), nothing that names the plaintext."""
     metadata = {"backup-id": backup_id, "kek-id": entry["encryption"]["kek_id"]}
     if "content_id" in entry:
-        metadata |= {"wrapped-key": entry["encryption"]["wrapped_key"], "content-id": entry["content_id"]}
+        metadata |= {"wrapped-key": entry["encryption"]["wrapped_key"], "content-id": entry["content_id"],
+                     "compression": entry["compression"]}
     elif entry.get("blob"):  # a format-2 blob re-copied by repair keeps what it was written with
         metadata |= {"wrapped-key": entry["encryption"]["wrapped_key"], "plaintext-sha256": entry["plaintext_sha256"]}
     return metadata
+
+
+def adopted_blob_entry(info: ObjectInfo, content_id: str, plaintext_size: int, compression: str) -> dict[str, Any]:
+    """The manifest entry of a blob found in a cloud, from its metadata and the cloud's own checksums."""
+    encryption = {"format": crypto.FORMAT_NAME, "kek_id": info.metadata["kek-id"],
+                  "wrapped_key": info.metadata["wrapped-key"], "key_wrap": crypto.KEY_WRAP_ALGORITHM,
+                  "associated_data": base64.b64encode(crypto.associated_data(BLOB_AD_SCOPE, content_id)).decode()}
+    return {"content_id": content_id, "key": info.key, "compression": compression, "plaintext_size": plaintext_size,
+            "ciphertext_sha256": info.sha256, "ciphertext_size": info.size,
+            "ciphertext_md5": info.native.get("md5"), "ciphertext_crc32c": info.native.get("crc32c"),
+            "encryption": encryption}
+
+
+def is_other_version(info: ObjectInfo | None, entry: dict[str, Any]) -> bool:
+    """True when a shared blob's key holds ANOTHER encryption of the content (another run's: a different
+    wrapped key, as every encryption has its own data key), not a damaged copy of this one. Repair never
+    overwrites it: committed manifests may name those bytes."""
+    if info is None or "content_id" not in entry:
+        return False
+    wrapped = info.metadata.get("wrapped-key")
+    return wrapped is not None and wrapped != entry["encryption"]["wrapped_key"]
 
 
 def write_object(store: ObjectStore, entry: dict[str, Any], path: Path, *, backup_id: str,

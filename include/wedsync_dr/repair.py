@@ -89,6 +89,11 @@ def repair_backup(manifest: dict[str, Any], stores: dict[str, ObjectStore], stag
                 broken_clouds.add(cloud)
                 result.unrepairable.append(f"{entry['key']} in {cloud}: {problem}")
                 continue
+            if format.is_other_version(heads[cloud], entry):
+                broken_clouds.add(cloud)
+                result.unrepairable.append(f"{entry['key']} in {cloud}: holds another run's encryption of the "
+                                           "blob, which other backups may need: not overwritten")
+                continue
             source = good[0]
             try:
                 _copy(stores[source], stores[cloud], entry, staging, backup_id=manifest["backup_id"],

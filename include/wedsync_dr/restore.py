@@ -39,6 +39,10 @@ class BackupNotFound(RestoreError):
     pass
 
 
+class RestoreTargetError(RestoreError, InvalidRequest):
+    """The restore target is not allowed (a user error: never pages)."""
+
+
 class WeddingNotInBackup(RestoreError, InvalidRequest):
     """A one-wedding restore asked for a wedding the backup does not hold (a user error: never pages)."""
 
@@ -590,6 +594,8 @@ def run_restore(policy: Policy, request: RestoreRequest, *, stores: dict[str, Ob
     if policy.data_classes[request.data_class].kind == "assets":
         target = Path(request.target) if request.target else (asset_root or policy.staging_dir().parent
                                                                 / "restores") / default_target(request)
+        if not request.dry_run:
+            check_asset_target(target, os.environ.get(policy.data_classes[request.data_class].source_env))
         blobs = blob_entries_by_content(manifest)
         if manifest.get("format_version", 1) < 3:  # format 2 describes only the blobs its own backup stored
             blobs |= _blob_entries_from_catalog(catalog_connect, policy, manifest, blobs)
@@ -604,6 +610,19 @@ def run_restore(policy: Policy, request: RestoreRequest, *, stores: dict[str, Ob
                                     wedding_id=request.wedding_id, dry_run=request.dry_run)
     log.info("%s", report.render())
     return report
+
+
+def check_asset_target(target: Path, live_source: str | None) -> None:
+    """An asset restore writes only into a new or empty directory outside the live asset store: it never
+    replaces files someone is using (the store, a DAGs folder, a home directory)."""
+    resolved = target.resolve()
+    if live_source:
+        live = Path(live_source).resolve()
+        if resolved == live or resolved.is_relative_to(live) or live.is_relative_to(resolved):
+            raise RestoreTargetError(f"target {target} is the live asset store {live} or overlaps it: restore into "
+                                     "a new directory and copy back what you need")
+    if resolved.exists() and (not resolved.is_dir() or any(resolved.iterdir())):
+        raise RestoreTargetError(f"target {target} exists and is not an empty directory: give a new one")
 
 
 def blob_entries_by_content(manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -29,6 +29,7 @@ from wedsync_dr.storage import ObjectStore, StorageError
 log = logging.getLogger(__name__)
 
 FAILED_GRACE = dt.timedelta(days=1)
+RUNNING_HORIZON = dt.timedelta(hours=6)  # a backup DAG run's timeout: a "running" row older than that is dead
 
 
 @dataclass
@@ -116,7 +117,10 @@ def collect_garbage_blobs(policy: Policy, stores: dict[str, ObjectStore], refere
                 continue
             if info.updated is not None and now - info.updated < grace:
                 continue
-            if info.retain_until is not None and info.retain_until > now:
+            # Listings do not carry the lock (S3, Azure): ask for it. A delete on a locked S3 object would
+            # "succeed" as a delete marker and hide a version some backup still needs.
+            head = info if info.retain_until is not None else store.head(info.key)
+            if head is not None and head.retain_until is not None and head.retain_until > now:
                 continue
             try:
                 store.delete(info.key)
@@ -153,8 +157,17 @@ def run(policy: Policy, catalog_conn, stores: dict[str, ObjectStore], now: dt.da
         deleted.append(backup_id)
     referenced = {key for b in backups if b["backup_id"] in decided.keep and b["manifest"]
                   for key in format.referenced_blob_keys(b["manifest"], policy.prefix)}
-    blobs = {} if dry_run else collect_garbage_blobs(policy, stores, referenced, now)
-    if not dry_run:
+    # A running assets backup may reference blobs no kept manifest names yet (it took them from the catalog,
+    # or adopted them): no blob is swept while one runs; the next daily run sweeps.
+    running_assets = [r[0] for r in catalog_conn.execute(
+        "SELECT backup_id FROM backup_catalog.backups WHERE status = 'running' AND starts_with(prefix, %s) "
+        "AND data_class = ANY(%s) AND started_at > %s",
+        (f"{policy.prefix}/", [n for n, dc in policy.data_classes.items() if dc.kind == "assets"],
+         now - RUNNING_HORIZON)).fetchall()]
+    if running_assets:
+        log.info("blob sweep deferred: assets backup %s is running", ", ".join(running_assets))
+    blobs = {} if dry_run or running_assets else collect_garbage_blobs(policy, stores, referenced, now)
+    if not dry_run and not running_assets:
         from wedsync_dr import catalog
 
         catalog.forget_unreferenced_blobs(catalog_conn, policy.prefix, referenced, now - dt.timedelta(days=1))

@@ -8,7 +8,7 @@ never says "all good" over a problem nobody has seen resolved:
   committed after it;
 - `rpo_breach` (a class, or `wedding:<id>`): the class or wedding is within its RPO now (a wedding no longer
   critical — its date passed, it was cancelled — counts as cleared once the source says so);
-- `drill_failed`: a passing drill of the class after it; `verify_failed`: a passing verification of the same
+- `drill_failed`: a passing drill of the class after it; `verify_failed`: a passing full verification of the same
   backup in the same cloud after it; `cloud_health`: the cloud is healthy now;
 - `task_failed` (`<dag_id>.<task_id>`): the same task succeeded since (Airflow's metadata, when the caller
   can read it), or for a backup task a good backup of its class committed since; with nothing to tell,
@@ -224,7 +224,8 @@ def collect(policy: Policy, catalog_conn, source_conn=None, now: dt.datetime | N
         "SELECT backup_id, status FROM backup_catalog.backups WHERE backup_id = ANY(%s)",
         ([g["backup_id"] for g in groups if g["backup_id"]],)).fetchall())
     evidence.verification_passed = {(b, c): at for b, c, at in catalog_conn.execute(
-        "SELECT backup_id, cloud, max(verified_at) FROM backup_catalog.verifications WHERE ok "
+        # only a passing verification of EVERY object clears a failed one: a sample may miss the bad object
+        "SELECT backup_id, cloud, max(verified_at) FROM backup_catalog.verifications WHERE ok AND sample >= 1 "
         "AND backup_id = ANY(%s) GROUP BY backup_id, cloud",
         ([g["backup_id"] for g in groups if g["kind"] == "verify_failed" and g["backup_id"]],))}
     failed_tasks = sorted({g["subject"] for g in groups if g["kind"] == "task_failed" and g["subject"]})

@@ -14,6 +14,7 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
+from wedsync_dr import format
 from wedsync_dr.requests import InvalidRequest
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ def verify_copy(record: dict[str, Any], cloud: str, stores, key_ring, catalog_co
     manifest = record["manifest"]
     started = time.monotonic()
     problems = verify_backup(manifest, stores, key_ring, [cloud], sample=sample, seed=seed)[cloud]
-    total = len(manifest.get("objects", []))
+    total = len(format.all_entries(manifest))  # data objects and (format 3) every blob, as verify_backup reads
     result = {"backup_id": record["backup_id"], "data_class": record["data_class"], "cloud": cloud,
               "ok": not problems, "sample": sample, "seed": seed, "objects_read": objects_read(total, sample),
               "objects_total": total, "problem_count": len(problems), "problems": problems[:PROBLEMS_KEPT],

@@ -342,3 +342,45 @@ def test_the_format_md_worked_example_opens_a_table_object_and_a_blob_of_a_later
     result = run_worked_example(tmp_path / "blob", "shell-blob", {"ASSET": path})
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "blob" / "asset.file").read_bytes() == data
+
+
+def test_blobs_a_cloud_holds_but_the_catalog_forgot_are_adopted_never_re_encrypted(stack, two_backups, key_ring):
+    """After the catalog lost its blob rows (a rebuild gap, a failed run's leftovers), the next backup takes
+    each stored blob as it is -- proven to decrypt to its file -- instead of writing a second ciphertext under
+    the same key, which would break every older manifest that names the first."""
+    store_map = two_backups["stores"]
+    s3 = local_stack.sdk_s3(stack)
+    before = {b["key"]: s3.head_object(Bucket=local_stack.BUCKET, Key=b["key"])["ETag"]
+              for b in two_backups["second"]["manifest"]["blobs"]}
+    with catalog.connect() as conn:
+        conn.execute("DELETE FROM backup_catalog.blobs WHERE starts_with(key, %s)", (f"{PREFIX}/",))
+        third = run_backup_steps(AUDIT, MEDIA, catalog_conn=conn, key_ring=key_ring,
+                                 started_at=two_backups["t0"] + dt.timedelta(days=2), store_map=store_map)
+        manifest = catalog.backup(conn, third["backup_id"])["manifest"]
+        assert len(catalog.known_blobs(conn, PREFIX)) == len(manifest["blobs"])  # the catalog knows them again
+    assert third["status"] == "validated" and manifest["totals"]["blobs_stored"] == 0
+    assert {b["key"]: b["encryption"]["wrapped_key"] for b in manifest["blobs"]} == {
+        b["key"]: b["encryption"]["wrapped_key"] for b in two_backups["second"]["manifest"]["blobs"]}
+    assert {k: s3.head_object(Bucket=local_stack.BUCKET, Key=k)["ETag"] for k in before} == before
+
+
+def test_the_blob_sweep_spares_locked_blobs_and_waits_for_running_assets_backups(stack, two_backups):
+    store = backup.stores(AUDIT, ["aws"])["aws"]
+    now = dt.datetime.now(dt.UTC)
+    locked, loose = format.blob_key(PREFIX, "e" * 64), format.blob_key(PREFIX, "f" * 64)
+    store.put_bytes(locked, b"locked", retain_until=now + dt.timedelta(days=10))
+    store.put_bytes(loose, b"loose")
+    deleted = retention.collect_garbage_blobs(AUDIT, {"aws": store}, referenced=set(),
+                                              now=now + dt.timedelta(days=2))
+    assert store.head(locked) is not None and store.head(loose) is None
+    assert deleted["aws"] >= 1
+    with catalog.connect() as conn:
+        conn.execute("INSERT INTO backup_catalog.backups (backup_id, data_class, status, prefix, started_at) "
+                     "VALUES ('media-running', 'media', 'running', %s, %s)",  # began an hour before the sweep
+                     (f"{PREFIX}/media/x", now + dt.timedelta(days=2, hours=-1)))
+        try:
+            store.put_bytes(loose, b"loose again")
+            result = retention.run(AUDIT, conn, {"aws": store}, now=now + dt.timedelta(days=2))
+        finally:
+            conn.execute("DELETE FROM backup_catalog.backups WHERE backup_id = 'media-running'")
+    assert result["blobs_deleted"] == {} and store.head(loose) is not None

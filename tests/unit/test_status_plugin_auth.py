@@ -75,3 +75,25 @@ def test_api_clients_still_get_401_and_a_bad_token_is_not_redirected(client):
     assert client.get("/wedsync-dr/api/status").status_code == 401  # no Accept: text/html
     forged = client.get("/wedsync-dr/", headers={"Accept": BROWSER_ACCEPT, "Authorization": "Bearer forged"})
     assert forged.status_code in (401, 403)  # Airflow's own answer to a token that does not verify
+
+
+def test_a_viewer_may_read_the_status_but_not_acknowledge_alerts(client, monkeypatch):
+    """Acknowledging turns the headline green: it needs the right to run the operations DAGs."""
+    from airflow.api_fastapi.app import get_auth_manager
+    from airflow.api_fastapi.auth.managers.base_auth_manager import BaseAuthManager
+    from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
+    from airflow.models import DagModel
+    from airflow.models.revoked_token import RevokedToken
+
+    caches = (BaseAuthManager._get_token_signer.__func__, BaseAuthManager._get_token_validator.__func__)
+    for cached in caches:  # sign and verify with this process's current secret
+        cached.cache_clear()
+    monkeypatch.setattr(RevokedToken, "is_revoked", classmethod(lambda cls, jti, **_: False))
+    monkeypatch.setattr(DagModel, "get_team_name", staticmethod(lambda dag_id, **_: None))
+    try:
+        token = get_auth_manager().generate_jwt(SimpleAuthManagerUser(username="viewer", role="viewer"))
+        response = client.post("/wedsync-dr/api/alerts/1/acknowledge", headers={"Authorization": f"Bearer {token}"})
+    finally:
+        for cached in caches:
+            cached.cache_clear()
+    assert response.status_code == 403, response.text

@@ -34,6 +34,7 @@ def plugin():
 def api(plugin, monkeypatch):
     """(client, tokens by role, the requests that reached Airflow's endpoint)."""
     from airflow.api_fastapi import app as airflow_app
+    from airflow.api_fastapi.auth.managers.base_auth_manager import BaseAuthManager
     from airflow.api_fastapi.auth.managers.simple.simple_auth_manager import SimpleAuthManager
     from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
     from airflow.api_fastapi.auth.middlewares.refresh_token import JWTRefreshMiddleware
@@ -41,8 +42,6 @@ def api(plugin, monkeypatch):
     from airflow.models.revoked_token import RevokedToken
     from fastapi import FastAPI
     from fastapi.testclient import TestClient
-
-    from airflow.api_fastapi.auth.managers.base_auth_manager import BaseAuthManager
 
     # Airflow caches its JWT signer and validator per process: an earlier test of the session may have built
     # them from another secret. Start from this test's secret, and leave none of it behind.
@@ -198,3 +197,10 @@ def test_other_dags_are_not_checked(api):
     response = _post(client, "backup_health", {"anything": "goes"}, bearer=tokens["admin"])
     assert response.status_code == 200
     assert reached == [("backup_health", {"logical_date": None, "conf": {"anything": "goes"}})]
+
+
+def test_an_oversized_trigger_body_is_refused_without_reaching_airflow(api):
+    client, tokens, reached = api
+    conf = {"reason": REASON, "padding": "x" * (2 << 20)}
+    response = _post(client, "emergency_backup", conf, bearer=tokens["admin"])
+    assert response.status_code == 413 and reached == []
