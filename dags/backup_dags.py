@@ -8,7 +8,9 @@ into compressed staging files; `encrypt` seals each object with its own data key
 streaming format, key wrapped by the key ring's primary KEK) and deletes the plaintext; `upload_to_<cloud>`
 sends the ciphertext to each cloud in its own task (retried alone with exponential backoff); `validate`
 checks size and checksums of every copy, decrypts one object, writes the manifest **last** to every cloud
-whose copy is whole, and records the run in `backup_catalog`. `cleanup_staging` always removes staging files.
+whose copy is whole, and records the run in `backup_catalog`. `cleanup_staging` always removes staging files;
+a run killed outright skips it, so `extract` first removes what dead runs of the class left (staging,
+objects without a manifest) and marks them `abandoned`.
 
 **When it runs:** on the policy's schedule (`include/config/backup_policy.yaml`), one run at a time.
 

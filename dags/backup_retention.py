@@ -5,6 +5,8 @@
 weekly 12 w, monthly 12 m), keeps emergency backups at least 90 days and anything under an immutability
 hold, and never deletes the last good backup of a class. A backup is deleted manifest first, then its
 objects, so a half-deleted backup never looks valid; asset blobs go only when no kept backup references them.
+First, `sweep_abandoned_backups` removes what killed backup runs left and marks them `abandoned`
+(see `backup_repair`).
 
 **When it runs:** daily at 03:15 UTC.
 

@@ -17,13 +17,16 @@ from wedsync_dr.storage import ObjectStore
 
 def run_backup_steps(policy: Policy, data_class: DataClass, *, catalog_conn, key_ring: crypto.KeyRing,
                      started_at: dt.datetime | None = None, store_map: dict[str, ObjectStore] | None = None,
-                     wedding_ids: list[int] | None = None) -> dict[str, Any]:
+                     wedding_ids: list[int] | None = None, labels: tuple[str, ...] = (),
+                     min_retention_days: int = 0) -> dict[str, Any]:
     """One backup through the library's steps as the DAG chains them (extract -> encrypt -> upload to each
-    cloud -> validate, staging always removed), with the clock injectable; returns validate's result."""
+    cloud -> validate, staging always removed), with the clock injectable; returns validate's result.
+    `labels` and `min_retention_days` as the emergency DAG passes them (("emergency",), the policy's minimum)."""
     store_map = store_map or backup.stores(policy)
     summary = backup.run_extract(policy, data_class, connect=catalog.db_connector("wedsync_db"),
                                  catalog_conn=catalog_conn, started_at=started_at, key_ring=key_ring,
-                                 wedding_ids=wedding_ids, store_map=store_map)
+                                 wedding_ids=wedding_ids, store_map=store_map, labels=labels,
+                                 min_retention_days=min_retention_days)
     try:
         summary = backup.run_encrypt(policy, summary, key_ring)
         uploads = {cloud: backup.run_upload(policy, cloud, summary, store) for cloud, store in store_map.items()}
@@ -53,3 +56,39 @@ def run_worked_example(directory: Path, label: str, extra_env: dict[str, str] | 
     env = {"PATH": f"{python_dir}:{os.environ['PATH']}", "HOME": str(directory), **(extra_env or {})}
     return subprocess.run(["bash", "-c", worked_example(label)], cwd=directory, env=env, capture_output=True,
                           text=True, timeout=120)
+
+
+def start_killable_backup(data_class: str, marker: Path, *, run_id: str, upload_to: tuple[str, ...] = ()
+                          ) -> subprocess.Popen:
+    """Start, in a subprocess that leads its own process group, a backup of `data_class` through the library
+    steps its DAG's tasks call, recorded as run `run_id` of `backup_<class>`: extract, then (when `upload_to`
+    names clouds) encrypt and upload to those clouds only. The child then writes its summary to `marker` and
+    sleeps until it is killed; its output goes to `marker` + `.log`."""
+    code = "import sys; from tests.helpers import _killable_backup; _killable_backup(*sys.argv[1:])"
+    with open(marker.with_name(marker.name + ".log"), "wb") as output:
+        return subprocess.Popen([sys.executable, "-c", code, data_class, str(marker), run_id, ",".join(upload_to)],
+                                cwd=REPO, start_new_session=True, stdout=output, stderr=subprocess.STDOUT)
+
+
+def _killable_backup(name: str, marker: str, run_id: str, clouds: str) -> None:
+    import json
+    import time
+
+    from wedsync_dr.policy import load_policy
+
+    policy = load_policy()
+    data_class = policy.data_classes[name]
+    key_ring = crypto.KeyRing.from_connection(policy.key_ring_conn_id)
+    with catalog.connect() as conn:
+        summary = backup.run_extract(policy, data_class, connect=catalog.db_connector("wedsync_db"),
+                                     catalog_conn=conn, key_ring=key_ring if data_class.kind == "assets" else None,
+                                     dag_id=f"backup_{name}", run_id=run_id)
+    if clouds:
+        summary = backup.run_encrypt(policy, summary, key_ring)
+        for cloud in clouds.split(","):
+            backup.run_upload(policy, cloud, summary)
+    done = Path(marker)
+    done.with_suffix(".tmp").write_text(json.dumps(summary))
+    done.with_suffix(".tmp").replace(done)
+    while True:  # until SIGKILL: no teardown, no validate
+        time.sleep(60)

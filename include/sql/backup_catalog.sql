@@ -9,7 +9,8 @@ SET search_path TO backup_catalog;
 CREATE TABLE IF NOT EXISTS backups (
     backup_id        text PRIMARY KEY,                 -- <class>-<UTC yyyymmddThhmmssZ>-<random>
     data_class       text NOT NULL,
-    status           text NOT NULL CHECK (status IN ('running', 'validated', 'degraded', 'failed', 'deleted')),
+    status           text NOT NULL CHECK (status IN ('running', 'validated', 'degraded', 'failed', 'deleted',
+                                                 'abandoned')),
     prefix           text NOT NULL,                    -- object key prefix shared by all clouds
     started_at       timestamptz NOT NULL,
     finished_at      timestamptz,
@@ -202,11 +203,17 @@ CREATE TABLE IF NOT EXISTS verifications (
 CREATE INDEX IF NOT EXISTS verifications_backup ON verifications (backup_id, cloud, verified_at DESC);
 CREATE INDEX IF NOT EXISTS verifications_class_time ON verifications (data_class, verified_at DESC);
 
+-- `abandoned` (version 3): a backup whose run died (killed) before committing; the sweep removed what it left
+-- (wedsync_dr.abandoned). Catalogs created before it get the wider CHECK here.
+ALTER TABLE backups DROP CONSTRAINT IF EXISTS backups_status_check,
+    ADD CONSTRAINT backups_status_check
+        CHECK (status IN ('running', 'validated', 'degraded', 'failed', 'deleted', 'abandoned'));
+
 -- The schema's version: catalog.connect() refuses a catalog older than the release needs (not migrated since an
 -- upgrade) instead of failing later on a missing table or column. Raise it with every change above.
 CREATE TABLE IF NOT EXISTS schema_version (
     singleton        boolean PRIMARY KEY DEFAULT true CHECK (singleton),
     version          integer NOT NULL
 );
-INSERT INTO schema_version (singleton, version) VALUES (true, 2)
+INSERT INTO schema_version (singleton, version) VALUES (true, 3)
     ON CONFLICT (singleton) DO UPDATE SET version = GREATEST(schema_version.version, EXCLUDED.version);

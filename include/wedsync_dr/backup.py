@@ -8,10 +8,12 @@ small however many objects a run has.
 Guarantees:
 - Fail closed: without a usable key ring nothing is encrypted, so nothing is uploaded.
 - Compressed plaintext exists only in staging (0600), and is deleted as soon as its object is encrypted;
-  `cleanup` (a teardown) removes whatever a failed run left.
+  `cleanup` (a teardown) removes whatever a failed run left, and `wedsync_dr.abandoned` what a killed one
+  left (its staging, its objects in the clouds) on the next run.
 - A backup exists only once its manifest is written, and the manifest is written last, only to clouds
-  whose every object validated, only when at least `quorum` clouds did. Below quorum, the objects that
-  did land are deleted again: a failed run never leaves anything that looks like a backup.
+  whose every object validated, as soon as `quorum` clouds did (`commit_copy`: each upload task proves its
+  own copy, so a hung cloud is not waited for). Below quorum, the objects that did land are deleted again:
+  a failed run never leaves anything that looks like a backup.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import os
 import secrets
 import shutil
 import time
+import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -66,8 +69,11 @@ def staging_dir(policy: Policy, backup_id: str) -> Path:
 
 
 def stores(policy: Policy, names: list[str] | None = None) -> dict[str, ObjectStore]:
+    """The policy's clouds (or the named ones) as stores, every request bounded by the cloud's timeouts."""
     return {c.name: open_store(c.name, c.kind, c.conn_id, c.bucket,
-                               **{"retention_mode": policy.immutability_mode, **c.options})
+                               **{"retention_mode": policy.immutability_mode,
+                                  "connect_timeout": c.timeouts.get("connect_seconds", 5),
+                                  "read_timeout": c.timeouts.get("read_seconds", 30), **c.options})
             for c in policy.clouds if names is None or c.name in names}
 
 
@@ -243,18 +249,45 @@ def _proves(store: ObjectStore, entry: dict[str, Any], key_ring: crypto.KeyRing,
 
 
 class _ChecksumWriter:
-    """Passes ciphertext through to a file while computing the checksums Azure (MD5) and GCS (CRC32C)
-    keep natively; the sha256 comes from the encryptor's own stats."""
+    """Passes ciphertext through to a file while computing every checksum a cloud may compute over the stored
+    bytes: MD5 (Azure, GCS), CRC32C (GCS), CRC32 (S3's default for a put without our checksum headers) and the
+    per-part SHA-256 of an S3 multipart upload (its composite checksum). The whole sha256 comes from the
+    encryptor's own stats. A copy is then judged by what the cloud computed, never only by our metadata."""
 
-    def __init__(self, file):
+    def __init__(self, file, part_size: int):
         self._file = file
         self.md5 = hashlib.md5(usedforsecurity=False)
         self.crc32c = google_crc32c.Checksum()
+        self.crc32 = 0
+        self._part_size = part_size
+        self._part = hashlib.sha256()
+        self._part_filled = 0
+        self._part_digests: list[bytes] = []
+        self.size = 0
 
     def write(self, data) -> int:
+        data = bytes(data)  # the C extensions take bytes only (segments arrive as memoryviews)
         self.md5.update(data)
-        self.crc32c.update(bytes(data))  # the C extension takes bytes only (segments arrive as memoryviews)
+        self.crc32c.update(data)
+        self.crc32 = zlib.crc32(data, self.crc32)
+        view = memoryview(data)
+        while view:
+            take = view[:self._part_size - self._part_filled]
+            self._part.update(take)
+            self._part_filled += len(take)
+            view = view[len(take):]
+            if self._part_filled == self._part_size:
+                self._part_digests.append(self._part.digest())
+                self._part, self._part_filled = hashlib.sha256(), 0
+        self.size += len(data)
         return self._file.write(data)
+
+    def composite_sha256(self) -> str | None:
+        """S3's checksum of a multipart upload of these bytes (None when they go up in one request)."""
+        if self.size < self._part_size:  # s3transfer goes multipart from its threshold (= the part size) up
+            return None
+        digests = self._part_digests + ([self._part.digest()] if self._part_filled else [])
+        return f"{hashlib.sha256(b''.join(digests)).hexdigest()}-{len(digests)}"
 
     def flush(self) -> None:
         self._file.flush()
@@ -269,6 +302,7 @@ def run_encrypt(policy: Policy, summary: dict[str, Any], key_ring: crypto.KeyRin
     """
     staging = Path(summary["staging_dir"])
     extraction = extract.Extraction.from_json(_read_json(staging / "extract.json"))
+    part_size = _s3_part_size(policy)
     t0 = time.perf_counter()
 
     def encrypt_one(obj: extract.StagedObject) -> dict[str, Any]:
@@ -279,7 +313,7 @@ def run_encrypt(policy: Policy, summary: dict[str, Any], key_ring: crypto.KeyRin
         ad = crypto.associated_data(BLOB_AD_SCOPE, content_id) if is_blob else \
             crypto.associated_data(summary["backup_id"], name)
         out_path = staging / (f"{content_id}.tink" if is_blob else name)
-        envelope = _encrypt_one(key_ring, Path(obj.path), out_path, ad,
+        envelope = _encrypt_one(key_ring, Path(obj.path), out_path, ad, part_size=part_size,
                                 compress_level=policy.zstd_level if is_blob and obj.compression == "zstd" else None,
                                 expected_plaintext_sha256=obj.plaintext_sha256 if is_blob else None)
         if not is_blob:
@@ -306,18 +340,27 @@ def run_encrypt(policy: Policy, summary: dict[str, Any], key_ring: crypto.KeyRin
             or summary["compressed_bytes"]}
 
 
+def _s3_part_size(policy: Policy) -> int:
+    """The part size (and multipart threshold) of the policy's S3 uploads: their composite checksum needs it."""
+    from wedsync_dr.storage.s3 import DEFAULT_PART_SIZE
+
+    return next((int(c.options.get("multipart_chunksize", DEFAULT_PART_SIZE)) for c in policy.clouds
+                 if c.kind == "s3"), DEFAULT_PART_SIZE)
+
+
 def _encrypt_one(key_ring: crypto.KeyRing, src: Path, dst: Path, ad: bytes, *, compress_level: int | None,
-                 expected_plaintext_sha256: str | None) -> dict[str, Any]:
+                 expected_plaintext_sha256: str | None, part_size: int) -> dict[str, Any]:
     data_key = key_ring.new_data_key()
     wrapped = key_ring.wrap(data_key)
     with open(src, "rb") as fin, extract.private_file(dst) as fout:
-        sink = _ChecksumWriter(fout)
+        sink = _ChecksumWriter(fout, part_size)
         stats = crypto.encrypt_stream(fin, sink, data_key, ad, zstd_level=compress_level)
     if expected_plaintext_sha256 and stats.plaintext_sha256 != expected_plaintext_sha256:
         dst.unlink(missing_ok=True)
         raise RuntimeError(f"{src} changed while it was being backed up; it will be taken by the next run")
     return {"ciphertext_sha256": stats.ciphertext_sha256, "ciphertext_size": stats.ciphertext_size,
             "ciphertext_md5": sink.md5.hexdigest(), "ciphertext_crc32c": sink.crc32c.digest().hex(),
+            "ciphertext_crc32": f"{sink.crc32:08x}", "ciphertext_sha256_composite": sink.composite_sha256(),
             "compressed_size": stats.compressed_size, "encryption": crypto.encryption_entry(wrapped, ad)}
 
 
@@ -423,101 +466,160 @@ class _NullSink:
         return len(data)
 
 
+@dataclass
+class _Run:
+    """What validating one backup needs, read once from its staging."""
+
+    encrypted: list[dict[str, Any]]
+    shared: list[dict[str, Any]]
+    data_class: DataClass
+    lock_until: dt.datetime | None
+    retain_until: dt.datetime | None
+
+    @classmethod
+    def load(cls, policy: Policy, summary: dict[str, Any], retain_until: dt.datetime | None = None) -> _Run:
+        staging = Path(summary["staging_dir"])
+        shared = staging / "referenced-blobs.json"
+        return cls(_read_json(staging / "encrypt.json"), _read_json(shared) if shared.exists() else [],
+                   policy.data_classes[summary["data_class"]], _instant(summary.get("lock_until")),
+                   retain_until or _instant(summary.get("retain_until")))
+
+
+def check_copy_in(policy: Policy, summary: dict[str, Any], cloud: str, store: ObjectStore, key_ring: crypto.KeyRing,
+                  run: _Run | None = None) -> CopyCheck:
+    """Prove one cloud's copy: every object of this run and every shared blob the backup references is there
+    and matches (shared blobs locked for less time than this backup get their lock extended first, so nothing
+    a committed backup needs can be deleted before the backup's own lock ends), and one object decrypts."""
+    run = run or _Run.load(policy, summary)
+    lock_days = policy.lock_days(run.data_class)
+    entries = [(o, False) for o in run.encrypted] + [(b, True) for b in run.shared]
+    missing_shared: frozenset[str] = frozenset()
+    try:
+        found = in_parallel(lambda item: _check_and_lock(store, item[0], shared=item[1], lock_until=run.lock_until,
+                                                         lock_days=lock_days),
+                            entries, policy.upload_concurrency, f"validate-{cloud}")
+        missing_shared = frozenset(entry["key"] for (entry, is_shared), p in zip(entries, found, strict=True)
+                                   if is_shared and p and p.startswith("missing"))
+        problems = [p for p in found if p]
+        problem = (problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")
+                   if problems else None)
+        if problem is None and run.encrypted:
+            sample = run.encrypted[int(summary["backup_id"].rsplit("-", 1)[1], 16) % len(run.encrypted)]
+            problem = _sample_decrypt(store, sample, key_ring, summary["backup_id"])
+    except StorageError as err:
+        problem = f"failed: {err}"
+    check = CopyCheck(cloud, problem.split(":", 1)[0] if problem else "validated", problem or "", missing_shared)
+    log.info("copy in %s: %s %s", cloud, check.status.upper(), check.detail)
+    return check
+
+
+def commit_copy(policy: Policy, summary: dict[str, Any], check: CopyCheck, catalog_conn,
+                store_map: dict[str, ObjectStore], run: _Run | None = None) -> bool:
+    """Record one cloud's checked copy, and commit the backup as soon as `quorum` copies are validated.
+
+    Each upload task calls this when its own copy is proven, so the backup exists once the quorum's uploads are
+    done -- a hung or slow cloud is not waited for: its copy is added (manifest last) when its upload finishes,
+    or by repair. Commit = the manifest written to every validated cloud, then the catalog row. Serialised per
+    backup by an advisory lock. Returns whether the backup is committed.
+    """
+    run = run or _Run.load(policy, summary)
+    backup_id = summary["backup_id"]
+    manifest = build_manifest(policy, summary, run.encrypted, run.shared, run.retain_until)
+    with catalog_conn.transaction():
+        catalog.lock_backup(catalog_conn, backup_id)
+        catalog.record_copy(catalog_conn, backup_id, check.cloud, check.status, check.detail)
+        copies = catalog.copies(catalog_conn, backup_id)
+        good = sorted(c for c, (status, _detail) in copies.items() if status == "validated")
+        committed = catalog.is_committed(catalog_conn, backup_id)
+        if not committed and len(good) < policy.quorum:
+            return False
+        for cloud in good if not committed else [check.cloud] if check.status == "validated" else []:
+            try:
+                format.write_manifest(store_map[cloud], manifest)  # the same bytes in every cloud
+            except StorageError as err:
+                catalog.record_copy(catalog_conn, backup_id, cloud, "failed", f"manifest write failed: {err}")
+                good.remove(cloud)
+        if not committed and len(good) < policy.quorum:
+            return False
+        copies = catalog.copies(catalog_conn, backup_id)
+        status = "validated" if len(good) == len(store_map) else "degraded"
+        if not committed and run.data_class.kind == "assets":
+            # the blobs it stored, and those it adopted from a cloud (known ones are already there: no-ops)
+            catalog.record_blobs(catalog_conn, [format.blob_entry(o) for o in run.encrypted if o["blob"]]
+                                 + run.shared, backup_id)
+            catalog.replace_asset_index(catalog_conn, _read_json(Path(summary["staging_dir"]) / "asset-files.json"),
+                                        backup_id)
+        catalog.record_backup_result(catalog_conn, manifest, backup_id=backup_id, status=status, copies=copies,
+                                     retain_until=run.retain_until)
+    if not committed:
+        log.info("backup %s COMMITTED with %d of %d copies (%s)", backup_id, len(good), len(store_map),
+                 ", ".join(good))
+    return True
+
+
+def check_and_commit(policy: Policy, cloud: str, summary: dict[str, Any], key_ring: crypto.KeyRing, catalog_conn,
+                     store: ObjectStore | None = None) -> dict[str, Any]:
+    """An upload task's last step: prove its cloud's copy, and commit the backup if that makes the quorum."""
+    run = _Run.load(policy, summary)
+    store_map = stores(policy)
+    if store is not None:
+        store_map[cloud] = store
+    check = check_copy_in(policy, summary, cloud, store_map[cloud], key_ring, run)
+    committed = commit_copy(policy, summary, check, catalog_conn, store_map, run)
+    return {"cloud": cloud, "copy": check.status, "detail": check.detail, "committed": committed}
+
+
 def run_validate(policy: Policy, summary: dict[str, Any], upload_results: dict[str, dict | None],
                  key_ring: crypto.KeyRing, catalog_conn, store_map: dict[str, ObjectStore] | None = None,
                  retain_until: dt.datetime | None = None) -> dict[str, Any]:
-    """Prove each copy, commit the backup with its manifest where it is whole, or roll it back.
-
-    A copy is whole when every object of this run and every shared blob the backup references is there and
-    matches; shared blobs locked for less time than this backup get their lock extended first, so that
-    nothing a committed backup needs can be deleted before the backup's own lock ends.
-    """
+    """After every upload has finished or given up: prove the copies no upload task has proven yet, commit
+    (or find committed) the backup, or roll it back when fewer than the quorum hold a validated copy."""
     store_map = store_map or stores(policy)
-    staging = Path(summary["staging_dir"])
-    encrypted = _read_json(staging / "encrypt.json")
-    shared = _read_json(staging / "referenced-blobs.json") if (staging / "referenced-blobs.json").exists() else []
-    data_class = policy.data_classes[summary["data_class"]]
-    lock_until = _instant(summary.get("lock_until"))
-    lock_days = policy.lock_days(data_class)
-    sample_index = int(summary["backup_id"].rsplit("-", 1)[1], 16)
-    entries = [(o, False) for o in encrypted] + [(b, True) for b in shared]
-
-    def check_cloud(cloud: str) -> CopyCheck:
-        if upload_results.get(cloud) is None:
-            return CopyCheck(cloud, "failed", "upload task did not succeed")
-        store = store_map[cloud]
-        missing_shared: frozenset[str] = frozenset()
-        try:
-            found = in_parallel(lambda item: _check_and_lock(store, item[0], shared=item[1], lock_until=lock_until,
-                                                             lock_days=lock_days),
-                                entries, policy.upload_concurrency, f"validate-{cloud}")
-            missing_shared = frozenset(entry["key"] for (entry, is_shared), p in zip(entries, found, strict=True)
-                                       if is_shared and p and p.startswith("missing"))
-            problems = [p for p in found if p]
-            problem = (problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")
-                       if problems else None)
-            if problem is None and encrypted:
-                sample = encrypted[sample_index % len(encrypted)]
-                problem = _sample_decrypt(store, sample, key_ring, summary["backup_id"])
-        except StorageError as err:
-            problem = f"failed: {err}"
-        return CopyCheck(cloud, problem.split(":", 1)[0] if problem else "validated", problem or "", missing_shared)
-
+    run = _Run.load(policy, summary, retain_until)
+    backup_id = summary["backup_id"]
+    recorded = catalog.copies(catalog_conn, backup_id)
+    unchecked = [c for c in store_map if upload_results.get(c) is not None and c not in recorded]
     # The clouds are checked at the same time: a slow or unreachable one costs its own time, not the sum.
-    checks = dict(zip(store_map, in_parallel(check_cloud, list(store_map), len(store_map), "validate"),
-                      strict=True))
-    if shared:
-        log.info("asset blobs stored by earlier backups and referenced by this one: %d", len(shared))
-    good = [c for c, check in checks.items() if check.status == "validated"]
+    checks = dict(zip(unchecked, in_parallel(lambda c: check_copy_in(policy, summary, c, store_map[c], key_ring, run),
+                                             unchecked, len(store_map), "validate"), strict=True))
+    for cloud in store_map:
+        if upload_results.get(cloud) is None and recorded.get(cloud, ("",))[0] != "validated":
+            checks[cloud] = CopyCheck(cloud, "failed", "upload task did not succeed")
     for check in checks.values():
-        log.info("copy in %s: %s %s", check.cloud, check.status.upper(), check.detail)
-
-    retain_until = retain_until or _instant(summary.get("retain_until"))
-    manifest = build_manifest(policy, summary, encrypted, shared, retain_until)
-    if len(good) >= policy.quorum:
-        for cloud in list(good):
-            try:
-                format.write_manifest(store_map[cloud], manifest)
-            except StorageError as err:
-                checks[cloud] = CopyCheck(cloud, "failed", f"manifest write failed: {err}")
-                good.remove(cloud)
-    copies = {c: (check.status, check.detail) for c, check in checks.items()}
-    if len(good) < policy.quorum:
-        _roll_back(summary, encrypted, store_map)
+        commit_copy(policy, summary, check, catalog_conn, store_map, run)
+    if run.shared:
+        log.info("asset blobs stored by earlier backups and referenced by this one: %d", len(run.shared))
+    copies = catalog.copies(catalog_conn, backup_id)
+    good = sorted(c for c, (status, _detail) in copies.items() if status == "validated")
+    if not catalog.is_committed(catalog_conn, backup_id):
+        _roll_back(summary, run.encrypted, store_map)
         # Blobs the catalog promised and that every cloud, each checked, lacks: forget them, so the next run
         # stores them again (under the same key; nothing can reference another copy of them).
         checked = [c.missing_shared for c in checks.values() if c.status in ("validated", "missing", "corrupt")]
-        gone = sorted(frozenset.intersection(*checked)) if len(checked) == len(checks) else []
+        gone = sorted(frozenset.intersection(*checked)) if len(checked) == len(store_map) else []
         if gone:
             catalog.forget_blobs(catalog_conn, gone)
-        message = (f"backup {summary['backup_id']} has {len(good)} validated copies, quorum is {policy.quorum}: "
-                   + "; ".join(f"{c}: {check.status} {check.detail}" for c, check in checks.items())
+        message = (f"backup {backup_id} has {len(good)} validated copies, quorum is {policy.quorum}: "
+                   + "; ".join(f"{c}: {status} {detail}" for c, (status, detail) in sorted(copies.items()))
                    + (f"; {len(gone)} blobs the catalog knew are in no cloud: the next run stores them again"
                       if gone else ""))
-        catalog.record_backup_result(catalog_conn, None, backup_id=summary["backup_id"], status="failed",
-                                     copies=copies, error=message)
+        catalog.record_backup_result(catalog_conn, None, backup_id=backup_id, status="failed", copies=copies,
+                                     error=message)
         alerts.alert(severity="critical", kind="backup_failed", subject=summary["data_class"], message=message,
-                     backup_id=summary["backup_id"], catalog_conn=catalog_conn)
+                     backup_id=backup_id, catalog_conn=catalog_conn)
         raise QuorumNotMet(message)
     status = "validated" if len(good) == len(store_map) else "degraded"
-    if data_class.kind == "assets":
-        files = _read_json(staging / "asset-files.json")
-        # the blobs it stored, and those it adopted from a cloud (known ones are already there: no-ops)
-        catalog.record_blobs(catalog_conn, [format.blob_entry(o) for o in encrypted if o["blob"]] + shared,
-                             summary["backup_id"])
-        catalog.replace_asset_index(catalog_conn, files, summary["backup_id"])
-    catalog.record_backup_result(catalog_conn, manifest, backup_id=summary["backup_id"], status=status,
-                                 copies=copies, retain_until=retain_until)
     if status == "degraded":
         missing = sorted(set(store_map) - set(good))
         alerts.alert(severity="warning", kind="backup_degraded", subject=summary["data_class"],
-                     message=f"backup {summary['backup_id']} is degraded: no valid copy in {', '.join(missing)}; "
+                     message=f"backup {backup_id} is degraded: no valid copy in {', '.join(missing)}; "
                              f"the repair run will copy it from {', '.join(good)}",
-                     backup_id=summary["backup_id"], details={"missing": missing, "good": good},
-                     catalog_conn=catalog_conn)
-    return {"backup_id": summary["backup_id"], "status": status, "clouds_ok": good,
+                     backup_id=backup_id, details={"missing": missing, "good": good}, catalog_conn=catalog_conn)
+    manifest = catalog.backup(catalog_conn, backup_id)["manifest"]
+    return {"backup_id": backup_id, "status": status, "clouds_ok": good,
             "clouds_failed": sorted(set(store_map) - set(good)),
-            "manifest_key": format.manifest_key(summary["prefix"]), "copies": copies, "totals": manifest["totals"]}
+            "manifest_key": format.manifest_key(summary["prefix"]),
+            "copies": {c: tuple(v) for c, v in copies.items()}, "totals": manifest["totals"]}
 
 
 def _roll_back(summary: dict[str, Any], encrypted: list[dict[str, Any]], store_map: dict[str, ObjectStore]) -> None:

@@ -72,7 +72,8 @@ def _instant(value: str | None) -> dt.datetime | None:
     return dt.datetime.fromisoformat(value) if value else None
 
 
-SCHEMA_VERSION = 2  # include/sql/backup_catalog.sql's schema_version: 2 added blobs, verifications, acknowledgements
+SCHEMA_VERSION = 3  # include/sql/backup_catalog.sql's schema_version: 2 added blobs, verifications,
+# acknowledgements; 3 the `abandoned` backup status
 
 
 class CatalogNotReady(RuntimeError):
@@ -195,6 +196,31 @@ def backup_for_run(conn, dag_id: str, run_id: str) -> dict[str, Any] | None:
     row = conn.execute("SELECT backup_id FROM backup_catalog.backups WHERE dag_id = %s AND run_id = %s "
                        "ORDER BY started_at DESC LIMIT 1", (dag_id, run_id)).fetchone()
     return backup(conn, row[0]) if row else None
+
+
+def running_backups(conn, prefix: str, data_classes: Iterable[str] | None = None) -> list[dict[str, Any]]:
+    """The backups still marked running under the clouds' key `prefix` (of `data_classes`, when given), oldest
+    first: what the abandoned-backup sweep (wedsync_dr.abandoned) judges."""
+    classes = list(data_classes) if data_classes is not None else None
+    rows = conn.execute(
+        "SELECT backup_id, data_class, prefix, started_at, dag_id, run_id FROM backup_catalog.backups "
+        "WHERE status = 'running' AND starts_with(prefix, %s) AND (%s::text[] IS NULL OR data_class = ANY(%s)) "
+        "ORDER BY started_at", (f"{prefix}/", classes, classes)).fetchall()
+    keys = ("backup_id", "data_class", "prefix", "started_at", "dag_id", "run_id")
+    return [dict(zip(keys, r, strict=True)) for r in rows]
+
+
+def backup_statuses(conn, backup_ids: Iterable[str]) -> dict[str, str]:
+    """backup id -> status, for the ids the catalog knows."""
+    rows = conn.execute("SELECT backup_id, status FROM backup_catalog.backups WHERE backup_id = ANY(%s)",
+                        (list(backup_ids),)).fetchall()
+    return dict(rows)
+
+
+def mark_abandoned(conn, backup_id: str, error: str) -> bool:
+    """A running backup whose run died is `abandoned` (nothing of it is left); False if it was not running."""
+    return conn.execute("UPDATE backup_catalog.backups SET status = 'abandoned', finished_at = now(), error = %s "
+                        "WHERE backup_id = %s AND status = 'running'", (error, backup_id)).rowcount == 1
 
 
 def summary_fields(record: dict[str, Any] | None) -> dict[str, Any]:
@@ -341,3 +367,50 @@ def rebuild_from_cloud(conn, policy, store) -> int:
             upsert_from_manifest(conn, json.loads(store.read_bytes(key)), store.cloud)
             count += 1
     return count
+
+
+def backups_to_repair(conn, prefix: str, *, only_degraded: bool, backup_ids: list[str] | None = None) -> list[tuple]:
+    """(backup_id, manifest) newest first: the named backups whatever their status, else the degraded ones,
+    else every kept (validated or degraded) one -- of the policy's key prefix."""
+    if backup_ids:
+        return conn.execute("SELECT backup_id, manifest FROM backup_catalog.backups WHERE manifest IS NOT NULL "
+                            "AND backup_id = ANY(%s) ORDER BY started_at DESC", (list(backup_ids),)).fetchall()
+    statuses = ["degraded"] if only_degraded else ["validated", "degraded"]
+    return conn.execute("SELECT backup_id, manifest FROM backup_catalog.backups WHERE manifest IS NOT NULL "
+                        "AND status = ANY(%s) AND starts_with(prefix, %s) ORDER BY started_at DESC",
+                        (statuses, f"{prefix}/")).fetchall()
+
+
+def failed_verifications_since_repair(conn, backup_id: str) -> dict[str, list[str]]:
+    """cloud -> problems of the failed verifications of a backup newer than both the last repair that
+    checked that copy and the last full verification that passed."""
+    rows = conn.execute(
+        "SELECT v.cloud, v.problems FROM backup_catalog.verifications v WHERE v.backup_id = %s AND NOT v.ok "
+        "AND v.verified_at > COALESCE((SELECT c.checked_at FROM backup_catalog.backup_copies c "
+        "  WHERE c.backup_id = v.backup_id AND c.cloud = v.cloud), '-infinity') "
+        "AND v.verified_at > COALESCE((SELECT max(o.verified_at) FROM backup_catalog.verifications o "
+        "  WHERE o.backup_id = v.backup_id AND o.cloud = v.cloud AND o.ok AND o.sample >= 1), '-infinity')",
+        (backup_id,)).fetchall()
+    found: dict[str, list[str]] = {}
+    for cloud, problems in rows:
+        found.setdefault(cloud, []).extend(problems or [])
+    return found
+
+
+def lock_backup(conn, backup_id: str) -> None:
+    """Serialise commits of one backup (its upload tasks finish in any order, on any worker) until the end of
+    the caller's transaction."""
+    conn.execute("SELECT pg_advisory_xact_lock(hashtext('wedsync_dr.backup'), hashtext(%s))", (backup_id,))
+
+
+def record_copy(conn, backup_id: str, cloud: str, status: str, detail: str = "") -> None:
+    conn.execute(
+        "INSERT INTO backup_catalog.backup_copies (backup_id, cloud, status, detail) VALUES (%s, %s, %s, %s) "
+        "ON CONFLICT (backup_id, cloud) DO UPDATE SET status = EXCLUDED.status, detail = EXCLUDED.detail, "
+        "checked_at = now()", (backup_id, cloud, status, detail))
+
+
+def is_committed(conn, backup_id: str) -> bool:
+    row = conn.execute("SELECT manifest IS NOT NULL FROM backup_catalog.backups WHERE backup_id = %s",
+                       (backup_id,)).fetchone()
+    return bool(row and row[0])

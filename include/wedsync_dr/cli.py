@@ -182,14 +182,22 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from wedsync_dr.restore import verify_backup
 
     policy, stores, key_ring = _product(args)
-    manifest = _resolve(args, policy, stores)
     clouds = [args.cloud] if args.cloud else list(stores)
     if args.from_cloud and args.cloud and args.cloud != args.from_cloud:
         raise CliError(f"--cloud {args.cloud} and --from-cloud {args.from_cloud}: verify reads only the cloud it "
                        "was told to use")
     if not 0 < args.sample <= 1:
         raise CliError(f"--sample {args.sample}: give a fraction in (0, 1]")
-    problems = verify_backup(manifest, stores, key_ring, clouds, sample=args.sample)
+    manifest = _resolve(args, policy, stores)  # after the checks: bad options are refused before any cloud is read
+    if args.from_cloud:  # told to use one cloud: nothing else, the catalog included
+        problems = verify_backup(manifest, stores, key_ring, clouds, sample=args.sample)
+    else:  # findings go into the catalog, where status, alerts and `repair` find them
+        from wedsync_dr import verification
+
+        with _catalog(args) as conn:
+            record = {"backup_id": manifest["backup_id"], "data_class": manifest["data_class"], "manifest": manifest}
+            problems = {cloud: verification.verify_copy(record, cloud, stores, key_ring, conn, sample=args.sample,
+                                                        seed=0)["problems"] for cloud in clouds}
     for cloud in clouds:
         status = "OK" if not problems[cloud] else f"{len(problems[cloud])} PROBLEMS"
         print(f"{manifest['backup_id']} in {cloud}: {status}")
@@ -204,6 +212,9 @@ def cmd_restore(args: argparse.Namespace) -> int:
     from wedsync_dr.restore import run_restore
 
     policy, stores, key_ring = _product(args)
+    if args.from_cloud and args.source_cloud not in ("auto", args.from_cloud):
+        raise CliError(f"--source-cloud {args.source_cloud} and --from-cloud {args.from_cloud}: a restore told to "
+                       "use one cloud reads only that one")
     wedding_id = args.wedding_id
     if wedding_id == "soonest":  # the first bundle of the backup: bundles are ordered by wedding date
         bundles = [o["wedding_id"] for o in _resolve(args, policy, stores)["objects"] if o.get("wedding_id")]
@@ -240,6 +251,27 @@ def cmd_rebuild_catalog(args: argparse.Namespace) -> int:
         count = catalog.rebuild_from_cloud(conn, policy, stores[args.from_cloud])
     print(f"catalog rebuilt from {args.from_cloud}: {count} backups")
     return 0
+
+
+def cmd_repair(args: argparse.Namespace) -> int:
+    """Re-copy what is missing or damaged (by HEAD, or found by a verification) from a good cloud."""
+    from wedsync_dr import repair
+
+    policy, stores, _ = _product(args)
+    with _catalog(args) as conn:
+        results = repair.run(policy, conn, stores, only_degraded=False,
+                             backup_ids=[args.backup_id] if args.backup_id else None)
+    if args.backup_id and not results:
+        raise CliError(f"backup {args.backup_id} is not a committed backup in the catalog")
+    for result in results:
+        state = "OK" if not result.unrepairable else f"{len(result.unrepairable)} UNREPAIRABLE"
+        print(f"{result.backup_id}: {state}; re-copied {len(result.copied)}, re-locked {len(result.relocked)}; "
+              f"whole in {', '.join(result.clouds_ok) or 'no cloud'}")
+        for key, source, target in result.copied:
+            print(f"  copied {key} from {source} to {target}")
+        for problem in result.unrepairable:
+            print(f"  {problem}")
+    return 1 if any(r.unrepairable for r in results) else 0
 
 
 def cmd_catalog_migrate(args: argparse.Namespace) -> int:
@@ -371,6 +403,10 @@ def build_parser() -> argparse.ArgumentParser:
     catalog_sub = catalog_parser.add_subparsers(dest="catalog_command", required=True)
     catalog_sub.add_parser("migrate", help="create or upgrade the backup_catalog schema (idempotent)").set_defaults(
         func=cmd_catalog_migrate)
+
+    repair_parser = sub.add_parser("repair", help="re-copy missing or damaged copies of kept backups")
+    repair_parser.add_argument("--backup-id", help="only this backup, whatever its status (default: every kept one)")
+    repair_parser.set_defaults(func=cmd_repair)
 
     rebuild = sub.add_parser("rebuild-catalog", help="recreate the catalog from one cloud's manifests")
     rebuild.add_argument("--from-cloud", required=True)

@@ -37,10 +37,13 @@ BLOB_AD_SCOPE = "assets-blob"  # blobs are shared by many backups: their AD bind
 # The per-object fields a manifest keeps for a data object (a table, part, bundle or asset index).
 OBJECT_FIELDS = ("name", "key", "source", "rows", "columns", "wedding_id", "compression", "plaintext_sha256",
                  "plaintext_size", "compressed_size", "ciphertext_sha256", "ciphertext_size", "ciphertext_md5",
-                 "ciphertext_crc32c", "encryption")
+                 "ciphertext_crc32c", "ciphertext_crc32", "ciphertext_sha256_composite", "encryption")
 # ... and for a format-3 asset blob: nothing that names or hashes the plaintext.
 BLOB_FIELDS = ("content_id", "key", "compression", "plaintext_size", "ciphertext_sha256", "ciphertext_size",
-               "ciphertext_md5", "ciphertext_crc32c", "encryption")
+               "ciphertext_md5", "ciphertext_crc32c", "ciphertext_crc32", "ciphertext_sha256_composite", "encryption")
+# the manifest's name of each checksum a cloud computes (ObjectInfo.native's names)
+NATIVE_FIELDS = {"sha256": "ciphertext_sha256", "md5": "ciphertext_md5", "crc32c": "ciphertext_crc32c",
+                 "crc32": "ciphertext_crc32", "sha256_composite": "ciphertext_sha256_composite"}
 
 
 class FormatError(ValueError):
@@ -129,14 +132,14 @@ def locked_until(manifest: dict[str, Any]) -> dt.datetime | None:
 
 
 def object_entry(obj: dict[str, Any]) -> dict[str, Any]:
-    entry = {k: obj[k] for k in OBJECT_FIELDS}
+    entry = {k: obj.get(k) for k in OBJECT_FIELDS}
     if obj.get("copy_format"):
         entry["copy_format"] = obj["copy_format"]
     return entry
 
 
 def blob_entry(obj: dict[str, Any]) -> dict[str, Any]:
-    return {k: obj[k] for k in BLOB_FIELDS}
+    return {k: obj.get(k) for k in BLOB_FIELDS}
 
 
 def build_manifest(*, backup_id: str, data_class: str, created_at: str, snapshot_at: str | None, source_schema: str,
@@ -233,8 +236,11 @@ def write_manifest(store: ObjectStore, manifest: dict[str, Any]) -> ObjectInfo:
 def check_copy(info: ObjectInfo | None, entry: dict[str, Any]) -> str | None:
     """None when a cloud's copy matches the manifest entry; otherwise what is wrong with it.
 
-    Size, our sha256 claim, and every checksum the cloud computed over the stored bytes that we know the
-    expected value of (S3 SHA-256, Azure MD5, GCS MD5 / CRC32C).
+    Judged by what the cloud computed over the bytes it stores (S3 SHA-256 -- whole or per part -- or CRC32,
+    Azure MD5, GCS MD5 and CRC32C), compared with the checksums the manifest recorded over the ciphertext
+    before upload: every one the cloud reports must match, and a copy whose checksums the manifest cannot
+    check at all was written by something else (a re-put without our checksum headers), whatever our
+    metadata claims. Size and our sha256 claim come first.
     """
     if info is None:
         return "missing"
@@ -242,11 +248,19 @@ def check_copy(info: ObjectInfo | None, entry: dict[str, Any]) -> str | None:
         return f"size {info.size} != {entry['ciphertext_size']}"
     if info.sha256 != entry["ciphertext_sha256"]:
         return f"sha256 metadata {info.sha256} != {entry['ciphertext_sha256']}"
-    expected = {"sha256": entry["ciphertext_sha256"], "md5": entry.get("ciphertext_md5"),
-                "crc32c": entry.get("ciphertext_crc32c")}
+    checked = 0
     for algorithm, value in info.native.items():
-        if expected.get(algorithm) and value != expected[algorithm]:
-            return f"native {algorithm} {value} != {expected[algorithm]}"
+        expected = entry.get(NATIVE_FIELDS.get(algorithm, ""))
+        if expected is None:
+            continue
+        if value != expected:
+            return f"native {algorithm} {value} != {expected}"
+        checked += 1
+    # An entry written since the manifest records CRC32 and S3's composite knows every checksum a proper
+    # upload leaves; older entries cannot tell, and are judged by what they can check.
+    if info.native and not checked and "ciphertext_crc32" in entry:
+        return (f"the cloud's checksums ({', '.join(sorted(info.native))}) are none the manifest recorded: "
+                "the object was rewritten")
     return None
 
 

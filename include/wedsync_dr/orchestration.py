@@ -72,6 +72,8 @@ def backup_pipeline(policy: Policy, data_class: DataClass, *, request=None, labe
         # assets name their blobs by keyed content ids: the key ring's dedup key (fail closed without it)
         key_ring = crypto.KeyRing.from_connection(policy.key_ring_conn_id) if data_class.kind == "assets" else None
         with catalog.connect() as catalog_conn:
+            # first, what killed runs of this class left (their plaintext above all); never this run's own
+            sweep_abandoned_backups(policy, catalog_conn, data_classes=[name], must_succeed=False)
             return backup.run_extract(
                 policy, data_class, connect=catalog.db_connector("wedsync_db"), catalog_conn=catalog_conn,
                 key_ring=key_ring,
@@ -95,7 +97,8 @@ def backup_pipeline(policy: Policy, data_class: DataClass, *, request=None, labe
               retry_delay=dt.timedelta(seconds=policy.upload_retry_delay_seconds), retry_exponential_backoff=True,
               max_retry_delay=dt.timedelta(seconds=policy.upload_max_retry_delay_seconds), **common)
         def upload_step(summary: dict, cloud_name: str = cloud.name) -> dict:
-            """Upload the encrypted objects to one cloud; retried alone, never blocking the others.
+            """Upload the encrypted objects to one cloud, prove the copy, commit once the quorum's copies are
+            proven; retried alone, never blocking the others.
 
             A cloud the health monitor marked unhealthy is skipped at once rather than retried for minutes:
             the quorum decides whether the backup stands, and backup_repair copies it there on recovery.
@@ -110,7 +113,15 @@ def backup_pipeline(policy: Policy, data_class: DataClass, *, request=None, labe
                 unhealthy = None
             if unhealthy:
                 raise _skip(f"{unhealthy}: not uploading; backup_repair copies this backup there on recovery")
-            return backup.run_upload(policy, cloud_name, summary)
+            from wedsync_dr import crypto
+
+            store = backup.stores(policy, [cloud_name])[cloud_name]
+            sent = backup.run_upload(policy, cloud_name, summary, store)
+            # prove this copy and commit the backup if it completes the quorum: a hung cloud is not waited for
+            with catalog.connect() as conn:
+                proven = backup.check_and_commit(policy, cloud_name, summary,
+                                                 crypto.KeyRing.from_connection(policy.key_ring_conn_id), conn, store)
+            return {**sent, **proven}
 
         upload_tasks.append(upload_step(encrypt_summary))
 
@@ -146,6 +157,48 @@ def backup_pipeline(policy: Policy, data_class: DataClass, *, request=None, labe
     cleanup = cleanup_step().as_teardown(setups=extract_output)
     validated >> cleanup
     return validated
+
+
+def airflow_is_running(ti):
+    """`(dag_id, run_id) -> bool`: whether Airflow has that run queued or running, asked through the Task SDK
+    (works under `dag.test()` too). When Airflow cannot say, the run counts as running: the sweep then goes by
+    the run-timeout horizon alone."""
+    def is_running(dag_id: str | None, run_id: str | None) -> bool:
+        if not dag_id or not run_id:
+            return True
+        try:
+            return ti.get_dr_count(dag_id=dag_id, run_ids=[run_id], states=["queued", "running"]) > 0
+        except Exception as err:  # noqa: BLE001 - no answer is no licence to delete
+            log.warning("cannot ask Airflow whether %s/%s is running (%s): assuming it is", dag_id, run_id, err)
+            return True
+
+    return is_running
+
+
+def sweep_abandoned_backups(policy: Policy, catalog_conn, *, data_classes: list[str] | None = None,
+                            must_succeed: bool = True) -> dict | None:
+    """Inside a task: remove what killed backup runs left (wedsync_dr.abandoned), never the current run's.
+
+    With `must_succeed` (the ops DAGs' task), a backup that could not be cleaned up yet fails the task; the
+    backups' own call (before extract) only logs: housekeeping must never cost a backup.
+    """
+    from wedsync_dr import abandoned, backup
+
+    context = get_current_context()
+    try:
+        report = abandoned.sweep(policy, catalog_conn, backup.stores(policy), is_running=airflow_is_running(
+            context["ti"]), data_classes=data_classes, current_run=(context["dag"].dag_id, context["run_id"]))
+    except Exception:
+        if must_succeed:
+            raise
+        log.exception("the abandoned-backup sweep failed: backing up anyway (backup_repair sweeps again)")
+        return None
+    if not report.ok:
+        message = f"abandoned backups not cleaned up yet (the next sweep retries): {report.pending}"
+        if must_succeed:
+            raise RuntimeError(message)
+        log.warning(message)
+    return report.to_json()
 
 
 def _sibling(task_id: str) -> str:
@@ -472,10 +525,26 @@ def build_drill_dag(policy: Policy, doc_md: str):
     return backup_restore_drill()
 
 
+def _sweep_abandoned_task(policy: Policy):
+    @task(task_id="sweep_abandoned_backups")
+    def sweep_abandoned() -> dict:
+        """Remove what killed backup runs left: staging (plaintext), objects without a manifest in every cloud;
+        mark them abandoned. A backup that did commit (manifest found) is recorded from its manifest instead."""
+        from wedsync_dr import catalog
+
+        with catalog.connect() as conn:
+            return sweep_abandoned_backups(policy, conn)
+
+    return sweep_abandoned
+
+
 def build_retention_dag(policy: Policy, doc_md: str):
     @_ops_dag("backup_retention", "15 3 * * *", doc_md)
     def backup_retention():
-        @task
+        sweep_abandoned_task = _sweep_abandoned_task(policy)
+
+        # after the sweep, whatever it found: a dead assets run no longer holds the blob sweep back
+        @task(trigger_rule=TriggerRule.ALL_DONE)
         def apply_retention() -> dict:
             """Grandfather-father-son per class; manifest first, then objects; unreferenced blobs last."""
             from wedsync_dr import backup, catalog, retention
@@ -488,13 +557,21 @@ def build_retention_dag(policy: Policy, doc_md: str):
                 raise RuntimeError(f"some backups could not be deleted: {result['failed']}")
             return {k: v for k, v in result.items() if k != "kept"} | {"kept": len(result["kept"])}
 
-        apply_retention()
+        sweep_abandoned_task() >> apply_retention()
 
     return backup_retention()
 
 
+def repair_params() -> dict[str, Any]:
+    from airflow.sdk import Param
+
+    return {"backup_id": Param(None, type=["null", "string"], pattern=r"^[a-z_]+-\d{8}T\d{6}Z-[0-9a-f]+$",
+                               title="Backup id",
+                               description="Repair this backup whatever its status (empty: every kept backup).")}
+
+
 def build_repair_dag(policy: Policy, doc_md: str):
-    @_ops_dag("backup_repair", _daily_or_after_backups(policy, "45 3 * * *"), doc_md)
+    @_ops_dag("backup_repair", _daily_or_after_backups(policy, "45 3 * * *"), doc_md, params=repair_params())
     def backup_repair():
         @task(pool=policy.data_classes[sorted(policy.data_classes)[0]].pool)
         def repair() -> dict:
@@ -503,11 +580,17 @@ def build_repair_dag(policy: Policy, doc_md: str):
             from wedsync_dr import repair as repairing
 
             context = get_current_context()
-            # the daily run sweeps every kept backup; runs after a backup (or a recovery) only the degraded ones
-            full_sweep = (str(context["dag_run"].run_type).endswith("scheduled")
-                          and not context.get("triggering_asset_events"))
+            # runs after a backup (or a recovery) check only the degraded ones; the daily and manual runs sweep
+            # every kept backup, and what verifications found damaged; a manual run may name one backup
+            after_backup = bool(context.get("triggering_asset_events"))
+            named = context["params"].get("backup_id")
             with catalog.connect() as conn:
-                results = repairing.run(policy, conn, backup.stores(policy), only_degraded=not full_sweep)
+                results = repairing.run(policy, conn, backup.stores(policy), only_degraded=after_backup,
+                                        backup_ids=[named] if named else None)
+            if named and not results:
+                from wedsync_dr.requests import InvalidRequest
+
+                raise InvalidRequest(f"backup {named} is not a committed backup in the catalog")
             copied = sum(len(r.copied) for r in results)
             broken = [u for r in results for u in r.unrepairable]
             log.info("checked %d backups, re-copied %d objects, %d unrepairable", len(results), copied, len(broken))
@@ -516,6 +599,7 @@ def build_repair_dag(policy: Policy, doc_md: str):
             return {"backups": len(results), "copied": copied}
 
         repair()
+        _sweep_abandoned_task(policy)()  # beside repair, not before it: a failed sweep never holds repair back
 
     return backup_repair()
 

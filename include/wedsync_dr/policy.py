@@ -26,6 +26,11 @@ _RETENTION = {
                    for k in ("hourly_hours", "daily_days", "weekly_weeks", "monthly_months")},
 }
 
+# Every cloud request is bounded: a hung cloud costs one timeout per attempt, never the SDK's default minutes.
+_TIMEOUTS = {"type": "object", "additionalProperties": False,
+             "properties": {"connect_seconds": {"type": "number", "exclusiveMinimum": 0},
+                            "read_seconds": {"type": "number", "exclusiveMinimum": 0}}}
+
 POLICY_SCHEMA: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
@@ -50,9 +55,11 @@ POLICY_SCHEMA: dict[str, Any] = {
                     "conn_id": {"type": "string", "minLength": 1},
                     "bucket": {"type": "string", "minLength": 3},
                     "options": {"type": "object"},
+                    "timeouts": _TIMEOUTS,
                 },
             },
         },
+        "timeouts": _TIMEOUTS,
         "upload": {
             "type": "object", "additionalProperties": False,
             "required": ["retries", "retry_delay_seconds"],
@@ -160,6 +167,7 @@ class Cloud:
     conn_id: str
     bucket: str
     options: dict[str, Any] = field(default_factory=dict)
+    timeouts: dict[str, float] = field(default_factory=dict)  # connect_seconds / read_seconds (policy default)
 
 
 @dataclass(frozen=True)
@@ -241,7 +249,8 @@ def parse_policy(raw: dict[str, Any]) -> Policy:
     except jsonschema.ValidationError as err:
         where = "/".join(str(p) for p in err.absolute_path) or "(top level)"
         raise PolicyError(f"backup policy invalid at {where}: {err.message}") from None
-    clouds = tuple(Cloud(**c) for c in raw["clouds"])
+    default_timeouts = {"connect_seconds": 5, "read_seconds": 30, **raw.get("timeouts", {})}
+    clouds = tuple(Cloud(**{**c, "timeouts": {**default_timeouts, **c.get("timeouts", {})}}) for c in raw["clouds"])
     if len({c.name for c in clouds}) != len(clouds):
         raise PolicyError("backup policy invalid at clouds: cloud names must be unique")
     if raw["quorum"] > len(clouds):

@@ -11,6 +11,7 @@ catalog's copies and the backup's status follow: a degraded backup becomes valid
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
 import os
 import tempfile
@@ -23,6 +24,14 @@ from wedsync_dr.parallel import in_parallel
 from wedsync_dr.storage import ObjectInfo, ObjectStore, StorageError
 
 log = logging.getLogger(__name__)
+
+
+def _suspect_keys(manifest: dict[str, Any], failures: dict[str, list[str]]) -> dict[str, set[str]]:
+    """cloud -> keys of the manifest's objects that a failed verification names (its problems start with the
+    object's key, as restore.verify_backup reports them)."""
+    keys = {e["key"] for e in format.all_entries(manifest)}
+    return {cloud: {k for p in problems if (k := p.split(": ", 1)[0]) in keys}
+            for cloud, problems in failures.items()}
 
 
 @dataclass
@@ -44,35 +53,50 @@ def _heads(stores: dict[str, ObjectStore], key: str) -> dict[str, ObjectInfo | N
     return result
 
 
+class SourceCopyBad(StorageError):
+    """The copy chosen as the source does not hash to the manifest's ciphertext: try another cloud."""
+
+
 def _copy(src: ObjectStore, dst: ObjectStore, entry: dict[str, Any], staging: Path, *, backup_id: str,
           lock_until: dt.datetime | None) -> None:
+    """Re-copy one object: download it whole, prove it against the manifest, then write it with its lock."""
     staging.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd, name = tempfile.mkstemp(dir=staging, prefix="repair-")
     try:
-        with os.fdopen(fd, "wb") as out:
-            src.download_to(entry["key"], out)
+        digest = hashlib.sha256()
+        with os.fdopen(fd, "wb") as out, src.open_read(entry["key"]) as stream:
+            while chunk := stream.read(1 << 20):
+                digest.update(chunk)
+                out.write(chunk)
+        if digest.hexdigest() != entry["ciphertext_sha256"]:  # its HEAD looked fine: its bytes are not
+            raise SourceCopyBad(src.cloud, entry["key"], "its bytes do not hash to the manifest's sha256")
         format.write_object(dst, entry, Path(name), backup_id=backup_id, lock_until=lock_until)
     finally:
         os.unlink(name)
 
 
 def repair_backup(manifest: dict[str, Any], stores: dict[str, ObjectStore], staging: Path,
-                  blob_entries: list[dict[str, Any]] = (), concurrency: int = 1, lock_days: int = 0) -> RepairResult:
+                  blob_entries: list[dict[str, Any]] = (), concurrency: int = 1, lock_days: int = 0,
+                  suspects: dict[str, set[str]] | None = None) -> RepairResult:
     """Check every object in every cloud (`concurrency` objects at a time: a sweep of an hourly class is
     thousands of HEADs), then re-copy the bad copies one at a time (each streams through a file).
 
     A copy is written exactly as the backup wrote it (`format.write_object`: metadata and the backup's lock),
     and an object locked for less time than the backup -- a blob an older backup stored, a copy written
     before copies were locked -- has its lock extended. `blob_entries` adds blobs the manifest does not
-    describe itself (format 2).
+    describe itself (format 2). `suspects` (cloud -> keys) are copies a verification read back and found bad
+    although their HEAD looks fine (bit rot after the cloud computed its checksum): they are re-copied too.
     """
+    suspects = suspects or {}
     result = RepairResult(manifest["backup_id"])
     lock_until = format.locked_until(manifest)
     broken_clouds: set[str] = set()
     entries = [*format.all_entries(manifest), *blob_entries]
     all_heads = in_parallel(lambda entry: _heads(stores, entry["key"]), entries, concurrency, "repair-check")
     for entry, heads in zip(entries, all_heads, strict=True):
-        problems = {c: (str(h) if isinstance(h, StorageError) else format.check_copy(h, entry))
+        problems = {c: (str(h) if isinstance(h, StorageError) else format.check_copy(h, entry)
+                        or ("damaged: a verification read it back and it failed" if entry["key"] in
+                            suspects.get(c, ()) else None))
                     for c, h in heads.items()}
         good = [c for c, p in problems.items() if p is None]
         for cloud, problem in problems.items():
@@ -94,13 +118,19 @@ def repair_backup(manifest: dict[str, Any], stores: dict[str, ObjectStore], stag
                 result.unrepairable.append(f"{entry['key']} in {cloud}: holds another run's encryption of the "
                                            "blob, which other backups may need: not overwritten")
                 continue
-            source = good[0]
-            try:
-                _copy(stores[source], stores[cloud], entry, staging, backup_id=manifest["backup_id"],
-                      lock_until=lock_until)
-                after = format.check_copy(stores[cloud].head(entry["key"]), entry)
-            except StorageError as err:
-                after = str(err)
+            after, source = "no good source", good[0]
+            for source in good:  # each source is proven by its bytes, not its HEAD
+                try:
+                    _copy(stores[source], stores[cloud], entry, staging, backup_id=manifest["backup_id"],
+                          lock_until=lock_until)
+                    after = format.check_copy(stores[cloud].head(entry["key"]), entry)
+                    break
+                except SourceCopyBad as err:
+                    log.warning("repair of %s in %s: the copy in %s is bad too (%s)", entry["key"], cloud, source, err)
+                    after = str(err)
+                except StorageError as err:
+                    after = str(err)
+                    break
             if after is None:
                 log.info("repaired %s in %s (was: %s) from %s", entry["key"], cloud, problem, source)
                 result.copied.append((entry["key"], source, cloud))
@@ -122,16 +152,17 @@ def repair_backup(manifest: dict[str, Any], stores: dict[str, ObjectStore], stag
     return result
 
 
-def run(policy, catalog_conn, stores: dict[str, ObjectStore], *, only_degraded: bool) -> list[RepairResult]:
-    """Repair degraded backups (or, on the daily sweep, every kept backup) and update the catalog.
+def run(policy, catalog_conn, stores: dict[str, ObjectStore], *, only_degraded: bool,
+        backup_ids: list[str] | None = None) -> list[RepairResult]:
+    """Repair degraded backups (or, on the daily sweep, every kept backup; or the named ones, whatever their
+    status) and update the catalog. What a verification read back and found damaged since the last repair
+    is re-copied even when its HEAD looks fine.
 
     Newest first: a blob several backups need is re-copied (or re-locked) with the newest backup's lock.
     """
     from wedsync_dr import catalog
 
-    rows = catalog_conn.execute(
-        "SELECT backup_id, manifest FROM backup_catalog.backups WHERE manifest IS NOT NULL AND status = ANY(%s) "
-        "ORDER BY started_at DESC", (["degraded"] if only_degraded else ["validated", "degraded"],)).fetchall()
+    rows = catalog.backups_to_repair(catalog_conn, policy.prefix, only_degraded=only_degraded, backup_ids=backup_ids)
     legacy_blobs = catalog.known_asset_blobs(catalog_conn)
     results = []
     for backup_id, manifest in rows:
@@ -142,9 +173,10 @@ def run(policy, catalog_conn, stores: dict[str, ObjectStore], *, only_degraded: 
                         for sha in manifest.get("referenced_blobs", [])
                         if (b := legacy_blobs.get(sha)) and b["key"] not in described]
         data_class = policy.data_classes.get(manifest["data_class"])
+        suspects = _suspect_keys(manifest, catalog.failed_verifications_since_repair(catalog_conn, backup_id))
         result = repair_backup(manifest, stores, policy.staging_dir() / "repair", blob_entries,
                                concurrency=policy.upload_concurrency,
-                               lock_days=policy.lock_days(data_class) if data_class else 0)
+                               lock_days=policy.lock_days(data_class) if data_class else 0, suspects=suspects)
         copies = {c: ("validated", "repaired" if any(t == c for _, _, t in result.copied) else "checked")
                   for c in result.clouds_ok}
         copies |= {c: ("missing", "; ".join(u for u in result.unrepairable if f" in {c}:" in u)[:1000])

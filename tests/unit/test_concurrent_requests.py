@@ -4,6 +4,7 @@ stops the rest."""
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import threading
 from pathlib import Path
@@ -136,9 +137,8 @@ class SweepStore:
         digest = hashlib.sha256(data).hexdigest()
         return ObjectInfo(key=key, size=len(data), sha256=digest, metadata={}, native={}, updated=None)
 
-    def download_to(self, key: str, fileobj) -> int:
-        fileobj.write(self.objects[key])
-        return len(self.objects[key])
+    def open_read(self, key: str):
+        return io.BytesIO(self.objects[key])
 
     def put_file(self, key: str, path: Path, **_kwargs) -> None:
         self.objects[key] = path.read_bytes()

@@ -82,6 +82,44 @@ def test_format_2_and_3_manifests_name_every_blob_they_need():
 
 
 def test_blob_metadata_names_no_plaintext():
-    entry = {"content_id": "c" * 64, "encryption": {"kek_id": "k1", "wrapped_key": "d2s="}}
+    entry = {"content_id": "c" * 64, "compression": "none", "encryption": {"kek_id": "k1", "wrapped_key": "d2s="}}
     metadata = format.object_metadata("assets-1", entry)
-    assert metadata == {"backup-id": "assets-1", "kek-id": "k1", "wrapped-key": "d2s=", "content-id": "c" * 64}
+    assert metadata == {"backup-id": "assets-1", "kek-id": "k1", "wrapped-key": "d2s=", "content-id": "c" * 64,
+                        "compression": "none"}
+
+
+def test_a_copy_is_judged_by_the_checksums_the_cloud_computed():
+    """Bit rot or a writer that kept our metadata: the cloud's own CRC32 (S3's default for a plain put) or a
+    checksum the manifest cannot check at all gives it away; the sha256 claim alone never vouches."""
+    entry = _entry(ciphertext_crc32="1234abcd", ciphertext_sha256_composite=None)
+    assert format.check_copy(_info(native={"crc32": "1234abcd"}), entry) is None
+    assert "native crc32" in format.check_copy(_info(native={"crc32": "00000000"}), entry)
+    assert "rewritten" in format.check_copy(_info(native={"crc64nvme": "00"}), entry)
+    assert format.check_copy(_info(native={}), entry) is None  # an emulator that computes nothing
+    # S3's composite checksum of a multipart upload
+    multipart = _entry(ciphertext_crc32="1234abcd", ciphertext_sha256_composite="ab" * 32 + "-3")
+    assert format.check_copy(_info(native={"sha256_composite": "ab" * 32 + "-3"}), multipart) is None
+    assert "native sha256_composite" in format.check_copy(_info(native={"sha256_composite": "cd" * 32 + "-3"}),
+                                                           multipart)
+    # entries written before CRC32 was recorded are judged by what they can check, never flagged for the rest
+    assert format.check_copy(_info(native={"sha256_composite": "ab" * 32 + "-3"}), _entry()) is None
+
+
+def test_the_composite_checksum_is_s3s_checksum_of_part_checksums(tmp_path):
+    import hashlib as h
+    import zlib
+
+    from wedsync_dr.backup import _ChecksumWriter
+
+    data = bytes(range(256)) * 1000  # 256,000 bytes: parts of 100,000 + 100,000 + 56,000
+    with open(tmp_path / "x", "wb") as f:
+        sink = _ChecksumWriter(f, 100_000)
+        for start in range(0, len(data), 7_777):  # writes that straddle part boundaries
+            sink.write(memoryview(data)[start:start + 7_777])
+    parts = [h.sha256(data[i:i + 100_000]).digest() for i in range(0, len(data), 100_000)]
+    assert sink.composite_sha256() == h.sha256(b"".join(parts)).hexdigest() + "-3"
+    assert f"{sink.crc32:08x}" == f"{zlib.crc32(data):08x}"
+    with open(tmp_path / "y", "wb") as f:
+        small = _ChecksumWriter(f, 100_000)
+        small.write(data[:99_999])
+    assert small.composite_sha256() is None  # one request: S3 reports the whole-object sha256

@@ -36,13 +36,16 @@ _TRANSIENT = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout",
               "ServiceUnavailable", "InternalError"}
 
 
+DEFAULT_PART_SIZE = 64 * MiB  # multipart threshold and part size: the composite checksum depends on it
+
+
 class S3Store(BaseStore):
     """A bucket in S3. Large files go up in parallel multipart uploads straight from disk."""
 
     kind = "s3"
 
-    def __init__(self, cloud: str, conn_id: str, bucket: str, *, multipart_threshold: int = 64 * MiB,
-                 multipart_chunksize: int = 64 * MiB, max_concurrency: int = 4, max_attempts: int = 2,
+    def __init__(self, cloud: str, conn_id: str, bucket: str, *, multipart_threshold: int = DEFAULT_PART_SIZE,
+                 multipart_chunksize: int = DEFAULT_PART_SIZE, max_concurrency: int = 4, max_attempts: int = 2,
                  connect_timeout: float = 5, read_timeout: float = 60, list_page_size: int = 1000,
                  retention_mode: str = "governance") -> None:
         super().__init__(cloud, conn_id, bucket, retention_mode=retention_mode)
