@@ -14,7 +14,7 @@ WORKDIR /data
 ENV STORAGE_BASE=/data
 EXPOSE 9023
 # The emulator's listen queue of 5 drops concurrent connects (uploads send several small objects at once):
-# started as the local stack starts it, with a queue of 128 (wedsync_dr.local_stack._GCS_EMULATOR_MAIN).
+# started as the local stack starts it, with a queue of 128 (wedsync_dr_dev.local_stack._GCS_EMULATOR_MAIN).
 ENTRYPOINT ["python", "-c", "import socketserver, sys; socketserver.TCPServer.request_queue_size = 128; from gcp_storage_emulator.__main__ import main; sys.exit(main(sys.argv[1:]))"]
 CMD ["start", "--host", "0.0.0.0", "--port", "9023"]
 

@@ -47,9 +47,9 @@ node_modules/.package-lock.json: package-lock.json
 install: $(STAMP) node_modules/.package-lock.json
 
 run: install
-	$(BIN)/wedsync-dr stack up
-	$(BIN)/wedsync-dr demo-data --weddings $(WEDDINGS) --if-missing
-	$(BIN)/wedsync-dr backup run
+	$(BIN)/wedsync-dev stack up
+	$(BIN)/wedsync-dev demo-data --weddings $(WEDDINGS) --if-missing
+	$(BIN)/wedsync-dev backup run
 	$(BIN)/wedsync-dr restore --class critical_weddings --wedding-id soonest
 
 # Two sessions, each with its own stack: in-process dag.test() runs first; then the tests that drive a
@@ -69,10 +69,10 @@ test: install browser
 	$(BIN)/python -m pytest -m airflow_api $(PYTEST_ARGS)
 
 down:
-	@if [ -x $(BIN)/wedsync-dr ]; then $(BIN)/wedsync-dr stack down; else echo "nothing to stop"; fi
+	@if [ -x $(BIN)/wedsync-dev ]; then $(BIN)/wedsync-dev stack down; else echo "nothing to stop"; fi
 
 airflow: run
-	$(BIN)/wedsync-dr airflow up
+	$(BIN)/wedsync-dev airflow up
 
 lint: install
 	$(BIN)/ruff check .

@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import REPO, WEDDINGS_PER_GB, load, local_stack, stack_with_data  # noqa: E402
+from common import REPO, WEDDINGS_PER_GB, load, local_stack, stack_with_data
 
 STEP_SCRIPT = """
 import json, os, resource, sys, time

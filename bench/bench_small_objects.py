@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import stack_with_data  # noqa: E402
+from common import stack_with_data
 
 
 def main() -> int:

@@ -10,7 +10,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "include"))
 
-from wedsync_dr import local_stack  # noqa: E402
+from wedsync_dr_dev import local_stack  # noqa: E402
 
 # demo-data weddings per GB of client_data table text (measured: 20,000 weddings -> 516 MB)
 WEDDINGS_PER_GB = 40_000

@@ -24,8 +24,8 @@ objects without a manifest) and marks them `abandoned`.
 - *extract failed:* check the `wedsync_db` connection and that the backup role can read the tables.
 """
 
-from wedsync_dr.orchestration import build_backup_dag
 from wedsync_dr.policy import load_policy
+from wedsync_dr.wiring.backup_chain import build_backup_dag
 
 # One Airflow DAG per data class of the policy (DAG files must name "airflow" and "dag" to be parsed).
 _policy = load_policy()

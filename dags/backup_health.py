@@ -17,8 +17,8 @@ weddings past their RPO (or a cloud that just went down) trigger `emergency_back
 - *Automatic emergency run:* see `emergency_backup`; its reason names the weddings.
 """
 
-from wedsync_dr.orchestration import build_health_dag
 from wedsync_dr.policy import load_policy
+from wedsync_dr.wiring.ops import build_health_dag
 
 # The backup_health Airflow DAG.
 backup_health = build_health_dag(load_policy(), doc_md=__doc__)

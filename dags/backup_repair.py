@@ -17,8 +17,8 @@ objects without a manifest) and marks them `abandoned`.
   copy exists anywhere, that backup is lost: check the next older one with `wedsync-dr verify`.
 """
 
-from wedsync_dr.orchestration import build_repair_dag
 from wedsync_dr.policy import load_policy
+from wedsync_dr.wiring.ops import build_repair_dag
 
 # The backup_repair Airflow DAG.
 backup_repair = build_repair_dag(load_policy(), doc_md=__doc__)

@@ -13,8 +13,8 @@ their objects. Each drill is recorded in `backup_catalog.drills` and shown on th
   the reason; run `wedsync-dr verify --class <class> --backup-id <id>`; `backup_repair` re-copies bad copies.
 """
 
-from wedsync_dr.orchestration import build_drill_dag
 from wedsync_dr.policy import load_policy
+from wedsync_dr.wiring.ops import build_drill_dag
 
 # The backup_restore_drill Airflow DAG.
 backup_restore_drill = build_drill_dag(load_policy(), doc_md=__doc__)

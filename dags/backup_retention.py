@@ -14,8 +14,8 @@ First, `sweep_abandoned_backups` removes what killed backup runs left and marks 
 - *"could not be deleted":* a cloud refused (down, or an object lock still holds): the run retries tomorrow.
 """
 
-from wedsync_dr.orchestration import build_retention_dag
 from wedsync_dr.policy import load_policy
+from wedsync_dr.wiring.ops import build_retention_dag
 
 # The backup_retention Airflow DAG.
 backup_retention = build_retention_dag(load_policy(), doc_md=__doc__)

@@ -19,8 +19,8 @@ on the status page and answered by `GET /wedsync-dr/api/verifications?run_id=<ru
 - *check_request failed:* the backup id is unknown, of another class, or never committed: `wedsync-dr list`.
 """
 
-from wedsync_dr.orchestration import build_verify_dag
 from wedsync_dr.policy import load_policy
+from wedsync_dr.wiring.ops import build_verify_dag
 
 # The backup_verify Airflow DAG: schedule None, typed Params render its trigger form.
 backup_verify = build_verify_dag(load_policy(), doc_md=__doc__)

@@ -23,8 +23,8 @@ wedding's last good backup is older than its RPO.
 - *A class failed:* see its `validate` log (quorum) and the failed upload tasks.
 """
 
-from wedsync_dr.orchestration import build_emergency_dag
 from wedsync_dr.policy import load_policy
+from wedsync_dr.wiring.emergency import build_emergency_dag
 
 # The emergency Airflow DAG (schedule None).
 emergency_backup = build_emergency_dag(load_policy(), doc_md=__doc__)

@@ -21,8 +21,8 @@ decrypts everything but writes nothing.
 - *Airflow itself is down:* use the break-glass CLI `wedsync-dr restore` with the same options.
 """
 
-from wedsync_dr.orchestration import build_restore_dag
 from wedsync_dr.policy import load_policy
+from wedsync_dr.wiring.restore import build_restore_dag
 
 # The restore Airflow DAG: schedule None, typed Params render its trigger form.
 restore = build_restore_dag(load_policy(), doc_md=__doc__)

@@ -89,9 +89,10 @@ class TriggerConfGuard:
     def checks() -> dict[str, tuple[dict[str, Any], Callable[[dict[str, Any]], Any]]]:
         """Per guarded DAG: its Params as the DAG file builds them, and the check its first task runs on them."""
         from wedsync_dr import emergency
-        from wedsync_dr.orchestration import emergency_params, restore_params
         from wedsync_dr.policy import load_policy
         from wedsync_dr.requests import check_request
+        from wedsync_dr.wiring.emergency import emergency_params
+        from wedsync_dr.wiring.restore import restore_params
 
         policy = load_policy()
         return {emergency.DAG_ID: (emergency_params(policy), partial(emergency.validate_conf, policy)),
@@ -191,7 +192,7 @@ def _status_app():
                     select(TI.dag_id, TI.task_id, func.max(TI.end_date))
                     .where(TI.state == "success", tuple_(TI.dag_id, TI.task_id).in_(pairs))
                     .group_by(TI.dag_id, TI.task_id)).all()
-        except Exception:  # noqa: BLE001 - without it task_failed alerts just stay open for their 24 hours
+        except Exception:
             logging.getLogger(__name__).exception("cannot read task successes from the metadata DB")
             return {}
         return {f"{dag_id}.{task_id}": end for dag_id, task_id, end in rows if end}

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from wedsync_dr import local_stack
+from wedsync_dr_dev import local_stack
 
 REPO = Path(__file__).resolve().parents[1]
 # WEDSYNC_TEST_ROOT lets two focused test runs (e.g. two work trees' helpers) keep separate stacks.
@@ -61,7 +61,7 @@ def demo_data(stack):
 
     import psycopg
 
-    from wedsync_dr import demo_data as demo
+    from wedsync_dr_dev import demo_data as demo
 
     asset_dir = Path(local_stack.environment(stack)["WEDSYNC_ASSET_SOURCE"])
     with psycopg.connect(stack.admin_url(local_stack.SOURCE_DB)) as conn:
@@ -77,11 +77,12 @@ def airflow_db(stack):
     import sys
 
     from wedsync_dr.policy import load_policy
+    from wedsync_dr.pools import ensure_pools
 
     airflow = Path(sys.executable).parent / "airflow"
     result = subprocess.run([str(airflow), "db", "migrate"], env=os.environ.copy(), capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
-    local_stack.ensure_pools(load_policy())
+    ensure_pools(load_policy())
 
 
 def run_dag(dag, conf: dict | None = None):

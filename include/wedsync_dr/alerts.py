@@ -35,7 +35,7 @@ def alert(*, severity: str, kind: str, message: str, subject: str | None = None,
             with catalog.connect() as conn:
                 catalog.raise_alert(conn, severity=severity, kind=kind, message=message, subject=subject,
                                     backup_id=backup_id, details=details)
-    except Exception:  # noqa: BLE001 - the alert is already in the log; a catalog outage must not mask the failure
+    except Exception:
         log.exception("could not record the alert in the catalog")
     return notify(severity=severity, kind=kind, message=message, subject=subject, backup_id=backup_id,
                   policy=policy)
@@ -59,7 +59,7 @@ def notify(*, severity: str, kind: str, message: str, subject: str | None = None
             build_notifier(spec, severity=severity, kind=kind, message=message, subject=subject,
                            backup_id=backup_id).notify({})
             sent.append(name)
-        except Exception:  # noqa: BLE001 - one broken channel must not silence the others
+        except Exception:
             log.exception("notifier %s could not send the alert", name)
     return sent
 

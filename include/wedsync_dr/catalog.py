@@ -414,3 +414,16 @@ def is_committed(conn, backup_id: str) -> bool:
     row = conn.execute("SELECT manifest IS NOT NULL FROM backup_catalog.backups WHERE backup_id = %s",
                        (backup_id,)).fetchone()
     return bool(row and row[0])
+
+
+def existing_wedding_ids(conn, schema: str, wedding_ids: list[int]) -> set[int]:
+    """Which of `wedding_ids` are in `schema`.weddings (conn: the source database, wedsync_db)."""
+    return {r[0] for r in conn.execute(f"SELECT wedding_id FROM {schema}.weddings WHERE wedding_id = ANY(%s)",
+                                       (wedding_ids,))}
+
+
+def coalesced_emergency_run(conn, run_id: str) -> dict[str, Any] | None:
+    """`{"into": <run id>}` when the emergency run was coalesced into another one, else None."""
+    row = conn.execute("SELECT coalesced_into FROM backup_catalog.emergency_runs WHERE run_id = %s "
+                       "AND status = 'coalesced'", (run_id,)).fetchone()
+    return {"into": row[0]} if row else None

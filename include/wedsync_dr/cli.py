@@ -1,5 +1,7 @@
-"""`wedsync-dr`: the project's command line; works without a running Airflow.
+"""`wedsync-dr`: the operator's command line (list, verify, restore, repair, rebuild-catalog, emergency).
 
+It works without a running Airflow and without the dev tooling (`wedsync_dr_dev`, the `wedsync-dev` script:
+local stack, demo data, local backup runs): an install of this package and its runtime requirements is enough.
 Errors are one clear line on stderr and a non-zero exit status.
 """
 
@@ -10,81 +12,7 @@ import datetime as dt
 import json
 import os
 import sys
-import time
 from pathlib import Path
-
-from wedsync_dr import local_stack
-
-
-def _stack_dir(args: argparse.Namespace) -> Path:
-    return Path(args.stack_dir) if args.stack_dir else local_stack.DEFAULT_STACK_DIR
-
-
-def cmd_stack_up(args: argparse.Namespace) -> int:
-    state = local_stack.start(_stack_dir(args))
-    for name, svc in state.services.items():
-        print(f"  {name:9} pid {svc.pid:<7} 127.0.0.1:{svc.port}")
-    if state.external_db:
-        print("  postgres  external (WEDSYNC_DB_URL)")
-    print(f"  connections and settings: {state.directory / 'stack.env'}")
-    return 0
-
-
-def cmd_stack_down(args: argparse.Namespace) -> int:
-    stopped = local_stack.stop(_stack_dir(args))
-    print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
-    return 0
-
-
-def cmd_stack_status(args: argparse.Namespace) -> int:
-    print(json.dumps(local_stack.status(_stack_dir(args)), indent=2))
-    return 0
-
-
-def cmd_stack_env(args: argparse.Namespace) -> int:
-    state = local_stack.StackState.load(_stack_dir(args).resolve())
-    if not state.services:
-        raise SystemExit("wedsync-dr: the local stack is not set up: run `make run` (or `wedsync-dr stack up`)")
-    print(local_stack.write_env_file(state).read_text(), end="")
-    return 0
-
-
-def cmd_airflow_up(args: argparse.Namespace) -> int:
-    state = local_stack.start(_stack_dir(args))
-    url = local_stack.start_airflow(state, port=args.port)
-    print(f"Airflow UI and API: {url}  (user admin, password in {state.airflow_home / 'passwords.json'})")
-    print(f"  shell settings:  source {state.directory / 'stack.env'}")
-    print("  stop everything: make down")
-    return 0
-
-
-def cmd_backup_run(args: argparse.Namespace) -> int:
-    """Run backup DAGs once, in this process (dag.test()), against the local stack; print a summary."""
-    state = local_stack.start(_stack_dir(args))
-    os.environ.update(local_stack.environment(state))  # before Airflow is imported: it reads them once
-    local_stack.migrate_airflow_db(state)
-    from wedsync_dr import catalog, orchestration, report
-    from wedsync_dr.policy import load_policy
-
-    policy = load_policy()  # (migrate_airflow_db created its pools)
-    rows, failed = [], []
-    for name in args.data_classes or sorted(policy.data_classes):
-        dag = orchestration.build_backup_dag(policy, policy.data_classes[name], doc_md="")
-        started = time.monotonic()
-        run = dag.test()
-        seconds = time.monotonic() - started
-        with catalog.connect() as conn:
-            record = catalog.backup_for_run(conn, dag.dag_id, run.run_id)
-        if run.state != "success":
-            failed.append(name)
-        rows.append({"data_class": name, "seconds": seconds, "status": (record or {}).get("status", run.state),
-                     **catalog.summary_fields(record)})
-    print()
-    print(report.backup_summary(rows))
-    if failed:
-        print(f"wedsync-dr: backup runs failed: {', '.join(failed)}", file=sys.stderr)
-        return 1
-    return 0
 
 
 def _use_connections(args: argparse.Namespace) -> None:
@@ -92,12 +20,18 @@ def _use_connections(args: argparse.Namespace) -> None:
     the local stack and none set, from the stack. No Airflow scheduler or metadata DB is needed."""
     if "AIRFLOW_CONN_WEDSYNC_DB" in os.environ:
         return
-    state = local_stack.StackState.load(_stack_dir(args).resolve())
-    if state.services:
-        os.environ.update(local_stack.environment(state))
-    else:
-        raise CliError("no connections: set AIRFLOW_CONN_WEDSYNC_DB, AIRFLOW_CONN_WEDSYNC_CATALOG, "
-                       "AIRFLOW_CONN_BACKUP_* and AIRFLOW_CONN_WEDSYNC_BACKUP_KEYS (or run the local stack)")
+    try:  # optional: a checkout with the dev tooling installed; the product never needs it
+        from wedsync_dr_dev import local_stack
+    except ImportError:
+        local_stack = None
+    if local_stack is not None:
+        directory = Path(args.stack_dir) if args.stack_dir else local_stack.DEFAULT_STACK_DIR
+        state = local_stack.StackState.load(directory.resolve())
+        if state.services:
+            os.environ.update(local_stack.environment(state))
+            return
+    raise CliError("no connections: set AIRFLOW_CONN_WEDSYNC_DB, AIRFLOW_CONN_WEDSYNC_CATALOG, "
+                   "AIRFLOW_CONN_BACKUP_* and AIRFLOW_CONN_WEDSYNC_BACKUP_KEYS (in a checkout: wedsync-dev stack up)")
 
 
 def _product(args: argparse.Namespace):
@@ -316,33 +250,6 @@ def cmd_emergency(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo_data(args: argparse.Namespace) -> int:
-    import psycopg
-
-    from wedsync_dr import demo_data
-
-    state = local_stack.StackState.load(_stack_dir(args).resolve())
-    if not state.db_url:
-        raise SystemExit("wedsync-dr: the local stack is not running: run `wedsync-dr stack up` first")
-    marker = state.directory / "demo-data.json"
-    scale = demo_data.Scale(weddings=args.weddings, seed=args.seed, photos=args.photos, documents=args.documents,
-                            asset_size_scale=args.asset_size_scale)
-    wanted = {"weddings": scale.weddings, "seed": scale.seed, "photos": scale.photo_count,
-              "documents": scale.document_count, "asset_size_scale": scale.asset_size_scale,
-              "today": dt.date.today().isoformat()}
-    if args.if_missing and marker.exists() and json.loads(marker.read_text()).get("params") == wanted:
-        print(f"demo data already loaded ({scale.weddings} weddings, seed {scale.seed}): reusing it")
-        return 0
-    with psycopg.connect(state.admin_url(local_stack.SOURCE_DB)) as conn:
-        report = demo_data.load(conn, scale, Path(local_stack.environment(state)["WEDSYNC_ASSET_SOURCE"]),
-                                owner=local_stack.OWNER_ROLE)
-    marker.write_text(json.dumps({"params": wanted, "rows": report.rows}, indent=2))
-    print(f"loaded {report.total_rows:,} rows into {len(report.rows)} tables in {report.seconds:.1f}s "
-          f"({report.rows_per_second:,.0f} rows/s); {report.asset_files} asset files, "
-          f"{report.asset_bytes / 1e6:.1f} MB in {report.asset_seconds:.1f}s")
-    return 0
-
-
 class CliError(RuntimeError):
     """A user-facing error: printed as one line."""
 
@@ -355,27 +262,9 @@ def _add_backup_selection(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wedsync-dr", description=__doc__.splitlines()[0])
-    parser.add_argument("--stack-dir", help="local stack directory (default .local/stack)")
+    parser.add_argument("--stack-dir", help="with the dev tooling and no AIRFLOW_CONN_*: the local stack to use "
+                        "(default .local/stack)")
     sub = parser.add_subparsers(dest="command", required=True)
-
-    stack = sub.add_parser("stack", help="the embedded local stack (PostgreSQL + S3/Azure/GCS emulators)")
-    stack_sub = stack.add_subparsers(dest="stack_command", required=True)
-    stack_sub.add_parser("up", help="start or reuse every service").set_defaults(func=cmd_stack_up)
-    stack_sub.add_parser("down", help="stop every process the stack started").set_defaults(func=cmd_stack_down)
-    stack_sub.add_parser("status", help="PIDs, ports, running").set_defaults(func=cmd_stack_status)
-    stack_sub.add_parser("env", help="print the AIRFLOW_CONN_* exports").set_defaults(func=cmd_stack_env)
-
-    airflow = sub.add_parser("airflow", help="Airflow UI/API, scheduler, dag-processor, triggerer on the stack")
-    airflow_sub = airflow.add_subparsers(dest="airflow_command", required=True)
-    airflow_up = airflow_sub.add_parser("up", help="start (or reuse) the Airflow components")
-    airflow_up.add_argument("--port", type=int, default=None, help="API port (default 8080)")
-    airflow_up.set_defaults(func=cmd_airflow_up)
-
-    backup_parser = sub.add_parser("backup", help="run backups")
-    backup_sub = backup_parser.add_subparsers(dest="backup_command", required=True)
-    backup_run = backup_sub.add_parser("run", help="run backup DAGs once on the local stack and print a summary")
-    backup_run.add_argument("data_classes", nargs="*", help="default: every class in the policy")
-    backup_run.set_defaults(func=cmd_backup_run)
 
     list_parser = sub.add_parser("list", help="backups per class, from the catalog or straight from a cloud")
     list_parser.add_argument("--class", dest="data_class")
@@ -423,31 +312,28 @@ def build_parser() -> argparse.ArgumentParser:
     emergency.add_argument("--password", help="default: $AIRFLOW_PASSWORD")
     emergency.set_defaults(func=cmd_emergency)
 
-    demo = sub.add_parser("demo-data", help="(re)load deterministic WedSync demo data")
-    demo.add_argument("--weddings", type=int, default=300, help="scale: 200 for tests, 20000 is about 1 GB")
-    demo.add_argument("--seed", type=int, default=42)
-    demo.add_argument("--photos", type=int, help="photo files (default: weddings/10, at most 200)")
-    demo.add_argument("--documents", type=int, help="document files (default: weddings/10, at most 200)")
-    demo.add_argument("--asset-size-scale", type=float, default=1.0, help="shrink asset files (< 1)")
-    demo.add_argument("--if-missing", action="store_true", help="keep data loaded with the same parameters")
-    demo.set_defaults(func=cmd_demo_data)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from wedsync_dr.requests import RestoreError
-
+def run_verb(prog: str, args: argparse.Namespace, expected: tuple[type[BaseException], ...]) -> int:
+    """Run a parsed verb; any error is one line on stderr and exit status 1 (a traceback with WEDSYNC_DEBUG).
+    `expected` errors are the user's to act on: their message alone; anything else names its type too."""
     try:
         return args.func(args)
-    except (local_stack.StackError, CliError, RestoreError) as err:
-        print(f"wedsync-dr: {err}", file=sys.stderr)
+    except expected as err:
+        print(f"{prog}: {err}", file=sys.stderr)
         return 1
-    except Exception as err:  # noqa: BLE001 - break-glass tool: one clear line, not a traceback
+    except Exception as err:
         if os.environ.get("WEDSYNC_DEBUG"):
             raise
-        print(f"wedsync-dr: {type(err).__name__}: {err}", file=sys.stderr)
+        print(f"{prog}: {type(err).__name__}: {err}", file=sys.stderr)
         return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    from wedsync_dr.requests import RestoreError
+
+    return run_verb("wedsync-dr", build_parser().parse_args(argv), (CliError, RestoreError))
 
 
 if __name__ == "__main__":

@@ -17,9 +17,11 @@ import pytest
 
 from tests.conftest import run_dag
 from tests.helpers import run_backup_steps, start_killable_backup
-from wedsync_dr import backup, catalog, crypto, format, local_stack, orchestration
-from wedsync_dr.orchestration import build_backup_dag
+from wedsync_dr import backup, catalog, crypto, format
 from wedsync_dr.policy import load_policy
+from wedsync_dr.wiring import ops
+from wedsync_dr.wiring.backup_chain import build_backup_dag
+from wedsync_dr_dev import local_stack
 
 POLICY = load_policy()
 FAST_POLICY = POLICY.with_overrides(upload_retries=0, upload_retry_delay_seconds=1)
@@ -56,7 +58,7 @@ def _killed_backup(tmp_path: Path, name: str, upload_to: tuple[str, ...]) -> dic
 def _record_liveness(monkeypatch) -> list[tuple[str, bool]]:
     """What Airflow answers the extract's sweep (run id, running?), beginning with the asking run's own."""
     answers: list[tuple[str, bool]] = []
-    real = orchestration.airflow_is_running
+    real = ops.airflow_is_running
 
     def recording(ti):
         ask = real(ti)
@@ -68,7 +70,7 @@ def _record_liveness(monkeypatch) -> list[tuple[str, bool]]:
 
         return is_running
 
-    monkeypatch.setattr(orchestration, "airflow_is_running", recording)
+    monkeypatch.setattr(ops, "airflow_is_running", recording)
     return answers
 
 

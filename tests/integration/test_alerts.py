@@ -19,7 +19,7 @@ from wedsync_dr.policy import DEFAULT_POLICY_FILE, PolicyError, parse_policy
 class _Receiver(BaseHTTPRequestHandler):
     received: list[tuple[str, dict]] = []
 
-    def do_POST(self):  # noqa: N802 - http.server's naming
+    def do_POST(self):
         body = self.rfile.read(int(self.headers["Content-Length"]))
         type(self).received.append((self.path, json.loads(body)))
         self.send_response(200)

@@ -18,9 +18,10 @@ import psycopg
 import pytest
 
 from tests.conftest import run_dag
-from wedsync_dr import backup, catalog, crypto, extract, format, local_stack
-from wedsync_dr.orchestration import build_backup_dag
+from wedsync_dr import backup, catalog, crypto, extract, format
 from wedsync_dr.policy import load_policy
+from wedsync_dr.wiring.backup_chain import build_backup_dag
+from wedsync_dr_dev import local_stack
 
 POLICY = load_policy()
 # Tests do not wait for Airflow's retry delays: an unreachable cloud fails its upload task at once.
@@ -319,7 +320,7 @@ def test_validate_catches_an_object_altered_in_one_cloud(stack, backup_env, key_
 
 def test_an_emergency_skips_a_cloud_marked_unhealthy(stack, backup_env):
     """The monitor says azure is down: the emergency backup does not wait on it, and the quorum holds."""
-    from wedsync_dr.orchestration import build_emergency_dag
+    from wedsync_dr.wiring.emergency import build_emergency_dag
 
     backup_env.execute(
         "INSERT INTO backup_catalog.cloud_health (cloud, healthy, failures_in_a_row, last_error, changed_at, "

@@ -15,8 +15,9 @@ import sys
 import pytest
 
 from tests.helpers import run_backup_steps
-from wedsync_dr import backup, catalog, crypto, format, local_stack, repair, verification
+from wedsync_dr import backup, catalog, crypto, format, repair, verification
 from wedsync_dr.policy import load_policy
+from wedsync_dr_dev import local_stack
 
 POLICY = load_policy()
 ROT = POLICY.with_overrides(prefix="wedsync-dr-rot")

@@ -25,10 +25,11 @@ import pytest
 
 from tests.conftest import run_dag
 from tests.helpers import run_backup_steps
-from wedsync_dr import backup, catalog, crypto, local_stack, retention
-from wedsync_dr.orchestration import build_backup_dag
+from wedsync_dr import backup, catalog, crypto, retention
 from wedsync_dr.policy import load_policy
 from wedsync_dr.restore import list_manifest_keys
+from wedsync_dr.wiring.backup_chain import build_backup_dag
+from wedsync_dr_dev import local_stack
 
 POLICY = load_policy()
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"

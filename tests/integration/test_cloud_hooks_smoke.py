@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 
-from wedsync_dr.local_stack import BUCKET
+from wedsync_dr_dev.local_stack import BUCKET
 
 
 def _payload() -> bytes:

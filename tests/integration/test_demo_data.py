@@ -7,7 +7,7 @@ from pathlib import Path
 
 import psycopg
 
-from wedsync_dr import local_stack
+from wedsync_dr_dev import local_stack
 
 
 def _owner_conn(stack) -> psycopg.Connection:

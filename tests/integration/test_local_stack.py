@@ -9,7 +9,7 @@ import socket
 import psycopg
 import pytest
 
-from wedsync_dr import local_stack
+from wedsync_dr_dev import local_stack
 
 CONNECTION_IDS = {"wedsync_db", "wedsync_catalog", "backup_s3", "backup_azure", "backup_gcs"}
 

@@ -16,9 +16,10 @@ import pytest
 
 from tests.conftest import http_json, run_dag
 from tests.integration.test_backup_dags import _sdk_get, _sdk_put
-from wedsync_dr import alerts, backup, catalog, crypto, drill, health, local_stack, repair, retention
-from wedsync_dr.orchestration import build_backup_dag
+from wedsync_dr import alerts, backup, catalog, crypto, drill, health, repair, retention
 from wedsync_dr.policy import load_policy
+from wedsync_dr.wiring.backup_chain import build_backup_dag
+from wedsync_dr_dev import local_stack
 
 POLICY = load_policy()
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"

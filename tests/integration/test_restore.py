@@ -14,11 +14,13 @@ import pytest
 
 from tests.conftest import run_dag
 from tests.integration.test_backup_dags import _fresh_copy, _latest, _owner, _sdk_get, _sdk_put
-from wedsync_dr import backup, catalog, crypto, extract, local_stack
-from wedsync_dr.orchestration import build_backup_dag, build_restore_dag
+from wedsync_dr import backup, catalog, crypto, extract
 from wedsync_dr.policy import load_policy
 from wedsync_dr.requests import RestoreError, check_request
 from wedsync_dr.restore import restore_tables, run_restore
+from wedsync_dr.wiring.backup_chain import build_backup_dag
+from wedsync_dr.wiring.restore import build_restore_dag
+from wedsync_dr_dev import local_stack
 
 POLICY = load_policy()
 

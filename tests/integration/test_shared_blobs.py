@@ -24,10 +24,11 @@ import pytest
 
 from tests.conftest import run_dag
 from tests.helpers import run_backup_steps, run_worked_example, worked_example
-from wedsync_dr import backup, catalog, crypto, format, local_stack, repair, retention
+from wedsync_dr import backup, catalog, crypto, format, repair, retention
 from wedsync_dr.policy import load_policy
 from wedsync_dr.requests import check_request
 from wedsync_dr.restore import run_restore
+from wedsync_dr_dev import local_stack
 
 POLICY = load_policy()
 PREFIX = "wedsync-dr-audit"
@@ -258,7 +259,7 @@ def test_a_format_2_assets_backup_still_restores(stack, two_backups, key_ring, t
 
 
 def test_the_restore_dag_prefers_healthy_clouds(stack, two_backups, key_ring):
-    from wedsync_dr.orchestration import build_restore_dag
+    from wedsync_dr.wiring.restore import build_restore_dag
 
     vendor = AUDIT.data_classes["vendor_data"]
     with catalog.connect() as conn:

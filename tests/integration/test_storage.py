@@ -19,9 +19,9 @@ from pathlib import Path
 import google_crc32c
 import pytest
 
-from wedsync_dr import local_stack
-from wedsync_dr.local_stack import BUCKET
 from wedsync_dr.storage import CloudUnavailable, ObjectInfo, ObjectNotFound, StorageError, open_store
+from wedsync_dr_dev import local_stack
+from wedsync_dr_dev.local_stack import BUCKET
 
 MiB = 1 << 20
 # local_stack service name -> the policy's (cloud, kind, conn_id)

@@ -8,8 +8,9 @@ import pytest
 from tests.conftest import run_dag
 from tests.integration.test_backup_dags import _sdk_get, _sdk_put
 from wedsync_dr import alerts, catalog, status, verification
-from wedsync_dr.orchestration import build_backup_dag, build_verify_dag
 from wedsync_dr.policy import load_policy
+from wedsync_dr.wiring.backup_chain import build_backup_dag
+from wedsync_dr.wiring.ops import build_verify_dag
 
 POLICY = load_policy()
 

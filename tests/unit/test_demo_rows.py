@@ -3,8 +3,8 @@
 import datetime as dt
 import hashlib
 
-from wedsync_dr import demo_data as demo
-from wedsync_dr.demo_data import _line
+from wedsync_dr_dev import demo_data as demo
+from wedsync_dr_dev.demo_data import _line
 
 
 def test_copy_text_escapes_specials_and_nulls():

@@ -256,7 +256,7 @@ class KeyRing:
             raise KeyUnavailableError("Airflow is not installed: use KeyRing.from_env or from_json") from None
         try:
             conn = BaseHook.get_connection(conn_id)
-        except Exception as err:  # any failed look-up means: no key, fail closed
+        except Exception as err:  # noqa: BLE001 - any failed look-up means: no key, fail closed
             # Only the type: a secrets backend's message may quote the connection it failed to parse.
             raise KeyUnavailableError(f"key ring connection {conn_id!r} is not available "
                                       f"({type(err).__name__})") from None

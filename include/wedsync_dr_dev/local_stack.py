@@ -612,8 +612,8 @@ def migrate_airflow_db(state: StackState) -> None:
     if migrate.returncode:
         raise StackError(f"airflow db migrate failed: {migrate.stderr.strip()[-2000:]}")
     # The policy's pools (a task in a pool that does not exist is never scheduled), in that same DB.
-    pools = subprocess.run([sys.executable, "-c", "from wedsync_dr import local_stack, policy; "
-                            "local_stack.ensure_pools(policy.load_policy())"], env=env, capture_output=True, text=True)
+    pools = subprocess.run([sys.executable, "-c", "from wedsync_dr import policy, pools; "
+                            "pools.ensure_pools(policy.load_policy())"], env=env, capture_output=True, text=True)
     if pools.returncode:
         raise StackError(f"creating the policy's pools failed: {pools.stderr.strip()[-2000:]}")
 
@@ -649,15 +649,6 @@ def start_airflow(state: StackState, port: int | None = None, dags_paused: bool 
     _wait_until(lambda: _http_ok(f"{base_url}/api/v2/monitor/health"), "Airflow API server", 120,
                 Path(state.services["airflow-api-server"].log))
     return base_url
-
-
-def ensure_pools(policy) -> None:
-    """Create or resize the policy's Airflow pools (in the metadata DB this process is configured for)."""
-    from airflow.models.pool import Pool
-
-    for name, spec in policy.pools.items():
-        Pool.create_or_update_pool(name, slots=spec["slots"], description=spec.get("description", ""),
-                                   include_deferred=False)
 
 
 def stop(directory: Path = DEFAULT_STACK_DIR) -> list[str]:
