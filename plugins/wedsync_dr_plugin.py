@@ -250,11 +250,10 @@ def _status_app():
                              run_id: str | None = None, limit: int = Query(20, ge=1, le=500)) -> list[dict]:
         """Verdicts of backup_verify runs, newest first: per cloud ok, objects read, problems."""
         from wedsync_dr import catalog
-        from wedsync_dr.verification import verifications
 
         with catalog.connect() as conn:
-            return verifications(conn, backup_id=backup_id, data_class=data_class, cloud=cloud, run_id=run_id,
-                                 limit=limit)
+            return catalog.verifications(conn, backup_id=backup_id, data_class=data_class, cloud=cloud,
+                                         run_id=run_id, limit=limit)
 
     return app
 

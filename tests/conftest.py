@@ -6,11 +6,8 @@ The stack (PostgreSQL + S3/Azure/GCS emulators) lives in `.local/test/stack`, ap
 
 from __future__ import annotations
 
-import json
 import os
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -85,26 +82,11 @@ def airflow_db(stack):
     ensure_pools(load_policy())
 
 
-def run_dag(dag, conf: dict | None = None):
-    """dag.test() returns the DagRun (it does not raise when a task fails): the caller asserts its state."""
-    return dag.test(run_conf=conf)
-
-
-def http_json(method: str, url: str, body: dict | None = None, token: str | None = None) -> tuple[int, dict]:
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, json.loads(response.read() or b"{}")
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read() or b"{}")
-
-
 @pytest.fixture(scope="module")
 def airflow_api(stack, demo_data, airflow_db):
     """Airflow's components against the test stack (metadata in its PostgreSQL), for this module only."""
+    from tests.helpers import http_json  # here: helpers import the product, after Airflow's settings above
+
     # Scheduled backups stay paused: only the DAGs a test drives run, and nothing runs behind its back.
     url = local_stack.start_airflow(stack, port=local_stack.free_port(), dags_paused=True)
     status, body = http_json("POST", f"{url}/auth/token",

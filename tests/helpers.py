@@ -3,16 +3,77 @@
 from __future__ import annotations
 
 import datetime as dt
+import io
+import json
 import os
 import re
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
+
+import psycopg
 
 from wedsync_dr import backup, catalog, crypto
 from wedsync_dr.policy import DataClass, Policy
 from wedsync_dr.storage import ObjectStore
+from wedsync_dr_dev import local_stack
+
+
+def run_dag(dag, conf: dict | None = None):
+    """dag.test() returns the DagRun (it does not raise when a task fails): the caller asserts its state."""
+    return dag.test(run_conf=conf)
+
+
+def http_json(method: str, url: str, body: dict | None = None, token: str | None = None) -> tuple[int, dict]:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}")
+
+
+def sdk_get(stack, cloud: str, key: str) -> bytes:
+    """Read an object with the cloud's own SDK (not the product's storage layer)."""
+    if cloud == "aws":
+        return local_stack.sdk_s3(stack).get_object(Bucket=local_stack.BUCKET, Key=key)["Body"].read()
+    if cloud == "azure":
+        return local_stack.sdk_azure_container(stack).get_blob_client(key).download_blob().readall()
+    return local_stack.sdk_gcs_bucket(stack).blob(key).download_as_bytes()
+
+
+def sdk_put(stack, cloud: str, key: str, data: bytes) -> None:
+    if cloud == "aws":
+        local_stack.sdk_s3(stack).put_object(Bucket=local_stack.BUCKET, Key=key, Body=data)
+    elif cloud == "azure":
+        local_stack.sdk_azure_container(stack).get_blob_client(key).upload_blob(data, overwrite=True)
+    else:
+        local_stack.sdk_gcs_bucket(stack).blob(key).upload_from_string(data)
+
+
+def owner_connection(stack) -> psycopg.Connection:
+    return psycopg.connect(stack.role_url(local_stack.OWNER_ROLE, local_stack.SOURCE_DB))
+
+
+def fresh_copy(conn, sql: str) -> bytes:
+    buffer = io.BytesIO()
+    with conn.cursor() as cur, cur.copy(sql) as copy:
+        for chunk in copy:
+            buffer.write(chunk)
+    return buffer.getvalue()
+
+
+def latest_backup(catalog_conn, data_class: str) -> dict:
+    backup_id = catalog_conn.execute(
+        "SELECT backup_id FROM backup_catalog.backups WHERE data_class = %s ORDER BY started_at DESC LIMIT 1",
+        (data_class,)).fetchone()[0]
+    return catalog.backup(catalog_conn, backup_id)
 
 
 def run_backup_steps(policy: Policy, data_class: DataClass, *, catalog_conn, key_ring: crypto.KeyRing,

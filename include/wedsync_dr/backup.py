@@ -19,27 +19,24 @@ Guarantees:
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import logging
 import os
 import secrets
 import shutil
 import time
-import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import google_crc32c
-
 from wedsync_dr import alerts, catalog, crypto, extract, format
 from wedsync_dr.format import BLOB_AD_SCOPE
 from wedsync_dr.parallel import in_parallel
 from wedsync_dr.policy import DataClass, Policy
 from wedsync_dr.storage import ObjectStore, StorageError, open_store
+from wedsync_dr.streams import CloudChecksumWriter
 
 log = logging.getLogger(__name__)
 
@@ -248,51 +245,6 @@ def _proves(store: ObjectStore, entry: dict[str, Any], key_ring: crypto.KeyRing,
 # --------------------------------------------------------------------------- encrypt
 
 
-class _ChecksumWriter:
-    """Passes ciphertext through to a file while computing every checksum a cloud may compute over the stored
-    bytes: MD5 (Azure, GCS), CRC32C (GCS), CRC32 (S3's default for a put without our checksum headers) and the
-    per-part SHA-256 of an S3 multipart upload (its composite checksum). The whole sha256 comes from the
-    encryptor's own stats. A copy is then judged by what the cloud computed, never only by our metadata."""
-
-    def __init__(self, file, part_size: int):
-        self._file = file
-        self.md5 = hashlib.md5(usedforsecurity=False)
-        self.crc32c = google_crc32c.Checksum()
-        self.crc32 = 0
-        self._part_size = part_size
-        self._part = hashlib.sha256()
-        self._part_filled = 0
-        self._part_digests: list[bytes] = []
-        self.size = 0
-
-    def write(self, data) -> int:
-        data = bytes(data)  # the C extensions take bytes only (segments arrive as memoryviews)
-        self.md5.update(data)
-        self.crc32c.update(data)
-        self.crc32 = zlib.crc32(data, self.crc32)
-        view = memoryview(data)
-        while view:
-            take = view[:self._part_size - self._part_filled]
-            self._part.update(take)
-            self._part_filled += len(take)
-            view = view[len(take):]
-            if self._part_filled == self._part_size:
-                self._part_digests.append(self._part.digest())
-                self._part, self._part_filled = hashlib.sha256(), 0
-        self.size += len(data)
-        return self._file.write(data)
-
-    def composite_sha256(self) -> str | None:
-        """S3's checksum of a multipart upload of these bytes (None when they go up in one request)."""
-        if self.size < self._part_size:  # s3transfer goes multipart from its threshold (= the part size) up
-            return None
-        digests = self._part_digests + ([self._part.digest()] if self._part_filled else [])
-        return f"{hashlib.sha256(b''.join(digests)).hexdigest()}-{len(digests)}"
-
-    def flush(self) -> None:
-        self._file.flush()
-
-
 def run_encrypt(policy: Policy, summary: dict[str, Any], key_ring: crypto.KeyRing, *,
                 workers: int = 2) -> dict[str, Any]:
     """Encrypt every staged object with its own data key; delete each plaintext as soon as it is done.
@@ -353,7 +305,7 @@ def _encrypt_one(key_ring: crypto.KeyRing, src: Path, dst: Path, ad: bytes, *, c
     data_key = key_ring.new_data_key()
     wrapped = key_ring.wrap(data_key)
     with open(src, "rb") as fin, extract.private_file(dst) as fout:
-        sink = _ChecksumWriter(fout, part_size)
+        sink = CloudChecksumWriter(fout, part_size)
         stats = crypto.encrypt_stream(fin, sink, data_key, ad, zstd_level=compress_level)
     if expected_plaintext_sha256 and stats.plaintext_sha256 != expected_plaintext_sha256:
         dst.unlink(missing_ok=True)

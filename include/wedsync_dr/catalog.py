@@ -427,3 +427,343 @@ def coalesced_emergency_run(conn, run_id: str) -> dict[str, Any] | None:
     row = conn.execute("SELECT coalesced_into FROM backup_catalog.emergency_runs WHERE run_id = %s "
                        "AND status = 'coalesced'", (run_id,)).fetchone()
     return {"into": row[0]} if row else None
+
+
+# ----------------------------------------------------------------------------- health (wedsync_dr.health)
+
+
+def record_health_check(conn, cloud: str, ok: bool, latency_ms: float, error: str | None) -> None:
+    """Store one canary result; runs inside the caller's transaction (health.record_checks)."""
+    conn.execute("INSERT INTO backup_catalog.cloud_health_checks (cloud, ok, latency_ms, error) "
+                 "VALUES (%s, %s, %s, %s)", (cloud, ok, latency_ms, error))
+
+
+def recent_check_results(conn, cloud: str, limit: int) -> list[bool]:
+    """The `ok` of a cloud's newest `limit` canary checks, newest first."""
+    return [ok for (ok,) in conn.execute(
+        "SELECT ok FROM backup_catalog.cloud_health_checks WHERE cloud = %s ORDER BY check_id DESC LIMIT %s",
+        (cloud, limit)).fetchall()]
+
+
+def recorded_health(conn, cloud: str) -> bool | None:
+    """The cloud's recorded `healthy`, or None when it was never checked."""
+    previous = conn.execute("SELECT healthy FROM backup_catalog.cloud_health WHERE cloud = %s",
+                            (cloud,)).fetchone()
+    return previous[0] if previous is not None else None
+
+
+def record_cloud_health(conn, cloud: str, healthy: bool, failures: int, latency_ms: float,
+                        error: str | None) -> None:
+    """Upsert a cloud's health state (changed_at moves only when `healthy` changes); runs inside the caller's
+    transaction (health.record_checks)."""
+    conn.execute(
+        "INSERT INTO backup_catalog.cloud_health (cloud, healthy, failures_in_a_row, last_latency_ms, "
+        "last_error, changed_at, checked_at) VALUES (%s, %s, %s, %s, %s, now(), now()) "
+        "ON CONFLICT (cloud) DO UPDATE SET healthy = EXCLUDED.healthy, failures_in_a_row = "
+        "EXCLUDED.failures_in_a_row, last_latency_ms = EXCLUDED.last_latency_ms, last_error = "
+        "EXCLUDED.last_error, checked_at = now(), changed_at = CASE WHEN backup_catalog.cloud_health.healthy "
+        "<> EXCLUDED.healthy THEN now() ELSE backup_catalog.cloud_health.changed_at END",
+        (cloud, healthy, failures, latency_ms, error))
+
+
+def unhealthy_clouds(conn) -> set[str]:
+    return {c for (c,) in conn.execute("SELECT cloud FROM backup_catalog.cloud_health WHERE NOT healthy")}
+
+
+def unhealthy_state(conn, cloud: str) -> tuple | None:
+    """(failures_in_a_row, changed_at, last_error) of the cloud when it is unhealthy, else None."""
+    return conn.execute("SELECT failures_in_a_row, changed_at, last_error FROM backup_catalog.cloud_health "
+                        "WHERE cloud = %s AND NOT healthy", (cloud,)).fetchone()
+
+
+def last_good_backup_started(conn, data_class: str) -> dt.datetime | None:
+    """When the class's newest good (validated or degraded) backup started; None when it has none."""
+    row = conn.execute(
+        "SELECT max(started_at) FROM backup_catalog.backups WHERE data_class = %s "
+        "AND status IN ('validated', 'degraded')", (data_class,)).fetchone()
+    return row[0] if row else None
+
+
+def weddings_last_good_backup(conn, wedding_ids: list[int]) -> dict[int, dt.datetime]:
+    """wedding id -> start of the newest good backup holding its bundle (weddings never backed up: absent)."""
+    return dict(conn.execute(
+        "SELECT o.wedding_id, max(b.started_at) FROM backup_catalog.backup_objects o JOIN backup_catalog.backups b "
+        "USING (backup_id) WHERE b.status IN ('validated', 'degraded') AND o.wedding_id = ANY(%s) "
+        "GROUP BY o.wedding_id", (wedding_ids,)).fetchall())
+
+
+# ----------------------------------------------------------------------------- status reads (wedsync_dr.status)
+
+BACKUP_SUMMARY_COLUMNS = "backup_id, status, started_at, finished_at, clouds_ok, clouds_failed, labels, error"
+
+
+def committed_times_by_class(conn) -> list[tuple]:
+    """(data_class, newest finish of a good backup, newest finish of a validated one) per class."""
+    return conn.execute(
+        "SELECT data_class, max(finished_at) FILTER (WHERE status IN ('validated', 'degraded')), "
+        "max(finished_at) FILTER (WHERE status = 'validated') FROM backup_catalog.backups GROUP BY data_class"
+    ).fetchall()
+
+
+def last_passed_drills(conn) -> dict[str, dt.datetime]:
+    """data class -> when its newest passing drill ran."""
+    return dict(conn.execute(
+        "SELECT data_class, max(drilled_at) FROM backup_catalog.drills WHERE ok GROUP BY data_class").fetchall())
+
+
+def last_good_backup(conn, data_class: str) -> tuple | None:
+    """The class's newest good (validated or degraded) backup as a BACKUP_SUMMARY_COLUMNS tuple, or None."""
+    return conn.execute(
+        f"SELECT {BACKUP_SUMMARY_COLUMNS} FROM backup_catalog.backups WHERE data_class = %s "
+        "AND status IN ('validated', 'degraded') ORDER BY started_at DESC LIMIT 1", (data_class,)).fetchone()
+
+
+def last_backup_attempt(conn, data_class: str) -> tuple | None:
+    """The class's newest not deleted backup, whatever its status, as a BACKUP_SUMMARY_COLUMNS tuple, or None."""
+    return conn.execute(
+        f"SELECT {BACKUP_SUMMARY_COLUMNS} FROM backup_catalog.backups WHERE data_class = %s AND status <> 'deleted' "
+        "ORDER BY started_at DESC LIMIT 1", (data_class,)).fetchone()
+
+
+def last_drill(conn, data_class: str) -> tuple | None:
+    """(drilled_at, ok, backup_id, cloud, detail) of the class's newest drill, or None."""
+    return conn.execute(
+        "SELECT drilled_at, ok, backup_id, cloud, detail FROM backup_catalog.drills WHERE data_class = %s "
+        "ORDER BY drilled_at DESC LIMIT 1", (data_class,)).fetchone()
+
+
+def degraded_backups(conn) -> list[tuple]:
+    """(backup_id, data_class, started_at, clouds_failed) of the newest 50 degraded backups, newest first."""
+    return conn.execute(
+        "SELECT backup_id, data_class, started_at, clouds_failed FROM backup_catalog.backups "
+        "WHERE status = 'degraded' ORDER BY started_at DESC LIMIT 50").fetchall()
+
+
+def cloud_health(conn) -> list[tuple]:
+    """(cloud, healthy, failures_in_a_row, last_latency_ms, checked_at, last_error) per checked cloud."""
+    return conn.execute(
+        "SELECT cloud, healthy, failures_in_a_row, last_latency_ms, checked_at, last_error "
+        "FROM backup_catalog.cloud_health ORDER BY cloud").fetchall()
+
+
+def full_verification_passes(conn, backup_ids: list[str]) -> dict[tuple[str, str], dt.datetime]:
+    """(backup id, cloud) -> newest passing verification of EVERY object of that copy, for `backup_ids`."""
+    return {(b, c): at for b, c, at in conn.execute(
+        # only a passing verification of EVERY object clears a failed one: a sample may miss the bad object
+        "SELECT backup_id, cloud, max(verified_at) FROM backup_catalog.verifications WHERE ok AND sample >= 1 "
+        "AND backup_id = ANY(%s) GROUP BY backup_id, cloud",
+        (backup_ids,))}
+
+
+def unacknowledged_alert_groups(conn, raised_after: dt.datetime) -> list[dict[str, Any]]:
+    """The newest unacknowledged warning or critical alert of each kind and subject raised after
+    `raised_after`, with the group's count and first raised_at."""
+    rows = conn.execute(
+        "SELECT DISTINCT ON (kind, subject) alert_id, raised_at, severity, kind, subject, message, backup_id, details, "
+        "count(*) OVER w, min(raised_at) OVER w FROM backup_catalog.alerts "
+        "WHERE severity <> 'info' AND acknowledged_at IS NULL AND raised_at > %s "
+        "WINDOW w AS (PARTITION BY kind, subject) ORDER BY kind, subject, alert_id DESC",
+        (raised_after,)).fetchall()
+    keys = ("alert_id", "raised_at", "severity", "kind", "subject", "message", "backup_id", "details", "count",
+            "first_raised_at")
+    return [dict(zip(keys, row, strict=True)) for row in rows]
+
+
+def recent_alerts(conn, limit: int) -> list[tuple]:
+    """(alert_id, raised_at, severity, kind, subject, message, backup_id, acknowledged_at, acknowledged_by) of
+    the newest `limit` alerts, newest first."""
+    return conn.execute(
+        "SELECT alert_id, raised_at, severity, kind, subject, message, backup_id, acknowledged_at, acknowledged_by "
+        "FROM backup_catalog.alerts ORDER BY alert_id DESC LIMIT %s", (limit,)).fetchall()
+
+
+def recent_emergency_runs(conn, limit: int) -> list[tuple]:
+    """(run_id, requested_at, finished_at, reason, requested_by, scope, classes, status, coalesced_into, clouds,
+    backup_ids) of the newest `limit` emergency runs, newest first."""
+    return conn.execute(
+        "SELECT run_id, requested_at, finished_at, reason, requested_by, scope, classes, status, coalesced_into, "
+        "clouds, backup_ids FROM backup_catalog.emergency_runs ORDER BY requested_at DESC LIMIT %s",
+        (limit,)).fetchall()
+
+
+def recent_restores(conn, limit: int) -> list[tuple]:
+    """(restore_id, restored_at, backup_id, data_class, target, wedding_id, dry_run, rows, seconds, failovers,
+    run_id) of the newest `limit` restores, newest first."""
+    return conn.execute(
+        "SELECT restore_id, restored_at, backup_id, data_class, target, wedding_id, dry_run, rows, seconds, "
+        "failovers, run_id FROM backup_catalog.restores ORDER BY restored_at DESC LIMIT %s", (limit,)).fetchall()
+
+
+def alert_kind_subject(conn, alert_id: int) -> tuple | None:
+    """(kind, subject) of an alert, or None when there is no such alert."""
+    return conn.execute("SELECT kind, subject FROM backup_catalog.alerts WHERE alert_id = %s", (alert_id,)).fetchone()
+
+
+def acknowledge_alerts(conn, by: str, kind: str, subject: str | None, up_to_alert_id: int) -> list[int]:
+    """Acknowledge the open alerts of `kind` and `subject` up to `up_to_alert_id`; returns their ids."""
+    return [a for (a,) in conn.execute(
+        "UPDATE backup_catalog.alerts SET acknowledged_at = now(), acknowledged_by = %s WHERE kind = %s "
+        "AND subject IS NOT DISTINCT FROM %s AND alert_id <= %s AND acknowledged_at IS NULL RETURNING alert_id",
+        (by, kind, subject, up_to_alert_id)).fetchall()]
+
+
+def backups_of_class(conn, data_class: str, limit: int) -> list[tuple]:
+    """(backup_id, status, started_at, clouds_ok) of the class's newest `limit` backups, newest first (the CLI's
+    `list`)."""
+    return conn.execute(
+        "SELECT backup_id, status, started_at, clouds_ok FROM backup_catalog.backups "
+        "WHERE data_class = %s ORDER BY started_at DESC LIMIT %s", (data_class, limit)).fetchall()
+
+
+# ----------------------------------------------------------------------------- restore (wedsync_dr.restore)
+
+
+def good_backup_manifest(conn, data_class: str, backup_id: str) -> dict[str, Any] | None:
+    """The manifest of a committed good (validated or degraded) backup of the class, or None."""
+    row = conn.execute(
+        "SELECT manifest FROM backup_catalog.backups WHERE backup_id = %s AND data_class = %s "
+        "AND status IN ('validated', 'degraded') AND manifest IS NOT NULL", (backup_id, data_class)).fetchone()
+    return row[0] if row else None
+
+
+def latest_good_manifest(conn, data_class: str, point_in_time: dt.datetime | None = None) -> dict[str, Any] | None:
+    """The manifest of the class's newest committed good backup (started at or before `point_in_time`, when
+    given), or None."""
+    row = conn.execute(
+        "SELECT manifest FROM backup_catalog.backups WHERE data_class = %s AND status IN ('validated', 'degraded') "
+        "AND manifest IS NOT NULL AND (%s::timestamptz IS NULL OR started_at <= %s) "
+        "ORDER BY started_at DESC LIMIT 1", (data_class, point_in_time, point_in_time)).fetchone()
+    return row[0] if row else None
+
+
+# ----------------------------------------------------------------------------- retention (wedsync_dr.retention)
+
+
+def retention_candidates(conn, prefix: str) -> list[dict[str, Any]]:
+    """The backups under the clouds' key `prefix` that retention judges (neither deleted nor running), as
+    dicts of backup_id, data_class, status, started_at, labels, retain_until, prefix, manifest."""
+    rows = conn.execute(
+        "SELECT backup_id, data_class, status, started_at, labels, retain_until, prefix, manifest "
+        "FROM backup_catalog.backups WHERE status <> 'deleted' AND status <> 'running' AND starts_with(prefix, %s)",
+        (f"{prefix}/",)).fetchall()
+    return [{"backup_id": r[0], "data_class": r[1], "status": r[2], "started_at": r[3], "labels": r[4],
+             "retain_until": r[5], "prefix": r[6], "manifest": r[7]} for r in rows]
+
+
+def mark_deleted(conn, backup_id: str) -> None:
+    conn.execute("UPDATE backup_catalog.backups SET status = 'deleted' WHERE backup_id = %s",
+                 (backup_id,))
+
+
+def running_backup_ids(conn, prefix: str, data_classes: list[str], started_after: dt.datetime) -> list[str]:
+    """Ids of the backups under `prefix` of `data_classes` still running that started after `started_after`."""
+    return [r[0] for r in conn.execute(
+        "SELECT backup_id FROM backup_catalog.backups WHERE status = 'running' AND starts_with(prefix, %s) "
+        "AND data_class = ANY(%s) AND started_at > %s",
+        (f"{prefix}/", data_classes, started_after)).fetchall()]
+
+
+# ----------------------------------------------------------------------------- repair (wedsync_dr.repair)
+
+
+def record_repair_status(conn, backup_id: str, status: str, clouds_ok: list[str], clouds_failed: list[str]) -> None:
+    """A repaired backup's status and clouds; runs inside the caller's transaction (with its record_copy calls)."""
+    conn.execute(
+        "UPDATE backup_catalog.backups SET status = %s, clouds_ok = %s, clouds_failed = %s "
+        "WHERE backup_id = %s",
+        (status, clouds_ok, clouds_failed, backup_id))
+
+
+# ----------------------------------------------------------------------------- drills (wedsync_dr.drill)
+
+
+def drill_count(conn, data_class: str) -> int:
+    return conn.execute("SELECT count(*) FROM backup_catalog.drills WHERE data_class = %s",
+                        (data_class,)).fetchone()[0]
+
+
+def recent_good_manifests(conn, data_class: str, limit: int) -> list[tuple]:
+    """(manifest, clouds_ok) of the class's newest `limit` committed good backups, newest first."""
+    return conn.execute(
+        "SELECT manifest, clouds_ok FROM backup_catalog.backups WHERE data_class = %s AND manifest IS NOT NULL "
+        "AND status IN ('validated', 'degraded') ORDER BY started_at DESC LIMIT %s", (data_class, limit)).fetchall()
+
+
+def record_drill(conn, data_class: str, backup_id: str, cloud: str, ok: bool, seconds: float, rows: int,
+                 detail: str) -> None:
+    conn.execute(
+        "INSERT INTO backup_catalog.drills (data_class, backup_id, cloud, ok, seconds, rows, detail) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s)", (data_class, backup_id, cloud, ok, seconds, rows, detail))
+
+
+# ----------------------------------------------------------------------------- emergency claims (wedsync_dr.emergency)
+
+
+def claim_emergency_scope(conn, key: str, run_id: str, reason: str, ttl: dt.timedelta) -> str | None:
+    """Claim `key` for `run_id` (claims older than `ttl` are dropped first), in one transaction serialised by
+    an advisory lock; returns the run id already holding it (its claim records the coalesced request) or None
+    (we hold it)."""
+    import json
+
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext('wedsync_dr.emergency'))")
+        conn.execute("DELETE FROM backup_catalog.emergency_claims WHERE claimed_at < now() - %s", (ttl,))
+        holder = conn.execute(
+            "SELECT run_id FROM backup_catalog.emergency_claims WHERE (scope_key = %s OR scope_key = 'all') "
+            "AND run_id <> %s ORDER BY claimed_at LIMIT 1", (key, run_id)).fetchone()
+        if holder:
+            conn.execute("UPDATE backup_catalog.emergency_claims SET coalesced = coalesced || %s::jsonb "
+                         "WHERE run_id = %s", (json.dumps([{"run_id": run_id, "reason": reason}]), holder[0]))
+            return holder[0]
+        conn.execute("INSERT INTO backup_catalog.emergency_claims (scope_key, run_id, reason) VALUES (%s, %s, %s) "
+                     "ON CONFLICT (run_id) DO NOTHING", (key, run_id, reason))
+    return None
+
+
+def release_emergency_claim(conn, run_id: str) -> None:
+    conn.execute("DELETE FROM backup_catalog.emergency_claims WHERE run_id = %s", (run_id,))
+
+
+# ----------------------------------------------------------------------------- verifications (wedsync_dr.verification)
+
+
+def latest_good_committed_backup_id(conn, data_class: str) -> str | None:
+    """Id of the class's newest committed good (validated or degraded) backup, or None."""
+    row = conn.execute(
+        "SELECT backup_id FROM backup_catalog.backups WHERE data_class = %s AND status IN ('validated', "
+        "'degraded') AND manifest IS NOT NULL ORDER BY started_at DESC LIMIT 1", (data_class,)).fetchone()
+    return row[0] if row else None
+
+
+def record_verification(conn, result: dict[str, Any]) -> int:
+    """Store a verdict (verification.verify_copy's result, its problems already cut to PROBLEMS_KEPT); returns
+    its verification_id."""
+    row = conn.execute(
+        "INSERT INTO backup_catalog.verifications (backup_id, data_class, cloud, ok, sample, seed, objects_read, "
+        "objects_total, problem_count, problems, seconds, dag_id, run_id) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING verification_id",
+        (result["backup_id"], result["data_class"], result["cloud"], result["ok"], result["sample"], result["seed"],
+         result["objects_read"], result["objects_total"], result["problem_count"],
+         Jsonb(result["problems"]), result["seconds"], result.get("dag_id"),
+         result.get("run_id"))).fetchone()
+    return row[0]
+
+
+_VERIFICATION_COLUMNS = ("verification_id", "verified_at", "backup_id", "data_class", "cloud", "ok", "sample",
+                         "seed", "objects_read", "objects_total", "problem_count", "problems", "seconds", "dag_id",
+                         "run_id")
+
+
+def verifications(conn, *, backup_id: str | None = None, data_class: str | None = None, cloud: str | None = None,
+                  run_id: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+    """Recorded verdicts, newest first, optionally narrowed (verified_at as ISO 8601)."""
+    rows = conn.execute(
+        f"SELECT {', '.join(_VERIFICATION_COLUMNS)} FROM backup_catalog.verifications "
+        "WHERE (%(b)s::text IS NULL OR backup_id = %(b)s) AND (%(d)s::text IS NULL OR data_class = %(d)s) "
+        "AND (%(c)s::text IS NULL OR cloud = %(c)s) AND (%(r)s::text IS NULL OR run_id = %(r)s) "
+        "ORDER BY verification_id DESC LIMIT %(n)s",
+        {"b": backup_id, "d": data_class, "c": cloud, "r": run_id, "n": limit}).fetchall()
+    found = [dict(zip(_VERIFICATION_COLUMNS, row, strict=True)) for row in rows]
+    for item in found:
+        item["verified_at"] = item["verified_at"].isoformat()
+    return found

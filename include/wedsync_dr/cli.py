@@ -70,7 +70,7 @@ def _catalog(args: argparse.Namespace):
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from wedsync_dr import report
+    from wedsync_dr import catalog, report
 
     policy, stores, _ = _product(args)
     classes = [args.data_class] if args.data_class else sorted(policy.data_classes)
@@ -84,9 +84,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     else:
         with _catalog(args) as conn:
             for name in classes:
-                for backup_id, status, started, clouds in conn.execute(
-                        "SELECT backup_id, status, started_at, clouds_ok FROM backup_catalog.backups "
-                        "WHERE data_class = %s ORDER BY started_at DESC LIMIT %s", (name, args.limit)):
+                for backup_id, status, started, clouds in catalog.backups_of_class(conn, name, args.limit):
                     rows.append([name, backup_id, status, ",".join(clouds) or "-", f"{started:%Y-%m-%d %H:%M:%S}"])
     headers = ["class", "backup id", "status", "clouds"] + ([] if args.from_cloud else ["started (UTC)"])
     print(report.table(headers, rows))

@@ -28,11 +28,10 @@ ASSET_SAMPLE = 0.2
 
 def choose(catalog_conn, policy: Policy, data_class: str) -> tuple[dict[str, Any] | None, str]:
     """(the backup to drill, the cloud to read it from), rotating by how many drills the class has had."""
-    count = catalog_conn.execute("SELECT count(*) FROM backup_catalog.drills WHERE data_class = %s",
-                                 (data_class,)).fetchone()[0]
-    rows = catalog_conn.execute(
-        "SELECT manifest, clouds_ok FROM backup_catalog.backups WHERE data_class = %s AND manifest IS NOT NULL "
-        "AND status IN ('validated', 'degraded') ORDER BY started_at DESC LIMIT %s", (data_class, RECENT)).fetchall()
+    from wedsync_dr import catalog
+
+    count = catalog.drill_count(catalog_conn, data_class)
+    rows = catalog.recent_good_manifests(catalog_conn, data_class, RECENT)
     if not rows:
         return None, ""
     manifest, clouds_ok = rows[count % len(rows)]
@@ -42,7 +41,7 @@ def choose(catalog_conn, policy: Policy, data_class: str) -> tuple[dict[str, Any
 
 def drill_class(policy: Policy, data_class: str, catalog_conn, stores: dict[str, ObjectStore],
                 key_ring: crypto.KeyRing, db_connect, seed: int | None = None) -> dict[str, Any]:
-    from wedsync_dr import alerts
+    from wedsync_dr import alerts, catalog
     from wedsync_dr.requests import RestoreError
     from wedsync_dr.restore import restore_tables, verify_backup
 
@@ -79,9 +78,7 @@ def drill_class(policy: Policy, data_class: str, catalog_conn, stores: dict[str,
     except Exception as err:  # noqa: BLE001 - a failed drill is a result to record and alert on
         ok, detail = False, f"{type(err).__name__}: {err}"
     seconds = time.monotonic() - started
-    catalog_conn.execute(
-        "INSERT INTO backup_catalog.drills (data_class, backup_id, cloud, ok, seconds, rows, detail) "
-        "VALUES (%s, %s, %s, %s, %s, %s, %s)", (data_class, manifest["backup_id"], cloud, ok, seconds, rows, detail))
+    catalog.record_drill(catalog_conn, data_class, manifest["backup_id"], cloud, ok, seconds, rows, detail)
     if not ok:
         alerts.alert(severity="critical", kind="drill_failed", subject=data_class, backup_id=manifest["backup_id"],
                      message=f"restore drill of {manifest['backup_id']} from {cloud} FAILED: {detail}",

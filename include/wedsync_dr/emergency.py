@@ -130,20 +130,12 @@ def scope_key(request: dict[str, Any]) -> str:
 
 def claim_scope(conn, key: str, run_id: str, reason: str) -> str | None:
     """Claim `key` for `run_id`; returns the run id already holding it (coalesce) or None (we hold it)."""
-    with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(hashtext('wedsync_dr.emergency'))")
-        conn.execute("DELETE FROM backup_catalog.emergency_claims WHERE claimed_at < now() - %s", (CLAIM_TTL,))
-        holder = conn.execute(
-            "SELECT run_id FROM backup_catalog.emergency_claims WHERE (scope_key = %s OR scope_key = 'all') "
-            "AND run_id <> %s ORDER BY claimed_at LIMIT 1", (key, run_id)).fetchone()
-        if holder:
-            conn.execute("UPDATE backup_catalog.emergency_claims SET coalesced = coalesced || %s::jsonb "
-                         "WHERE run_id = %s", (json.dumps([{"run_id": run_id, "reason": reason}]), holder[0]))
-            return holder[0]
-        conn.execute("INSERT INTO backup_catalog.emergency_claims (scope_key, run_id, reason) VALUES (%s, %s, %s) "
-                     "ON CONFLICT (run_id) DO NOTHING", (key, run_id, reason))
-    return None
+    from wedsync_dr import catalog
+
+    return catalog.claim_emergency_scope(conn, key, run_id, reason, CLAIM_TTL)
 
 
 def release_scope(conn, run_id: str) -> None:
-    conn.execute("DELETE FROM backup_catalog.emergency_claims WHERE run_id = %s", (run_id,))
+    from wedsync_dr import catalog
+
+    catalog.release_emergency_claim(conn, run_id)

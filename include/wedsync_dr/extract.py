@@ -35,6 +35,7 @@ from typing import Any, BinaryIO
 import zstandard
 
 from wedsync_dr.policy import DataClass, Policy
+from wedsync_dr.streams import LimitedReader
 
 log = logging.getLogger(__name__)
 
@@ -437,28 +438,9 @@ def read_bundle(stream: BinaryIO) -> Iterable[tuple[dict[str, Any], BinaryIO]]:
         if not line:
             return
         header = json.loads(line)
-        section = _LimitedReader(stream, header["bytes"])
+        section = LimitedReader(stream, header["bytes"])
         yield header, section
         section.drain()
-
-
-class _LimitedReader:
-    def __init__(self, stream: BinaryIO, remaining: int):
-        self._stream, self.remaining = stream, remaining
-
-    def read(self, size: int = -1) -> bytes:
-        if self.remaining <= 0:
-            return b""
-        size = self.remaining if size < 0 else min(size, self.remaining)
-        data = self._stream.read(size)
-        if not data:
-            raise ValueError("bundle section is truncated")
-        self.remaining -= len(data)
-        return data
-
-    def drain(self) -> None:
-        while self.read(COPY_CHUNK_TARGET):
-            pass
 
 
 # --------------------------------------------------------------------------- assets

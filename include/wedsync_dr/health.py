@@ -50,31 +50,22 @@ def canary(store: ObjectStore, policy: Policy) -> CanaryResult:
 
 def record_checks(conn, results: list[CanaryResult]) -> dict[str, dict[str, Any]]:
     """Store the results; returns per cloud {healthy, changed, failures_in_a_row}."""
+    from wedsync_dr import catalog
+
     states = {}
     with conn.transaction():
         for r in results:
-            conn.execute("INSERT INTO backup_catalog.cloud_health_checks (cloud, ok, latency_ms, error) "
-                         "VALUES (%s, %s, %s, %s)", (r.cloud, r.ok, r.latency_ms, r.error or None))
-            recent = [ok for (ok,) in conn.execute(
-                "SELECT ok FROM backup_catalog.cloud_health_checks WHERE cloud = %s ORDER BY check_id DESC LIMIT %s",
-                (r.cloud, UNHEALTHY_AFTER)).fetchall()]
+            catalog.record_health_check(conn, r.cloud, r.ok, r.latency_ms, r.error or None)
+            recent = catalog.recent_check_results(conn, r.cloud, UNHEALTHY_AFTER)
             failures = 0
             for ok in recent:
                 if ok:
                     break
                 failures += 1
             healthy = failures < UNHEALTHY_AFTER
-            previous = conn.execute("SELECT healthy FROM backup_catalog.cloud_health WHERE cloud = %s",
-                                    (r.cloud,)).fetchone()
-            changed = previous is not None and previous[0] != healthy
-            conn.execute(
-                "INSERT INTO backup_catalog.cloud_health (cloud, healthy, failures_in_a_row, last_latency_ms, "
-                "last_error, changed_at, checked_at) VALUES (%s, %s, %s, %s, %s, now(), now()) "
-                "ON CONFLICT (cloud) DO UPDATE SET healthy = EXCLUDED.healthy, failures_in_a_row = "
-                "EXCLUDED.failures_in_a_row, last_latency_ms = EXCLUDED.last_latency_ms, last_error = "
-                "EXCLUDED.last_error, checked_at = now(), changed_at = CASE WHEN backup_catalog.cloud_health.healthy "
-                "<> EXCLUDED.healthy THEN now() ELSE backup_catalog.cloud_health.changed_at END",
-                (r.cloud, healthy, failures, r.latency_ms, r.error or None))
+            previous = catalog.recorded_health(conn, r.cloud)
+            changed = previous is not None and previous != healthy
+            catalog.record_cloud_health(conn, r.cloud, healthy, failures, r.latency_ms, r.error or None)
             states[r.cloud] = {"healthy": healthy, "changed": changed, "failures_in_a_row": failures,
                                "latency_ms": round(r.latency_ms, 1), "error": r.error}
     return states
@@ -82,7 +73,9 @@ def record_checks(conn, results: list[CanaryResult]) -> dict[str, dict[str, Any]
 
 def healthy_clouds(conn, policy: Policy) -> list[str]:
     """Clouds not known to be unhealthy, in policy order (a cloud never checked counts as healthy)."""
-    unhealthy = {c for (c,) in conn.execute("SELECT cloud FROM backup_catalog.cloud_health WHERE NOT healthy")}
+    from wedsync_dr import catalog
+
+    unhealthy = catalog.unhealthy_clouds(conn)
     return [c for c in policy.cloud_names if c not in unhealthy]
 
 
@@ -99,8 +92,9 @@ def healthy_clouds_if_known(policy: Policy, connect) -> list[str]:
 
 def unhealthy_reason(conn, cloud: str) -> str | None:
     """Why uploads should not wait on this cloud now, or None when it is healthy (or never checked)."""
-    row = conn.execute("SELECT failures_in_a_row, changed_at, last_error FROM backup_catalog.cloud_health "
-                       "WHERE cloud = %s AND NOT healthy", (cloud,)).fetchone()
+    from wedsync_dr import catalog
+
+    row = catalog.unhealthy_state(conn, cloud)
     if row is None:
         return None
     failures, since, error = row
@@ -121,13 +115,13 @@ class RpoBreach:
 
 
 def rpo_breaches(catalog_conn, source_conn, policy: Policy, now: dt.datetime | None = None) -> list[RpoBreach]:
+    from wedsync_dr import catalog
+
     now = now or dt.datetime.now(dt.UTC)
     breaches = []
     for name, data_class in policy.data_classes.items():
-        row = catalog_conn.execute(
-            "SELECT max(started_at) FROM backup_catalog.backups WHERE data_class = %s "
-            "AND status IN ('validated', 'degraded')", (name,)).fetchone()
-        age = (now - row[0]).total_seconds() / 60 if row and row[0] else None
+        started = catalog.last_good_backup_started(catalog_conn, name)
+        age = (now - started).total_seconds() / 60 if started else None
         if age is None or age > data_class.rpo_minutes:
             breaches.append(RpoBreach(name, age, data_class.rpo_minutes))
         if data_class.kind != "wedding_bundles":
@@ -136,10 +130,7 @@ def rpo_breaches(catalog_conn, source_conn, policy: Policy, now: dt.datetime | N
             f"SELECT wedding_id FROM {policy.source_schema}.weddings WHERE wedding_date BETWEEN "
             "(now() AT TIME ZONE 'UTC')::date AND (now() AT TIME ZONE 'UTC')::date + %s AND status <> 'cancelled'",
             (data_class.window_days,))]
-        last = dict(catalog_conn.execute(
-            "SELECT o.wedding_id, max(b.started_at) FROM backup_catalog.backup_objects o JOIN backup_catalog.backups b "
-            "USING (backup_id) WHERE b.status IN ('validated', 'degraded') AND o.wedding_id = ANY(%s) "
-            "GROUP BY o.wedding_id", (critical,)).fetchall())
+        last = catalog.weddings_last_good_backup(catalog_conn, critical)
         for wid in critical:
             age = (now - last[wid]).total_seconds() / 60 if wid in last else None
             if age is None or age > data_class.rpo_minutes:

@@ -184,13 +184,8 @@ def run(policy, catalog_conn, stores: dict[str, ObjectStore], *, only_degraded: 
         status = "validated" if len(result.clouds_ok) == len(stores) else "degraded"
         with catalog_conn.transaction():
             for cloud, (copy_status, detail) in copies.items():
-                catalog_conn.execute(
-                    "INSERT INTO backup_catalog.backup_copies (backup_id, cloud, status, detail) "
-                    "VALUES (%s, %s, %s, %s) ON CONFLICT (backup_id, cloud) DO UPDATE SET status = EXCLUDED.status, "
-                    "detail = EXCLUDED.detail, checked_at = now()", (backup_id, cloud, copy_status, detail))
-            catalog_conn.execute(
-                "UPDATE backup_catalog.backups SET status = %s, clouds_ok = %s, clouds_failed = %s "
-                "WHERE backup_id = %s",
-                (status, sorted(result.clouds_ok), sorted(set(stores) - set(result.clouds_ok)), backup_id))
+                catalog.record_copy(catalog_conn, backup_id, cloud, copy_status, detail)
+            catalog.record_repair_status(catalog_conn, backup_id, status, sorted(result.clouds_ok),
+                                         sorted(set(stores) - set(result.clouds_ok)))
         results.append(result)
     return results

@@ -17,7 +17,6 @@ Targets:
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import logging
 import os
@@ -31,6 +30,7 @@ from wedsync_dr import crypto, extract, format
 from wedsync_dr.policy import Policy
 from wedsync_dr.requests import _BACKUP_TS, InvalidRequest, RestoreError, RestoreRequest, default_target
 from wedsync_dr.storage import ObjectStore, StorageError
+from wedsync_dr.streams import FilteredLines, HashingReader, lines
 
 log = logging.getLogger(__name__)
 
@@ -60,16 +60,11 @@ def backup_time(backup_id: str) -> dt.datetime:
 def resolve_from_catalog(catalog_conn, data_class: str, backup_id: str = "latest",
                          point_in_time: dt.datetime | None = None) -> dict[str, Any] | None:
     """The manifest of the wanted backup, from the catalog (None when the catalog does not know it)."""
+    from wedsync_dr import catalog
+
     if backup_id != "latest":
-        row = catalog_conn.execute(
-            "SELECT manifest FROM backup_catalog.backups WHERE backup_id = %s AND data_class = %s "
-            "AND status IN ('validated', 'degraded') AND manifest IS NOT NULL", (backup_id, data_class)).fetchone()
-    else:
-        row = catalog_conn.execute(
-            "SELECT manifest FROM backup_catalog.backups WHERE data_class = %s AND status IN ('validated', 'degraded') "
-            "AND manifest IS NOT NULL AND (%s::timestamptz IS NULL OR started_at <= %s) "
-            "ORDER BY started_at DESC LIMIT 1", (data_class, point_in_time, point_in_time)).fetchone()
-    return row[0] if row else None
+        return catalog.good_backup_manifest(catalog_conn, data_class, backup_id)
+    return catalog.latest_good_manifest(catalog_conn, data_class, point_in_time)
 
 
 def list_manifest_keys(store: ObjectStore, policy: Policy, data_class: str) -> list[str]:
@@ -129,32 +124,6 @@ def cloud_order(stores: dict[str, ObjectStore], preferred: str = "auto", healthy
 # ----------------------------------------------------------------------------- reading one object
 
 
-class _HashingReader:
-    """A file-like that computes sha256 and size of what passes through: the ciphertext as it is
-    downloaded, and the plaintext as it is loaded, each checked against the manifest at the end."""
-
-    def __init__(self, stream: BinaryIO):
-        self._stream = stream
-        self.sha256 = hashlib.sha256()
-        self.size = 0
-
-    def _seen(self, data: bytes) -> bytes:
-        self.sha256.update(data)
-        self.size += len(data)
-        return data
-
-    def read(self, n: int = -1) -> bytes:
-        return self._seen(self._stream.read(n))
-
-    def readline(self) -> bytes:
-        return self._seen(self._stream.readline())
-
-    def readinto(self, buffer) -> int:
-        data = self.read(len(buffer))
-        buffer[:len(data)] = data
-        return len(data)
-
-
 def _data_key(entry: dict[str, Any], key_ring: crypto.KeyRing):
     return key_ring.unwrap(crypto.WrappedKey.from_manifest(entry["encryption"]), object_name=entry["key"])
 
@@ -183,10 +152,10 @@ def with_failover(entry: dict[str, Any], order: list[str], stores: dict[str, Obj
         started = time.monotonic()
         try:
             with stores[cloud].open_read(entry["key"]) as raw:
-                verifier = _HashingReader(raw)
+                verifier = HashingReader(raw)
                 plaintext = crypto.decrypting_reader(verifier, data_key, ad, object_name=entry["key"],
                                                      decompress=entry["compression"] == "zstd")
-                checked = _HashingReader(plaintext)
+                checked = HashingReader(plaintext)
                 if savepoint is None:
                     result = _consume_and_verify(entry, consume, checked, verifier, key_ring)
                 else:
@@ -206,7 +175,7 @@ class IntegrityError(RuntimeError):
     pass
 
 
-def _consume_and_verify(entry, consume, checked: _HashingReader, verifier: _HashingReader,
+def _consume_and_verify(entry, consume, checked: HashingReader, verifier: HashingReader,
                         key_ring: crypto.KeyRing):
     result = consume(checked)
     while checked.read(1 << 20):  # anything the consumer left unread still has to be verified
@@ -378,7 +347,7 @@ def _load_table(conn, schema: str, entry: dict[str, Any], stream: BinaryIO, wedd
     position = entry["columns"].index("wedding_id")
     wanted = str(wedding_id).encode()
     return copy_into(conn, schema, entry["source"], entry["columns"],
-                     _FilteredRows(stream, lambda row: row.split(b"\t")[position] == wanted))
+                     FilteredLines(stream, lambda row: row.split(b"\t")[position] == wanted))
 
 
 def _copy_one_wedding(conn, schema: str, entry: dict[str, Any], stream: BinaryIO, wedding_id: int) -> int:
@@ -399,26 +368,6 @@ def _copy_one_wedding(conn, schema: str, entry: dict[str, Any], stream: BinaryIO
         rows = cur.rowcount
     conn.execute(f"DROP TABLE {holding}")
     return rows
-
-
-class _FilteredRows:
-    """COPY text rows passing a predicate (one wedding's rows of a whole-table object)."""
-
-    def __init__(self, stream: BinaryIO, keep: Callable[[bytes], bool]):
-        self._stream, self._keep, self._tail = stream, keep, b""
-
-    def read(self, n: int = -1) -> bytes:
-        while True:
-            chunk = self._stream.read(1 << 20)
-            data = self._tail + chunk
-            if not chunk:
-                self._tail = b""
-                return data if data and self._keep(data.rstrip(b"\n")) else b""
-            lines = data.split(b"\n")
-            self._tail = lines.pop()
-            kept = [line + b"\n" for line in lines if self._keep(line)]
-            if kept:
-                return b"".join(kept)
 
 
 def _load_bundle(conn, schema: str, stream: BinaryIO) -> dict[str, int]:
@@ -524,7 +473,7 @@ def restore_assets(manifest: dict[str, Any], stores: dict[str, ObjectStore], key
     report = RestoreReport(manifest["backup_id"], manifest["data_class"], str(target_dir), dry_run, wedding_id)
     index_entry = next(o for o in format.data_objects(manifest) if o["source"] == "asset-index")
     index, attempts = with_failover(index_entry, order, stores, key_ring,
-                                    lambda s: [json.loads(line) for line in _lines(s)],
+                                    lambda s: [json.loads(line) for line in lines(s)],
                                     backup_id=manifest["backup_id"])
     _record_attempts(report, index_entry, attempts)
     if wedding_id is not None:
@@ -564,17 +513,6 @@ def restore_assets(manifest: dict[str, Any], stores: dict[str, ObjectStore], key
     report.rows["files"] = len(targets)
     report.seconds = time.monotonic() - started
     return report
-
-
-def _lines(stream: BinaryIO) -> Iterable[bytes]:
-    tail = b""
-    while chunk := stream.read(1 << 20):
-        data = tail + chunk
-        lines = data.split(b"\n")
-        tail = lines.pop()
-        yield from (line for line in lines if line)
-    if tail:
-        yield tail
 
 
 def run_restore(policy: Policy, request: RestoreRequest, *, stores: dict[str, ObjectStore],

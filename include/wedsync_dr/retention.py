@@ -134,14 +134,11 @@ def collect_garbage_blobs(policy: Policy, stores: dict[str, ObjectStore], refere
 def run(policy: Policy, catalog_conn, stores: dict[str, ObjectStore], now: dt.datetime | None = None,
         dry_run: bool = False) -> dict[str, Any]:
     """Apply the plan to the clouds and the catalog."""
+    from wedsync_dr import catalog
+
     now = now or dt.datetime.now(dt.UTC)
     # Only this policy's backups (its key prefix): a catalog may serve more than one, each with its own rules.
-    rows = catalog_conn.execute(
-        "SELECT backup_id, data_class, status, started_at, labels, retain_until, prefix, manifest "
-        "FROM backup_catalog.backups WHERE status <> 'deleted' AND status <> 'running' AND starts_with(prefix, %s)",
-        (f"{policy.prefix}/",)).fetchall()
-    backups = [{"backup_id": r[0], "data_class": r[1], "status": r[2], "started_at": r[3], "labels": r[4],
-                "retain_until": r[5], "prefix": r[6], "manifest": r[7]} for r in rows]
+    backups = catalog.retention_candidates(catalog_conn, policy.prefix)
     decided = plan(policy, backups, now)
     by_id = {b["backup_id"]: b for b in backups}
     deleted, failed = [], {}
@@ -152,24 +149,19 @@ def run(policy: Policy, catalog_conn, stores: dict[str, ObjectStore], now: dt.da
         if problems:
             failed[backup_id] = problems
             continue
-        catalog_conn.execute("UPDATE backup_catalog.backups SET status = 'deleted' WHERE backup_id = %s",
-                             (backup_id,))
+        catalog.mark_deleted(catalog_conn, backup_id)
         deleted.append(backup_id)
     referenced = {key for b in backups if b["backup_id"] in decided.keep and b["manifest"]
                   for key in format.referenced_blob_keys(b["manifest"], policy.prefix)}
     # A running assets backup may reference blobs no kept manifest names yet (it took them from the catalog,
     # or adopted them): no blob is swept while one runs; the next daily run sweeps.
-    running_assets = [r[0] for r in catalog_conn.execute(
-        "SELECT backup_id FROM backup_catalog.backups WHERE status = 'running' AND starts_with(prefix, %s) "
-        "AND data_class = ANY(%s) AND started_at > %s",
-        (f"{policy.prefix}/", [n for n, dc in policy.data_classes.items() if dc.kind == "assets"],
-         now - RUNNING_HORIZON)).fetchall()]
+    running_assets = catalog.running_backup_ids(
+        catalog_conn, policy.prefix, [n for n, dc in policy.data_classes.items() if dc.kind == "assets"],
+        now - RUNNING_HORIZON)
     if running_assets:
         log.info("blob sweep deferred: assets backup %s is running", ", ".join(running_assets))
     blobs = {} if dry_run or running_assets else collect_garbage_blobs(policy, stores, referenced, now)
     if not dry_run and not running_assets:
-        from wedsync_dr import catalog
-
         catalog.forget_unreferenced_blobs(catalog_conn, policy.prefix, referenced, now - dt.timedelta(days=1))
     return {"kept": decided.keep, "deleted": deleted, "failed": failed, "blobs_deleted": blobs,
             "planned_deletions": decided.delete}

@@ -136,9 +136,6 @@ def _iso(when: dt.datetime | None) -> str | None:
     return when.isoformat() if when else None
 
 
-_BACKUP_COLUMNS = "backup_id, status, started_at, finished_at, clouds_ok, clouds_failed, labels, error"
-
-
 def _backup_row(row, now: dt.datetime) -> dict[str, Any] | None:
     if row is None:
         return None
@@ -152,29 +149,20 @@ def collect(policy: Policy, catalog_conn, source_conn=None, now: dt.datetime | N
             task_successes: Callable[[list[str]], dict[str, dt.datetime]] | None = None) -> dict[str, Any]:
     """Everything the page shows. `task_successes` maps `<dag_id>.<task_id>` subjects to their newest
     successful end (from Airflow's metadata DB; the API server passes it) to clear `task_failed` alerts."""
-    from wedsync_dr.verification import verifications
+    from wedsync_dr import catalog
 
     now = now or dt.datetime.now(dt.UTC)
     evidence = Evidence(now=now)
-    for name, good, validated in catalog_conn.execute(
-            "SELECT data_class, max(finished_at) FILTER (WHERE status IN ('validated', 'degraded')), "
-            "max(finished_at) FILTER (WHERE status = 'validated') FROM backup_catalog.backups GROUP BY data_class"):
+    for name, good, validated in catalog.committed_times_by_class(catalog_conn):
         evidence.good_committed[name], evidence.validated_committed[name] = good, validated
-    evidence.drill_passed = dict(catalog_conn.execute(
-        "SELECT data_class, max(drilled_at) FROM backup_catalog.drills WHERE ok GROUP BY data_class").fetchall())
+    evidence.drill_passed = catalog.last_passed_drills(catalog_conn)
 
     classes = {}
     for name, data_class in sorted(policy.data_classes.items()):
-        good = catalog_conn.execute(
-            f"SELECT {_BACKUP_COLUMNS} FROM backup_catalog.backups WHERE data_class = %s "
-            "AND status IN ('validated', 'degraded') ORDER BY started_at DESC LIMIT 1", (name,)).fetchone()
-        attempt = catalog_conn.execute(
-            f"SELECT {_BACKUP_COLUMNS} FROM backup_catalog.backups WHERE data_class = %s AND status <> 'deleted' "
-            "ORDER BY started_at DESC LIMIT 1", (name,)).fetchone()
-        drill = catalog_conn.execute(
-            "SELECT drilled_at, ok, backup_id, cloud, detail FROM backup_catalog.drills WHERE data_class = %s "
-            "ORDER BY drilled_at DESC LIMIT 1", (name,)).fetchone()
-        verified = verifications(catalog_conn, data_class=name, limit=1)
+        good = catalog.last_good_backup(catalog_conn, name)
+        attempt = catalog.last_backup_attempt(catalog_conn, name)
+        drill = catalog.last_drill(catalog_conn, name)
+        verified = catalog.verifications(catalog_conn, data_class=name, limit=1)
         age = _age_minutes(good[2], now) if good else None
         classes[name] = {
             "rpo_minutes": data_class.rpo_minutes,
@@ -189,14 +177,10 @@ def collect(policy: Policy, catalog_conn, source_conn=None, now: dt.datetime | N
         }
         evidence.within_rpo[name] = classes[name]["rpo_ok"]
     degraded = [{"backup_id": b, "data_class": c, "started_at": s.isoformat(), "clouds_failed": f}
-                for b, c, s, f in catalog_conn.execute(
-                    "SELECT backup_id, data_class, started_at, clouds_failed FROM backup_catalog.backups "
-                    "WHERE status = 'degraded' ORDER BY started_at DESC LIMIT 50")]
+                for b, c, s, f in catalog.degraded_backups(catalog_conn)]
     health = {c: {"healthy": h, "failures_in_a_row": f, "latency_ms": lat, "checked_at": at.isoformat(),
                   "error": err}
-              for c, h, f, lat, at, err in catalog_conn.execute(
-                  "SELECT cloud, healthy, failures_in_a_row, last_latency_ms, checked_at, last_error "
-                  "FROM backup_catalog.cloud_health ORDER BY cloud")}
+              for c, h, f, lat, at, err in catalog.cloud_health(catalog_conn)}
     evidence.cloud_healthy = {c: h["healthy"] for c, h in health.items()}
 
     weddings = []
@@ -208,10 +192,7 @@ def collect(policy: Policy, catalog_conn, source_conn=None, now: dt.datetime | N
             f"SELECT wedding_id, wedding_date FROM {policy.source_schema}.weddings WHERE wedding_date BETWEEN "
             "(now() AT TIME ZONE 'UTC')::date AND (now() AT TIME ZONE 'UTC')::date + %s AND status <> 'cancelled' "
             "ORDER BY wedding_date, wedding_id", (bundles[0].window_days,)).fetchall()
-        last = dict(catalog_conn.execute(
-            "SELECT o.wedding_id, max(b.started_at) FROM backup_catalog.backup_objects o JOIN backup_catalog.backups b "
-            "USING (backup_id) WHERE b.status IN ('validated', 'degraded') AND o.wedding_id = ANY(%s) "
-            "GROUP BY o.wedding_id", ([w for w, _ in critical],)).fetchall())
+        last = catalog.weddings_last_good_backup(catalog_conn, [w for w, _ in critical])
         for wid, date in critical:
             age = _age_minutes(last.get(wid), now)
             weddings.append({"wedding_id": wid, "wedding_date": date.isoformat(), "last_backup_at": _iso(last.get(wid)),
@@ -219,15 +200,11 @@ def collect(policy: Policy, catalog_conn, source_conn=None, now: dt.datetime | N
                              "rpo_minutes": rpo, "rpo_ok": age is not None and age <= rpo})
             evidence.within_rpo[f"wedding:{wid}"] = weddings[-1]["rpo_ok"]
 
-    groups = _alert_groups(catalog_conn, now)
-    evidence.backup_status = dict(catalog_conn.execute(
-        "SELECT backup_id, status FROM backup_catalog.backups WHERE backup_id = ANY(%s)",
-        ([g["backup_id"] for g in groups if g["backup_id"]],)).fetchall())
-    evidence.verification_passed = {(b, c): at for b, c, at in catalog_conn.execute(
-        # only a passing verification of EVERY object clears a failed one: a sample may miss the bad object
-        "SELECT backup_id, cloud, max(verified_at) FROM backup_catalog.verifications WHERE ok AND sample >= 1 "
-        "AND backup_id = ANY(%s) GROUP BY backup_id, cloud",
-        ([g["backup_id"] for g in groups if g["kind"] == "verify_failed" and g["backup_id"]],))}
+    groups = catalog.unacknowledged_alert_groups(catalog_conn, now - ALERT_LOOKBACK)
+    evidence.backup_status = catalog.backup_statuses(catalog_conn, [g["backup_id"] for g in groups if g["backup_id"]])
+    # only a passing verification of EVERY object clears a failed one: a sample may miss the bad object
+    evidence.verification_passed = catalog.full_verification_passes(
+        catalog_conn, [g["backup_id"] for g in groups if g["kind"] == "verify_failed" and g["backup_id"]])
     failed_tasks = sorted({g["subject"] for g in groups if g["kind"] == "task_failed" and g["subject"]})
     if task_successes is not None and failed_tasks:
         evidence.task_succeeded = task_successes(failed_tasks)
@@ -238,38 +215,24 @@ def collect(policy: Policy, catalog_conn, source_conn=None, now: dt.datetime | N
               "recent_alerts": _recent_alerts(catalog_conn, now), "degraded_backups": degraded,
               "cloud_health": health, "critical_weddings": weddings, "critical_weddings_known": evidence.weddings_known,
               "emergency_runs": _emergency_runs(catalog_conn, now), "restores": _restores(catalog_conn, now),
-              "verifications": verifications(catalog_conn, limit=RECENT)}
+              "verifications": catalog.verifications(catalog_conn, limit=RECENT)}
     status["ok"], status["problems"] = overall(status)
     return status
 
 
-def _alert_groups(conn, now: dt.datetime) -> list[dict[str, Any]]:
-    """The newest unacknowledged warning or critical alert of each kind and subject, with the group's count."""
-    rows = conn.execute(
-        "SELECT DISTINCT ON (kind, subject) alert_id, raised_at, severity, kind, subject, message, backup_id, details, "
-        "count(*) OVER w, min(raised_at) OVER w FROM backup_catalog.alerts "
-        "WHERE severity <> 'info' AND acknowledged_at IS NULL AND raised_at > %s "
-        "WINDOW w AS (PARTITION BY kind, subject) ORDER BY kind, subject, alert_id DESC",
-        (now - ALERT_LOOKBACK,)).fetchall()
-    keys = ("alert_id", "raised_at", "severity", "kind", "subject", "message", "backup_id", "details", "count",
-            "first_raised_at")
-    return [dict(zip(keys, row, strict=True)) for row in rows]
-
-
 def _recent_alerts(conn, now: dt.datetime) -> list[dict[str, Any]]:
-    rows = conn.execute(
-        "SELECT alert_id, raised_at, severity, kind, subject, message, backup_id, acknowledged_at, acknowledged_by "
-        "FROM backup_catalog.alerts ORDER BY alert_id DESC LIMIT %s", (RECENT * 2,)).fetchall()
+    from wedsync_dr import catalog
+
+    rows = catalog.recent_alerts(conn, RECENT * 2)
     return [{"alert_id": a, "raised_at": at.isoformat(), "age_hours": _age_hours(at, now), "severity": s, "kind": k,
              "subject": subj, "message": m, "backup_id": b, "acknowledged_at": _iso(ack), "acknowledged_by": by}
             for a, at, s, k, subj, m, b, ack, by in rows]
 
 
 def _emergency_runs(conn, now: dt.datetime) -> list[dict[str, Any]]:
-    rows = conn.execute(
-        "SELECT run_id, requested_at, finished_at, reason, requested_by, scope, classes, status, coalesced_into, "
-        "clouds, backup_ids FROM backup_catalog.emergency_runs ORDER BY requested_at DESC LIMIT %s",
-        (RECENT,)).fetchall()
+    from wedsync_dr import catalog
+
+    rows = catalog.recent_emergency_runs(conn, RECENT)
     return [{"run_id": r, "requested_at": at.isoformat(), "age_hours": _age_hours(at, now), "finished_at": _iso(done),
              "reason": reason, "requested_by": by, "scope": scope, "classes": classes, "status": status,
              "coalesced_into": into, "clouds": clouds, "backup_ids": ids}
@@ -277,9 +240,9 @@ def _emergency_runs(conn, now: dt.datetime) -> list[dict[str, Any]]:
 
 
 def _restores(conn, now: dt.datetime) -> list[dict[str, Any]]:
-    rows = conn.execute(
-        "SELECT restore_id, restored_at, backup_id, data_class, target, wedding_id, dry_run, rows, seconds, "
-        "failovers, run_id FROM backup_catalog.restores ORDER BY restored_at DESC LIMIT %s", (RECENT,)).fetchall()
+    from wedsync_dr import catalog
+
+    rows = catalog.recent_restores(conn, RECENT)
     return [{"restore_id": i, "restored_at": at.isoformat(), "age_hours": _age_hours(at, now), "backup_id": b,
              "data_class": c, "target": t, "wedding_id": w, "dry_run": dry, "rows": n, "seconds": s,
              "failovers": len(f or []), "run_id": run}
@@ -288,13 +251,12 @@ def _restores(conn, now: dt.datetime) -> list[dict[str, Any]]:
 
 def acknowledge(conn, alert_id: int, by: str) -> list[int] | None:
     """Close an alert and the earlier open ones of its kind and subject; None when there is no such alert."""
-    row = conn.execute("SELECT kind, subject FROM backup_catalog.alerts WHERE alert_id = %s", (alert_id,)).fetchone()
+    from wedsync_dr import catalog
+
+    row = catalog.alert_kind_subject(conn, alert_id)
     if row is None:
         return None
-    return [a for (a,) in conn.execute(
-        "UPDATE backup_catalog.alerts SET acknowledged_at = now(), acknowledged_by = %s WHERE kind = %s "
-        "AND subject IS NOT DISTINCT FROM %s AND alert_id <= %s AND acknowledged_at IS NULL RETURNING alert_id",
-        (by, row[0], row[1], alert_id)).fetchall()]
+    return catalog.acknowledge_alerts(conn, by, row[0], row[1], alert_id)
 
 
 def render_html(status: dict[str, Any], refresh_seconds: int = 60) -> str:

@@ -12,8 +12,6 @@ import logging
 import time
 from typing import Any
 
-from psycopg.types.json import Jsonb
-
 from wedsync_dr import format
 from wedsync_dr.requests import InvalidRequest
 
@@ -32,12 +30,10 @@ def resolve_backup(conn, data_class: str, backup_id: str = "latest") -> dict[str
     from wedsync_dr import catalog
 
     if backup_id == "latest":
-        row = conn.execute(
-            "SELECT backup_id FROM backup_catalog.backups WHERE data_class = %s AND status IN ('validated', "
-            "'degraded') AND manifest IS NOT NULL ORDER BY started_at DESC LIMIT 1", (data_class,)).fetchone()
-        if row is None:
+        latest = catalog.latest_good_committed_backup_id(conn, data_class)
+        if latest is None:
             raise VerificationError(f"no committed {data_class} backup in the catalog")
-        backup_id = row[0]
+        backup_id = latest
     record = catalog.backup(conn, backup_id)
     if record is None:
         raise VerificationError(f"backup {backup_id} is not in the catalog (see `wedsync-dr list`)")
@@ -56,7 +52,7 @@ def objects_read(total: int, sample: float) -> int:
 def verify_copy(record: dict[str, Any], cloud: str, stores, key_ring, catalog_conn, *, sample: float, seed: int,
                 dag_id: str | None = None, run_id: str | None = None) -> dict[str, Any]:
     """Verify the backup's copy in one cloud; record the verdict; alert when the copy has problems."""
-    from wedsync_dr import alerts
+    from wedsync_dr import alerts, catalog
     from wedsync_dr.restore import verify_backup
 
     manifest = record["manifest"]
@@ -67,7 +63,7 @@ def verify_copy(record: dict[str, Any], cloud: str, stores, key_ring, catalog_co
               "ok": not problems, "sample": sample, "seed": seed, "objects_read": objects_read(total, sample),
               "objects_total": total, "problem_count": len(problems), "problems": problems[:PROBLEMS_KEPT],
               "seconds": round(time.monotonic() - started, 2), "dag_id": dag_id, "run_id": run_id}
-    result["verification_id"] = record_verification(catalog_conn, result)
+    result["verification_id"] = catalog.record_verification(catalog_conn, result)
     if problems:
         alerts.alert(severity="critical", kind="verify_failed", subject=f"{cloud}:{record['backup_id']}",
                      backup_id=record["backup_id"], details={"cloud": cloud, "problem_count": len(problems)},
@@ -77,34 +73,3 @@ def verify_copy(record: dict[str, Any], cloud: str, stores, key_ring, catalog_co
     log.info("verification of %s in %s: %s (%d of %d objects read, %.1fs)", record["backup_id"], cloud,
              "OK" if not problems else f"{len(problems)} PROBLEMS", result["objects_read"], total, result["seconds"])
     return result
-
-
-def record_verification(conn, result: dict[str, Any]) -> int:
-    row = conn.execute(
-        "INSERT INTO backup_catalog.verifications (backup_id, data_class, cloud, ok, sample, seed, objects_read, "
-        "objects_total, problem_count, problems, seconds, dag_id, run_id) "
-        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING verification_id",
-        (result["backup_id"], result["data_class"], result["cloud"], result["ok"], result["sample"], result["seed"],
-         result["objects_read"], result["objects_total"], result["problem_count"],
-         Jsonb(result["problems"][:PROBLEMS_KEPT]), result["seconds"], result.get("dag_id"),
-         result.get("run_id"))).fetchone()
-    return row[0]
-
-
-_COLUMNS = ("verification_id", "verified_at", "backup_id", "data_class", "cloud", "ok", "sample", "seed",
-            "objects_read", "objects_total", "problem_count", "problems", "seconds", "dag_id", "run_id")
-
-
-def verifications(conn, *, backup_id: str | None = None, data_class: str | None = None, cloud: str | None = None,
-                  run_id: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
-    """Recorded verdicts, newest first, optionally narrowed (verified_at as ISO 8601)."""
-    rows = conn.execute(
-        f"SELECT {', '.join(_COLUMNS)} FROM backup_catalog.verifications "
-        "WHERE (%(b)s::text IS NULL OR backup_id = %(b)s) AND (%(d)s::text IS NULL OR data_class = %(d)s) "
-        "AND (%(c)s::text IS NULL OR cloud = %(c)s) AND (%(r)s::text IS NULL OR run_id = %(r)s) "
-        "ORDER BY verification_id DESC LIMIT %(n)s",
-        {"b": backup_id, "d": data_class, "c": cloud, "r": run_id, "n": limit}).fetchall()
-    found = [dict(zip(_COLUMNS, row, strict=True)) for row in rows]
-    for item in found:
-        item["verified_at"] = item["verified_at"].isoformat()
-    return found

@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_dag
-from tests.helpers import run_backup_steps, start_killable_backup
+from tests.helpers import run_backup_steps, run_dag, start_killable_backup
 from wedsync_dr import backup, catalog, crypto, format
 from wedsync_dr.policy import load_policy
 from wedsync_dr.wiring import ops

@@ -14,10 +14,9 @@ import os
 import shutil
 from pathlib import Path
 
-import psycopg
 import pytest
 
-from tests.conftest import run_dag
+from tests.helpers import fresh_copy, latest_backup, owner_connection, run_dag, sdk_get, sdk_put
 from wedsync_dr import backup, catalog, crypto, extract, format
 from wedsync_dr.policy import load_policy
 from wedsync_dr.wiring.backup_chain import build_backup_dag
@@ -31,24 +30,6 @@ FAST_POLICY = POLICY.with_overrides(upload_retries=0, upload_retry_delay_seconds
 # ----------------------------------------------------------------------------- plain-SDK readers
 
 
-def _sdk_get(stack, cloud: str, key: str) -> bytes:
-    """Read an object with the cloud's own SDK (not the product's storage layer)."""
-    if cloud == "aws":
-        return local_stack.sdk_s3(stack).get_object(Bucket=local_stack.BUCKET, Key=key)["Body"].read()
-    if cloud == "azure":
-        return local_stack.sdk_azure_container(stack).get_blob_client(key).download_blob().readall()
-    return local_stack.sdk_gcs_bucket(stack).blob(key).download_as_bytes()
-
-
-def _sdk_put(stack, cloud: str, key: str, data: bytes) -> None:
-    if cloud == "aws":
-        local_stack.sdk_s3(stack).put_object(Bucket=local_stack.BUCKET, Key=key, Body=data)
-    elif cloud == "azure":
-        local_stack.sdk_azure_container(stack).get_blob_client(key).upload_blob(data, overwrite=True)
-    else:
-        local_stack.sdk_gcs_bucket(stack).blob(key).upload_from_string(data)
-
-
 def _decrypt(entry: dict, ciphertext: bytes, key_ring) -> bytes:
     enc = entry["encryption"]
     wrapped = crypto.WrappedKey(enc["kek_id"], base64.b64decode(enc["wrapped_key"]), enc["key_wrap"])
@@ -57,25 +38,6 @@ def _decrypt(entry: dict, ciphertext: bytes, key_ring) -> bytes:
                           base64.b64decode(enc["associated_data"]), object_name=entry["key"],
                           decompress=entry["compression"] == "zstd")
     return out.getvalue()
-
-
-def _owner(stack) -> psycopg.Connection:
-    return psycopg.connect(stack.role_url(local_stack.OWNER_ROLE, local_stack.SOURCE_DB))
-
-
-def _fresh_copy(conn, sql: str) -> bytes:
-    buffer = io.BytesIO()
-    with conn.cursor() as cur, cur.copy(sql) as copy:
-        for chunk in copy:
-            buffer.write(chunk)
-    return buffer.getvalue()
-
-
-def _latest(catalog_conn, data_class: str) -> dict:
-    backup_id = catalog_conn.execute(
-        "SELECT backup_id FROM backup_catalog.backups WHERE data_class = %s ORDER BY started_at DESC LIMIT 1",
-        (data_class,)).fetchone()[0]
-    return catalog.backup(catalog_conn, backup_id)
 
 
 @pytest.fixture(scope="module")
@@ -97,17 +59,17 @@ def test_backup_dag_copies_decrypt_to_the_source(stack, backup_env, key_ring, na
     dag = build_backup_dag(POLICY, POLICY.data_classes[name], doc_md="test")
     run = run_dag(dag)
     assert run.state == "success"
-    record = _latest(backup_env, name)
+    record = latest_backup(backup_env, name)
     assert record["status"] == "validated", record
     assert sorted(record["clouds_ok"]) == ["aws", "azure", "gcp"]
     manifest = record["manifest"]
     assert not list(Path(os.environ["WEDSYNC_STAGING_DIR"]).glob(f"{record['backup_id']}*")), "staging left behind"
 
     for cloud in ("aws", "azure", "gcp"):
-        stored_manifest = json.loads(_sdk_get(stack, cloud, f"{manifest['prefix']}/manifest.json"))
+        stored_manifest = json.loads(sdk_get(stack, cloud, f"{manifest['prefix']}/manifest.json"))
         assert stored_manifest == json.loads(json.dumps(manifest)), cloud
         for entry in format.all_entries(stored_manifest):
-            ciphertext = _sdk_get(stack, cloud, entry["key"])
+            ciphertext = sdk_get(stack, cloud, entry["key"])
             assert hashlib.sha256(ciphertext).hexdigest() == entry["ciphertext_sha256"]
             plaintext = _decrypt(entry, ciphertext, key_ring)
             if "content_id" in entry:  # a blob: its keyed content id is the only name of its plaintext
@@ -157,16 +119,16 @@ def test_backups_are_write_once_for_the_policys_immutability_days(stack, backup_
 
 def _assert_matches_source(stack, name: str, entry: dict, plaintext: bytes) -> None:
     data_class = POLICY.data_classes[name]
-    with _owner(stack) as conn:
+    with owner_connection(stack) as conn:
         if data_class.kind == "tables":
             assert entry["copy_format"] == "binary"
-            expected = _fresh_copy(conn, f"COPY wedsync.{entry['source']} TO STDOUT (FORMAT binary)")
+            expected = fresh_copy(conn, f"COPY wedsync.{entry['source']} TO STDOUT (FORMAT binary)")
             assert plaintext == expected, entry["source"]
         elif data_class.kind == "wedding_bundles":
             sections = {h["table"]: s.read() for h, s in extract.read_bundle(io.BytesIO(plaintext))}
             assert set(sections) == {t.name for t in data_class.bundle_tables}
             for spec in data_class.bundle_tables:
-                expected = _fresh_copy(conn, f"COPY (SELECT t.* FROM wedsync.{spec.name} t {spec.join} "
+                expected = fresh_copy(conn, f"COPY (SELECT t.* FROM wedsync.{spec.name} t {spec.join} "
                                              f"WHERE {spec.wedding_key} = {entry['wedding_id']} ORDER BY 1) TO STDOUT")
                 assert sorted(sections[spec.name].splitlines()) == sorted(expected.splitlines()), spec.name
         elif "content_id" in entry:
@@ -181,8 +143,8 @@ def _assert_matches_source(stack, name: str, entry: dict, plaintext: bytes) -> N
 
 
 def test_critical_weddings_are_one_bundle_per_wedding_in_the_window(stack, backup_env):
-    record = _latest(backup_env, "critical_weddings")
-    with _owner(stack) as conn:
+    record = latest_backup(backup_env, "critical_weddings")
+    with owner_connection(stack) as conn:
         expected = {r[0] for r in conn.execute(
             "SELECT wedding_id FROM wedsync.weddings WHERE wedding_date BETWEEN current_date AND current_date + 30 "
             "AND status <> 'cancelled'")}
@@ -273,7 +235,7 @@ def test_one_cloud_down_degrades_and_alerts(stack, backup_env):
     finally:
         local_stack.restart_emulator(stack, "gcs")
     assert run.state == "success"
-    record = _latest(backup_env, "vendor_data")
+    record = latest_backup(backup_env, "vendor_data")
     assert record["status"] == "degraded"
     assert sorted(record["clouds_ok"]) == ["aws", "azure"] and record["clouds_failed"] == ["gcp"]
     fired = catalog.alerts(backup_env, kind="backup_degraded", backup_id=record["backup_id"])
@@ -290,7 +252,7 @@ def test_two_clouds_down_fail_the_run_and_leave_no_manifest(stack, backup_env):
         local_stack.restart_emulator(stack, "azure")
         local_stack.restart_emulator(stack, "gcs")
     assert run.state == "failed"
-    record = _latest(backup_env, "vendor_data")
+    record = latest_backup(backup_env, "vendor_data")
     assert record["status"] == "failed" and record["manifest"] is None
     assert catalog.alerts(backup_env, kind="backup_failed", backup_id=record["backup_id"])
     for cloud, store in backup.stores(POLICY).items():
@@ -307,9 +269,9 @@ def test_validate_catches_an_object_altered_in_one_cloud(stack, backup_env, key_
         results = {c: backup.run_upload(POLICY, c, summary) for c in POLICY.cloud_names}
         encrypted = json.loads((Path(summary["staging_dir"]) / "encrypt.json").read_text())
         victim = encrypted[0]["key"]
-        tampered = bytearray(_sdk_get(stack, "azure", victim))
+        tampered = bytearray(sdk_get(stack, "azure", victim))
         tampered[len(tampered) // 2] ^= 0x01  # same size, one bit flipped
-        _sdk_put(stack, "azure", victim, bytes(tampered))
+        sdk_put(stack, "azure", victim, bytes(tampered))
         result = backup.run_validate(POLICY, summary, results, key_ring, backup_env)
     finally:
         backup.cleanup(POLICY, summary["backup_id"])
@@ -336,7 +298,7 @@ def test_an_emergency_skips_a_cloud_marked_unhealthy(stack, backup_env):
     states = {ti.task_id: ti.state for ti in run.get_task_instances()}
     assert states["vendor_data.upload_to_azure"] == "skipped"
     assert states["vendor_data.upload_to_aws"] == states["vendor_data.upload_to_gcp"] == "success"
-    record = _latest(backup_env, "vendor_data")
+    record = latest_backup(backup_env, "vendor_data")
     assert record["status"] == "degraded" and record["labels"] == ["emergency"]
     assert sorted(record["clouds_ok"]) == ["aws", "gcp"]
     assert list(backup.stores(POLICY)["azure"].list(record["prefix"] + "/")) == []

@@ -23,8 +23,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.conftest import run_dag
-from tests.helpers import run_backup_steps
+from tests.helpers import run_backup_steps, run_dag
 from wedsync_dr import backup, catalog, crypto, retention
 from wedsync_dr.policy import load_policy
 from wedsync_dr.restore import list_manifest_keys

@@ -5,17 +5,12 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-import psycopg
-
+from tests.helpers import owner_connection
 from wedsync_dr_dev import local_stack
 
 
-def _owner_conn(stack) -> psycopg.Connection:
-    return psycopg.connect(stack.role_url(local_stack.OWNER_ROLE, local_stack.SOURCE_DB))
-
-
 def test_row_counts_match_the_report(stack, demo_data):
-    with _owner_conn(stack) as conn:
+    with owner_connection(stack) as conn:
         for table, expected in demo_data.rows.items():
             assert conn.execute(f"SELECT count(*) FROM wedsync.{table}").fetchone()[0] == expected, table
     assert demo_data.rows["weddings"] == 200
@@ -24,7 +19,7 @@ def test_row_counts_match_the_report(stack, demo_data):
 
 def test_foreign_keys_hold_although_the_load_skipped_their_triggers(stack, demo_data):
     """The bulk load runs with session_replication_role=replica; prove every FK is satisfied anyway."""
-    with _owner_conn(stack) as conn:
+    with owner_connection(stack) as conn:
         fks = conn.execute("""
             SELECT con.conrelid::regclass, a.attname, con.confrelid::regclass, af.attname
             FROM pg_constraint con
@@ -40,7 +35,7 @@ def test_foreign_keys_hold_although_the_load_skipped_their_triggers(stack, demo_
 
 
 def test_a_realistic_share_of_weddings_is_critical(stack, demo_data):
-    with _owner_conn(stack) as conn:
+    with owner_connection(stack) as conn:
         critical, past, far = conn.execute("""
             SELECT count(*) FILTER (WHERE wedding_date BETWEEN current_date AND current_date + 30),
                    count(*) FILTER (WHERE wedding_date < current_date),
@@ -51,14 +46,14 @@ def test_a_realistic_share_of_weddings_is_critical(stack, demo_data):
 
 
 def test_identity_sequences_continue_after_the_loaded_ids(stack, demo_data):
-    with _owner_conn(stack) as conn, conn.transaction(force_rollback=True):
+    with owner_connection(stack) as conn, conn.transaction(force_rollback=True):
         new_id = conn.execute("INSERT INTO wedsync.clients (partner_one_name, partner_two_name, email) "
                               "VALUES ('A', 'B', 'new@example.test') RETURNING client_id").fetchone()[0]
         assert new_id == 201
 
 
 def test_updated_at_is_maintained_by_the_database(stack, demo_data):
-    with _owner_conn(stack) as conn, conn.transaction(force_rollback=True):
+    with owner_connection(stack) as conn, conn.transaction(force_rollback=True):
         before = conn.execute("SELECT updated_at FROM wedsync.weddings WHERE wedding_id = 1").fetchone()[0]
         after = conn.execute("UPDATE wedsync.weddings SET notes = 'x' WHERE wedding_id = 1 "
                              "RETURNING updated_at").fetchone()[0]
@@ -67,7 +62,7 @@ def test_updated_at_is_maintained_by_the_database(stack, demo_data):
 
 def test_asset_files_match_their_metadata(stack, demo_data):
     asset_dir = Path(local_stack.environment(stack)["WEDSYNC_ASSET_SOURCE"])
-    with _owner_conn(stack) as conn:
+    with owner_connection(stack) as conn:
         rows = conn.execute("SELECT file_path, size_bytes, sha256 FROM wedsync.photos "
                             "UNION ALL SELECT file_path, size_bytes, sha256 FROM wedsync.documents").fetchall()
     assert len(rows) == 24 == demo_data.asset_files

@@ -9,7 +9,7 @@ import urllib.request
 
 import pytest
 
-from tests.conftest import http_json as _request
+from tests.helpers import http_json as _request
 from wedsync_dr import backup, catalog
 from wedsync_dr.policy import load_policy
 

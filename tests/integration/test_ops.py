@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import http_json, run_dag
-from tests.integration.test_backup_dags import _sdk_get, _sdk_put
+from tests.helpers import http_json, run_dag, sdk_get, sdk_put
 from wedsync_dr import alerts, backup, catalog, crypto, drill, health, repair, retention
 from wedsync_dr.policy import load_policy
 from wedsync_dr.wiring.backup_chain import build_backup_dag
@@ -99,59 +98,22 @@ def test_a_drill_over_a_corrupted_copy_reports_failure(stack, ops):
     manifest, cloud = drill.choose(ops, POLICY, "vendor_data")  # what the next drill will read, and where
     originals = {}
     for entry in manifest["objects"]:
-        originals[entry["key"]] = _sdk_get(stack, cloud, entry["key"])
+        originals[entry["key"]] = sdk_get(stack, cloud, entry["key"])
         data = bytearray(originals[entry["key"]])
         data[-1] ^= 0x01
-        _sdk_put(stack, cloud, entry["key"], bytes(data))
+        sdk_put(stack, cloud, entry["key"], bytes(data))
     try:
         result = drill.drill_class(POLICY, "vendor_data", ops, backup.stores(POLICY), key_ring,
                                    catalog.db_connector("wedsync_db_owner"), seed=2)
     finally:
         for key, data in originals.items():
-            _sdk_put(stack, cloud, key, data)
+            sdk_put(stack, cloud, key, data)
     assert result["ok"] is False and result["cloud"] == cloud
     alerts = catalog.alerts(ops, kind="drill_failed")
     assert alerts and cloud in alerts[-1]["message"]
 
 
 # ----------------------------------------------------------------------------- retention
-
-
-def _history(now: dt.datetime) -> list[dict]:
-    """Hourly backups for 3 days, then one a day back 100 days, plus an old emergency one and a failed one."""
-    items = []
-    for hours in range(0, 72):
-        items.append({"backup_id": f"c-h{hours}", "data_class": "critical_weddings", "status": "validated",
-                      "started_at": now - dt.timedelta(hours=hours, minutes=5), "labels": []})
-    for days in range(3, 100):
-        items.append({"backup_id": f"c-d{days}", "data_class": "critical_weddings", "status": "validated",
-                      "started_at": now - dt.timedelta(days=days, hours=1), "labels": []})
-    items.append({"backup_id": "c-emergency-80d", "data_class": "critical_weddings", "status": "validated",
-                  "started_at": now - dt.timedelta(days=80, hours=7), "labels": ["emergency"]})
-    items.append({"backup_id": "c-failed", "data_class": "critical_weddings", "status": "failed",
-                  "started_at": now - dt.timedelta(days=2), "labels": []})
-    items.append({"backup_id": "v-only", "data_class": "vendor_data", "status": "degraded",
-                  "started_at": now - dt.timedelta(days=400), "labels": []})
-    return items
-
-
-def test_retention_keeps_exactly_what_the_policy_says():
-    now = dt.datetime(2026, 11, 22, 12, tzinfo=dt.UTC)
-    decided = retention.plan(POLICY, _history(now), now)
-    kept = set(decided.keep)
-    assert {f"c-h{h}" for h in range(48)} <= kept  # hourly_hours: 48
-    late_hourly = {f"c-h{h}" for h in range(49, 72)} & kept  # past 48 h only a day's newest stays
-    assert len(late_hourly) <= 2 and all(decided.keep[b] == ["daily"] for b in late_hourly)
-    daily = {b for b in kept if b.startswith("c-d")}
-    # one per day for 35 days (day 3's newest is an hourly backup of the same day)
-    assert {f"c-d{d}" for d in range(4, 35)} <= daily and "c-d3" in decided.delete
-    assert "c-emergency-80d" in kept and "emergency" in decided.keep["c-emergency-80d"]
-    assert "c-failed" in decided.delete
-    assert "v-only" in kept and decided.keep["v-only"] == ["newest good backup"]  # never the last one
-    assert "c-d99" in decided.delete  # older than every bucket: 12 weeks = 84 days, 12 months keeps monthly
-    monthly = [b for b, why in decided.keep.items() if why == ["monthly"]]
-    assert monthly and all(int(b[3:]) > 35 for b in monthly)
-    assert set(decided.delete).isdisjoint(kept)
 
 
 def test_retention_deletes_manifest_first_and_keeps_the_last_good_backup(stack, ops):
@@ -173,9 +135,9 @@ def test_repair_heals_a_missing_and_a_corrupted_copy(stack, ops):
     stores = backup.stores(POLICY)
     stores["gcp"].delete(first["key"])
     stores["gcp"].delete(f"{record['prefix']}/manifest.json")
-    corrupted = bytearray(_sdk_get(stack, "azure", second["key"]))
+    corrupted = bytearray(sdk_get(stack, "azure", second["key"]))
     corrupted[10] ^= 0xFF
-    _sdk_put(stack, "azure", second["key"], bytes(corrupted))
+    sdk_put(stack, "azure", second["key"], bytes(corrupted))
     ops.execute("UPDATE backup_catalog.backups SET status = 'degraded' WHERE backup_id = %s", (record["backup_id"],))
     results = repair.run(POLICY, ops, stores, only_degraded=True)
     healed = next(r for r in results if r.backup_id == record["backup_id"])
@@ -183,7 +145,7 @@ def test_repair_heals_a_missing_and_a_corrupted_copy(stack, ops):
     assert not healed.unrepairable
     assert catalog.backup(ops, record["backup_id"])["status"] == "validated"
     assert stores["gcp"].head(f"{record['prefix']}/manifest.json") is not None
-    assert _sdk_get(stack, "azure", second["key"]) == _sdk_get(stack, "aws", second["key"])
+    assert sdk_get(stack, "azure", second["key"]) == sdk_get(stack, "aws", second["key"])
 
 
 # ----------------------------------------------------------------------------- status plugin

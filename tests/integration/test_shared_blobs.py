@@ -22,8 +22,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.conftest import run_dag
-from tests.helpers import run_backup_steps, run_worked_example, worked_example
+from tests.helpers import run_backup_steps, run_dag, run_worked_example, worked_example
 from wedsync_dr import backup, catalog, crypto, format, repair, retention
 from wedsync_dr.policy import load_policy
 from wedsync_dr.requests import check_request

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import run_dag
-from tests.integration.test_backup_dags import _sdk_get, _sdk_put
+from tests.helpers import run_dag, sdk_get, sdk_put
 from wedsync_dr import alerts, catalog, status, verification
 from wedsync_dr.policy import load_policy
 from wedsync_dr.wiring.backup_chain import build_backup_dag
@@ -47,7 +46,7 @@ def _open(conn, kind: str, subject: str) -> list[dict]:
 def test_verify_reads_every_copy_and_records_each_verdict(conn, record):
     run, _ = _verify({"data_class": "vendor_data", "backup_id": "latest", "cloud": "all", "sample": 1.0})
     assert run.state == "success"
-    found = verification.verifications(conn, run_id=run.run_id)
+    found = catalog.verifications(conn, run_id=run.run_id)
     assert sorted(v["cloud"] for v in found) == sorted(POLICY.cloud_names)
     total = len(record["manifest"]["objects"])
     for verdict in found:
@@ -64,7 +63,7 @@ def test_a_sample_in_one_cloud_reads_a_fraction_and_skips_the_others(conn, recor
     assert run.state == "success"
     assert states["verify_in_gcp"] == "success"
     assert all(states[f"verify_in_{c}"] == "skipped" for c in POLICY.cloud_names if c != "gcp")
-    [verdict] = verification.verifications(conn, run_id=run.run_id)
+    [verdict] = catalog.verifications(conn, run_id=run.run_id)
     total = len(record["manifest"]["objects"])
     assert verdict["cloud"] == "gcp" and verdict["seed"] == 5
     assert verdict["objects_read"] == max(1, round(total * 0.3)) < total
@@ -72,17 +71,17 @@ def test_a_sample_in_one_cloud_reads_a_fraction_and_skips_the_others(conn, recor
 
 def test_a_corrupt_copy_fails_alerts_and_clears_once_it_verifies(stack, conn, record):
     entry = record["manifest"]["objects"][0]
-    original = _sdk_get(stack, "azure", entry["key"])
+    original = sdk_get(stack, "azure", entry["key"])
     damaged = bytearray(original)
     damaged[len(damaged) // 2] ^= 0x01
-    _sdk_put(stack, "azure", entry["key"], bytes(damaged))
+    sdk_put(stack, "azure", entry["key"], bytes(damaged))
     conf = {"data_class": "vendor_data", "backup_id": record["backup_id"], "cloud": "azure", "sample": 1.0}
     try:
         run, states = _verify(conf)
     finally:
-        _sdk_put(stack, "azure", entry["key"], original)
+        sdk_put(stack, "azure", entry["key"], original)
     assert run.state == "failed" and states["verify_in_azure"] == "failed"
-    [verdict] = verification.verifications(conn, run_id=run.run_id)
+    [verdict] = catalog.verifications(conn, run_id=run.run_id)
     assert not verdict["ok"] and verdict["problem_count"] >= 1 and verdict["problems"]
     [alert] = _open(conn, "verify_failed", f"azure:{record['backup_id']}")
     assert alert["severity"] == "critical" and alert["backup_id"] == record["backup_id"]
@@ -99,7 +98,7 @@ def test_an_unknown_backup_is_refused_before_anything_is_read(conn, record):
     run, states = _verify({"data_class": "vendor_data", "backup_id": "vendor_data-20200101T000000Z-abc",
                            "cloud": "all", "sample": 1.0})
     assert run.state == "failed" and states["check_request"] == "failed"
-    assert verification.verifications(conn, run_id=run.run_id) == []
+    assert catalog.verifications(conn, run_id=run.run_id) == []
     with pytest.raises(verification.VerificationError, match="not client_data"):
         verification.resolve_backup(conn, "client_data", record["backup_id"])
 

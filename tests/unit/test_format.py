@@ -109,17 +109,17 @@ def test_the_composite_checksum_is_s3s_checksum_of_part_checksums(tmp_path):
     import hashlib as h
     import zlib
 
-    from wedsync_dr.backup import _ChecksumWriter
+    from wedsync_dr.streams import CloudChecksumWriter
 
     data = bytes(range(256)) * 1000  # 256,000 bytes: parts of 100,000 + 100,000 + 56,000
     with open(tmp_path / "x", "wb") as f:
-        sink = _ChecksumWriter(f, 100_000)
+        sink = CloudChecksumWriter(f, 100_000)
         for start in range(0, len(data), 7_777):  # writes that straddle part boundaries
             sink.write(memoryview(data)[start:start + 7_777])
     parts = [h.sha256(data[i:i + 100_000]).digest() for i in range(0, len(data), 100_000)]
     assert sink.composite_sha256() == h.sha256(b"".join(parts)).hexdigest() + "-3"
     assert f"{sink.crc32:08x}" == f"{zlib.crc32(data):08x}"
     with open(tmp_path / "y", "wb") as f:
-        small = _ChecksumWriter(f, 100_000)
+        small = CloudChecksumWriter(f, 100_000)
         small.write(data[:99_999])
     assert small.composite_sha256() is None  # one request: S3 reports the whole-object sha256

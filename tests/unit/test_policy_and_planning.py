@@ -85,3 +85,10 @@ def test_the_shipped_policy_loads():
     policy = load_policy()
     assert policy.quorum == 2 and set(policy.cloud_names) == {"aws", "azure", "gcp"}
     assert [c for c in policy.data_classes.values() if c.kind == "assets"]
+
+
+def test_the_policy_rejects_an_email_notifier_without_recipients():
+    raw = yaml.safe_load(DEFAULT_POLICY_FILE.read_text())
+    raw["alerts"]["notifiers"].append({"kind": "smtp", "conn_id": "mail"})
+    with pytest.raises(PolicyError, match="alerts/notifiers/3"):
+        parse_policy(raw)

@@ -92,3 +92,9 @@ def test_in_place_with_the_exact_confirmation_is_accepted():
     request = check_request(POLICY, {"data_class": "client_data", "target": "in_place",
                                      "confirm": "RESTORE client_data"})
     assert request.in_place
+
+
+def test_one_wedding_is_never_restored_in_place_from_whole_tables():
+    with pytest.raises(RestoreError, match="never in place"):
+        check_request(POLICY, {"data_class": "vendor_data", "wedding_id": 3, "target": "in_place",
+                               "confirm": "RESTORE vendor_data"})

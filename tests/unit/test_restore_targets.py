@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from wedsync_dr.requests import InvalidRequest
+from wedsync_dr.requests import InvalidRequest, RestoreError
 from wedsync_dr.restore import RestoreTargetError, check_asset_target
 
 
@@ -25,3 +25,15 @@ def test_an_asset_restore_needs_a_new_or_empty_directory(tmp_path):
     with pytest.raises(RestoreTargetError, match="not an empty directory") as refused:
         check_asset_target(tmp_path / "used", None)
     assert isinstance(refused.value, InvalidRequest)  # the requester's to fix: never pages
+
+
+def test_asset_paths_cannot_escape_the_target(tmp_path):
+    from wedsync_dr.restore import safe_target_path
+
+    assert safe_target_path(tmp_path, "weddings/1/a.jpg") == tmp_path / "weddings" / "1" / "a.jpg"
+    for evil in ("../etc/passwd", "/etc/passwd", "weddings/../../x", "a\\..\\b", ""):
+        with pytest.raises(RestoreError):
+            safe_target_path(tmp_path, evil)
+    (tmp_path / "link").symlink_to("/etc")
+    with pytest.raises(RestoreError):
+        safe_target_path(tmp_path, "link/passwd")

@@ -32,6 +32,7 @@ from wedsync_dr.crypto.streaming import (
     require_data_key,
     write_all,
 )
+from wedsync_dr.streams import HashingReader, HashingWriter
 
 AD_PREFIX = b"wedsync-dr/v1"
 DEFAULT_ZSTD_LEVEL = 3
@@ -90,7 +91,7 @@ class ObjectEncryptor:
         # Everything that can refuse (a bad zstd level, no key) refuses before the header is written.
         compressor = None if zstd_level is None else zstandard.ZstdCompressor(level=zstd_level,
                                                                              threads=zstd_threads)
-        self._ciphertext = _HashingSink(sink)
+        self._ciphertext = HashingWriter(sink)
         self._cipher = EncryptingWriter(self._ciphertext, data_key, associated_data,
                                         segment_size=segment_size)
         self._compressor = None if compressor is None else compressor.stream_writer(
@@ -120,7 +121,7 @@ class ObjectEncryptor:
                 self._compressor.close()  # ends the zstd frame; closefd=False leaves the cipher open
             self._cipher.close()
             self.stats = EncryptStats(self._plaintext_hash.hexdigest(), self._plaintext_size,
-                                      self._cipher.plaintext_size, self._ciphertext.hash.hexdigest(),
+                                      self._cipher.plaintext_size, self._ciphertext.sha256.hexdigest(),
                                       self._ciphertext.size)
         return self.stats
 
@@ -130,25 +131,6 @@ class ObjectEncryptor:
     def __exit__(self, exc_type, *_exc) -> None:
         if exc_type is None:
             self.close()
-
-
-class _HashingSink:
-    """Counts and hashes the ciphertext on its way to the sink: the manifest's ciphertext checksum."""
-
-    def __init__(self, sink: BinaryIO):
-        self._sink = sink
-        self.hash = hashlib.sha256()
-        self.size = 0
-
-    def write(self, data: memoryview) -> int:
-        write_all(self._sink, data)
-        self.hash.update(data)
-        self.size += len(data)
-        return len(data)
-
-    def flush(self) -> None:
-        if hasattr(self._sink, "flush"):
-            self._sink.flush()
 
 
 def encrypt_stream(source: BinaryIO, sink: BinaryIO, data_key: DataKey, associated_data: bytes, *,
@@ -258,22 +240,18 @@ class _CheckingReader(io.RawIOBase):
     def __init__(self, inner: io.RawIOBase, object_name: str, expected_sha256: str | None,
                  expected_size: int | None):
         super().__init__()
-        self._inner = inner
+        self._hashing = HashingReader(inner)
         self._object = object_name
         self._expected = (expected_sha256, expected_size)
-        self._hash = hashlib.sha256()
-        self._size = 0
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer) -> int:
-        count = self._inner.readinto(buffer)
-        if count:
-            self._hash.update(memoryview(buffer)[:count])
-            self._size += count
-        else:
-            _check_plaintext(self._object, DecryptStats(self._hash.hexdigest(), self._size), *self._expected)
+        count = self._hashing.readinto(buffer)
+        if not count:
+            _check_plaintext(self._object, DecryptStats(self._hashing.sha256.hexdigest(), self._hashing.size),
+                             *self._expected)
         return count
 
 
