@@ -184,11 +184,7 @@ def _extract_assets(policy: Policy, data_class: DataClass, backup_id: str, stagi
     index = extract.StagedObject(name="asset-index.jsonl", path=str(index_path), source="asset-index",
                                  rows=len(files), plaintext_sha256=sha, plaintext_size=size,
                                  compressed_size=compressed)
-    blobs = [extract.StagedObject(name=f"blob-{cid}", path=str(source / f.path), source="asset-blob",
-                                  rows=0, plaintext_sha256=f.sha256, plaintext_size=f.size,
-                                  compressed_size=0, compression=extract.blob_compression(f.path),
-                                  extra={"blob": True, "content_id": cid})
-             for cid, f in new_blobs.items()]
+    blobs = [_stage_blob(policy, source, staging, cid, f) for cid, f in new_blobs.items()]
     log.info("assets: %d files (%d hashed, %d unchanged), %d new blobs to store, %d already stored", len(files),
              hashed, len(files) - hashed, len(blobs), len(referenced))
     extraction = extract.Extraction(backup_id, data_class.name, str(staging),
@@ -197,6 +193,20 @@ def _extract_assets(policy: Policy, data_class: DataClass, backup_id: str, stagi
     _write_json(staging / "asset-files.json", [[f.path, f.sha256, f.size, f.mtime_ns] for f in files])
     _write_json(staging / "referenced-blobs.json", sorted(referenced.values(), key=lambda b: b["key"]))
     return extraction
+
+
+def _stage_blob(policy: Policy, source: Path, staging: Path, content_id: str,
+                asset: extract.AssetFile) -> extract.StagedObject:
+    """A new blob's payload, staged (compressed where it compresses) like every other object of the backup."""
+    compression = extract.blob_compression(asset.path)
+    staged = staging / f"blob-{content_id}{'.zst' if compression == 'zstd' else ''}"
+    sha, size, staged_size = extract.stage_file(source / asset.path, staged, compression, policy.zstd_level)
+    if sha != asset.sha256:  # changed between the scan and now: the index would not match the blob
+        staged.unlink(missing_ok=True)
+        raise RuntimeError(f"{asset.path} changed while it was being backed up; it will be taken by the next run")
+    return extract.StagedObject(name=f"blob-{content_id}", path=str(staged), source="asset-blob", rows=0,
+                                plaintext_sha256=sha, plaintext_size=size, compressed_size=staged_size,
+                                compression=compression, extra={"blob": True, "content_id": content_id})
 
 
 def _adopt_stored_blobs(policy: Policy, store_map: dict[str, ObjectStore], key_ring: crypto.KeyRing,
@@ -265,18 +275,14 @@ def run_encrypt(policy: Policy, summary: dict[str, Any], key_ring: crypto.KeyRin
         ad = crypto.associated_data(BLOB_AD_SCOPE, content_id) if is_blob else \
             crypto.associated_data(summary["backup_id"], name)
         out_path = staging / (f"{content_id}.tink" if is_blob else name)
-        envelope = _encrypt_one(key_ring, Path(obj.path), out_path, ad, part_size=part_size,
-                                compress_level=policy.zstd_level if is_blob and obj.compression == "zstd" else None,
-                                expected_plaintext_sha256=obj.plaintext_sha256 if is_blob else None)
-        if not is_blob:
-            Path(obj.path).unlink()  # compressed plaintext lives only until its ciphertext exists
+        envelope = _encrypt_one(key_ring, Path(obj.path), out_path, ad, part_size=part_size)
+        Path(obj.path).unlink()  # staged plaintext lives only until its ciphertext exists
         return {
             "name": name, "key": key, "path": str(out_path), "source": obj.source, "rows": obj.rows,
             "columns": obj.columns, "wedding_id": obj.wedding_id, "compression": obj.compression,
             "copy_format": obj.copy_format, "plaintext_sha256": obj.plaintext_sha256,
             "plaintext_size": obj.plaintext_size,
-            "compressed_size": obj.compressed_size or envelope.pop("compressed_size", obj.plaintext_size),
-            **{k: v for k, v in envelope.items() if k != "compressed_size"},
+            "compressed_size": obj.compressed_size, **envelope,
             "blob": is_blob, "extra": obj.extra, **({"content_id": content_id} if is_blob else {}),
         }
 
@@ -288,8 +294,7 @@ def run_encrypt(policy: Policy, summary: dict[str, Any], key_ring: crypto.KeyRin
     log.info("encrypt %s: %d objects, %.1f MB ciphertext in %.1fs, key %s", summary["backup_id"], len(encrypted),
              total / 1e6, seconds, key_ring.primary_id)
     return {**summary, "ciphertext_bytes": total, "encrypt_seconds": round(seconds, 3),
-            "compressed_bytes": sum(o["compressed_size"] for o in encrypted if not o["blob"])
-            or summary["compressed_bytes"]}
+            "compressed_bytes": sum(o["compressed_size"] for o in encrypted)}
 
 
 def _s3_part_size(policy: Policy) -> int:
@@ -300,20 +305,17 @@ def _s3_part_size(policy: Policy) -> int:
                  if c.kind == "s3"), DEFAULT_PART_SIZE)
 
 
-def _encrypt_one(key_ring: crypto.KeyRing, src: Path, dst: Path, ad: bytes, *, compress_level: int | None,
-                 expected_plaintext_sha256: str | None, part_size: int) -> dict[str, Any]:
+def _encrypt_one(key_ring: crypto.KeyRing, src: Path, dst: Path, ad: bytes, *, part_size: int) -> dict[str, Any]:
+    """Seal one staged payload (already compressed in extract, tables and blobs alike) with its own data key."""
     data_key = key_ring.new_data_key()
     wrapped = key_ring.wrap(data_key)
     with open(src, "rb") as fin, extract.private_file(dst) as fout:
         sink = CloudChecksumWriter(fout, part_size)
-        stats = crypto.encrypt_stream(fin, sink, data_key, ad, zstd_level=compress_level)
-    if expected_plaintext_sha256 and stats.plaintext_sha256 != expected_plaintext_sha256:
-        dst.unlink(missing_ok=True)
-        raise RuntimeError(f"{src} changed while it was being backed up; it will be taken by the next run")
+        stats = crypto.encrypt_stream(fin, sink, data_key, ad, zstd_level=None)
     return {"ciphertext_sha256": stats.ciphertext_sha256, "ciphertext_size": stats.ciphertext_size,
             "ciphertext_md5": sink.md5.hexdigest(), "ciphertext_crc32c": sink.crc32c.digest().hex(),
             "ciphertext_crc32": f"{sink.crc32:08x}", "ciphertext_sha256_composite": sink.composite_sha256(),
-            "compressed_size": stats.compressed_size, "encryption": crypto.encryption_entry(wrapped, ad)}
+            "encryption": crypto.encryption_entry(wrapped, ad)}
 
 
 # --------------------------------------------------------------------------- upload

@@ -35,7 +35,7 @@ from typing import Any, BinaryIO
 import zstandard
 
 from wedsync_dr.policy import DataClass, Policy
-from wedsync_dr.streams import LimitedReader
+from wedsync_dr.streams import HashingWriter, LimitedReader
 
 log = logging.getLogger(__name__)
 
@@ -492,6 +492,27 @@ def scan_assets(source: Path, known: dict[str, tuple[str, int, int]]) -> tuple[l
                 hashed += 1
             files.append(AssetFile(rel, sha, st.st_size, st.st_mtime_ns))
     return files, hashed
+
+
+def stage_file(source: Path, staged: Path, compression: str, level: int) -> tuple[str, int, int]:
+    """Copy one asset file into private staging as the object's payload -- zstd frames like every table
+    object, or as it is for formats that do not compress -- hashing what it read: (sha256, size, staged size).
+    The staged copy is what gets encrypted, so a file that changes afterwards cannot change the backup."""
+    with open(source, "rb") as src:
+        if compression == "zstd":
+            sink = _HashingCompressor(staged, level)
+            try:
+                while chunk := src.read(SEGMENT_SIZE):
+                    sink.write(chunk)
+            except BaseException:
+                sink.abort()
+                raise
+            return sink.close()
+        with private_file(staged) as out:
+            writer = HashingWriter(out)
+            while chunk := src.read(SEGMENT_SIZE):
+                writer.write(chunk)
+        return writer.sha256.hexdigest(), writer.size, writer.size
 
 
 def blob_compression(path: str) -> str:

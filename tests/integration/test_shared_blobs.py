@@ -384,3 +384,40 @@ def test_the_blob_sweep_spares_locked_blobs_and_waits_for_running_assets_backups
         finally:
             conn.execute("DELETE FROM backup_catalog.backups WHERE backup_id = 'media-running'")
     assert result["blobs_deleted"] == {} and store.head(loose) is not None
+
+
+def test_blobs_are_staged_in_extract_like_tables_so_a_later_change_cannot_reach_the_backup(stack, two_backups,
+                                                                                           key_ring, tmp_path):
+    """Tables and blobs are compressed in the same stage (extract, into 0600 staging); encrypt seals what was
+    staged, so a file rewritten between the two steps leaves the backup as the extract saw it."""
+    store_map = two_backups["stores"]
+    added = _source() / "weddings" / "audit" / "staged.pdf"
+    original = b"%PDF-1.4 " + b"contract terms " * 2000
+    added.parent.mkdir(parents=True, exist_ok=True)
+    added.write_bytes(original)
+    try:
+        with catalog.connect() as conn:
+            summary = backup.run_extract(AUDIT, MEDIA, connect=catalog.db_connector("wedsync_db"), catalog_conn=conn,
+                                         key_ring=key_ring, store_map=store_map,
+                                         started_at=two_backups["t0"] + dt.timedelta(days=3))
+            try:
+                staged = [o for o in json.loads((Path(summary["staging_dir"]) / "extract.json").read_text())["objects"]
+                          if o["extra"].get("blob")]
+                assert len(staged) == 1 and Path(staged[0]["path"]).parent == Path(summary["staging_dir"])
+                assert Path(staged[0]["path"]).stat().st_mode & 0o077 == 0  # private, like every staged object
+                assert staged[0]["compression"] == "zstd" and staged[0]["compressed_size"] < len(original)
+                added.write_bytes(b"%PDF-1.4 rewritten after the extract")  # too late for this backup
+                summary = backup.run_encrypt(AUDIT, summary, key_ring)
+                assert not Path(staged[0]["path"]).exists()  # the staged plaintext went with its encryption
+                uploads = {c: backup.run_upload(AUDIT, c, summary, s) for c, s in store_map.items()}
+                done = backup.run_validate(AUDIT, summary, uploads, key_ring, conn, store_map)
+            finally:
+                backup.cleanup(AUDIT, summary["backup_id"])
+        target = tmp_path / "staged"
+        run_restore(AUDIT, check_request(AUDIT, {"data_class": "media", "backup_id": done["backup_id"],
+                                                 "target": str(target)}),
+                    stores=store_map, key_ring=key_ring, db_connect=catalog.db_connector("wedsync_db_owner"),
+                    catalog_connect=catalog.connect)
+        assert (target / "weddings" / "audit" / "staged.pdf").read_bytes() == original
+    finally:
+        added.unlink(missing_ok=True)
