@@ -80,6 +80,15 @@ def _post(client, dag_id: str, conf, *, bearer: str | None = None, cookie: str |
                        headers=headers)
 
 
+def _assert_refused_before_airflow(api, dag_id: str, conf, how: str, message: str) -> None:
+    """HTTP 400 naming the problem, and nothing reached Airflow's endpoint: no run would exist."""
+    client, tokens, reached = api
+    response = _post(client, dag_id, conf, **_credentials(tokens, how))
+    assert response.status_code == 400, response.text
+    assert message in response.json()["detail"]
+    assert reached == []
+
+
 def _credentials(tokens, how: str) -> dict:
     return {"bearer": tokens["admin"]} if how == "bearer" else {"cookie": tokens["admin"]}
 
@@ -96,11 +105,7 @@ def _credentials(tokens, how: str) -> dict:
     ({**EMERGENCY_FORM, "priority": "high"}, "Additional properties"),
 ])
 def test_an_invalid_emergency_conf_is_400_and_never_reaches_airflow(api, how, conf, message):
-    client, tokens, reached = api
-    response = _post(client, "emergency_backup", conf, **_credentials(tokens, how))
-    assert response.status_code == 400, response.text
-    assert message in response.json()["detail"]
-    assert reached == []
+    _assert_refused_before_airflow(api, "emergency_backup", conf, how, message)
 
 
 @pytest.mark.parametrize("how", ["bearer", "cookie"])
@@ -116,11 +121,7 @@ def test_an_invalid_emergency_conf_is_400_and_never_reaches_airflow(api, how, co
     ({**RESTORE_FORM, "target": "Robert'); DROP TABLE"}, "param target"),
 ])
 def test_an_invalid_restore_conf_is_400_and_never_reaches_airflow(api, how, conf, message):
-    client, tokens, reached = api
-    response = _post(client, "restore", conf, **_credentials(tokens, how))
-    assert response.status_code == 400, response.text
-    assert message in response.json()["detail"]
-    assert reached == []
+    _assert_refused_before_airflow(api, "restore", conf, how, message)
 
 
 @pytest.mark.parametrize("how", ["bearer", "cookie"])
