@@ -167,9 +167,9 @@ def _settle(policy: Policy, catalog_conn, stores: Mapping[str, ObjectStore], row
             problems[cloud] = f"manifest not checked: {err}"
     for cloud, body in sorted(manifests.items()):
         try:
-            manifest = format.check_readable(json.loads(body))
-            if manifest.get("backup_id") != backup_id:
-                raise format.FormatError(f"manifest names backup {manifest.get('backup_id')!r}")
+            manifest = format.Manifest.from_json(json.loads(body))
+            if manifest.backup_id != backup_id:
+                raise format.FormatError(f"manifest names backup {manifest.backup_id!r}")
         except ValueError as err:  # JSONDecodeError and FormatError alike: a manifest, though: keep everything
             problems[cloud] = f"manifest unreadable: {err}"
             continue

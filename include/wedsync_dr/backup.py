@@ -27,12 +27,12 @@ import shutil
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from wedsync_dr import alerts, catalog, crypto, extract, format
-from wedsync_dr.format import BLOB_AD_SCOPE
+from wedsync_dr.format import BLOB_AD_SCOPE, Blob, DataObject, Entry
 from wedsync_dr.parallel import in_parallel
 from wedsync_dr.policy import DataClass, Policy
 from wedsync_dr.storage import ObjectStore, StorageError, open_store
@@ -82,6 +82,20 @@ def _write_json(path: Path, value: Any) -> None:
 
 def _read_json(path: Path) -> Any:
     return json.loads(path.read_text())
+
+
+def _write_entries(path: Path, entries: list[Entry]) -> None:
+    """Entries handed from one step to the next, every field kept (a blob's compressed size too)."""
+    _write_json(path, [asdict(e) for e in entries])
+
+
+def _read_entries(path: Path) -> list[Entry]:
+    return [format.entry_from_json(e) for e in _read_json(path)] if path.exists() else []
+
+
+def _ciphertext_path(staging: Path, entry: Entry) -> Path:
+    """Where encrypt left an object's ciphertext for the uploads."""
+    return staging / (f"{entry.content_id}.tink" if isinstance(entry, Blob) else entry.name)
 
 
 # --------------------------------------------------------------------------- extract
@@ -163,7 +177,7 @@ def _extract_assets(policy: Policy, data_class: DataClass, backup_id: str, stagi
     content_ids = {f.sha256: key_ring.content_id(f.sha256) for f in files}
     known = catalog.known_blobs(catalog_conn, policy.prefix)
     new_blobs: dict[str, extract.AssetFile] = {}
-    referenced: dict[str, dict[str, Any]] = {}
+    referenced: dict[str, Blob] = {}
     for f in files:
         cid = content_ids[f.sha256]
         if cid in known:
@@ -191,7 +205,7 @@ def _extract_assets(policy: Policy, data_class: DataClass, backup_id: str, stagi
                                     dt.datetime.now(dt.UTC).isoformat(), [index, *blobs])
     extraction.notes = {"files": len(files), "hashed": hashed, "new_blobs": len(blobs)}
     _write_json(staging / "asset-files.json", [[f.path, f.sha256, f.size, f.mtime_ns] for f in files])
-    _write_json(staging / "referenced-blobs.json", sorted(referenced.values(), key=lambda b: b["key"]))
+    _write_entries(staging / "referenced-blobs.json", sorted(referenced.values(), key=lambda b: b.key))
     return extraction
 
 
@@ -210,11 +224,11 @@ def _stage_blob(policy: Policy, source: Path, staging: Path, content_id: str,
 
 
 def _adopt_stored_blobs(policy: Policy, store_map: dict[str, ObjectStore], key_ring: crypto.KeyRing,
-                        candidates: dict[str, extract.AssetFile]) -> dict[str, dict[str, Any]]:
+                        candidates: dict[str, extract.AssetFile]) -> dict[str, Blob]:
     """Blobs the catalog does not know but a cloud holds (a failed or concurrent run stored them, or the catalog
     was rebuilt or lost), described from the stored object itself once it is proven to decrypt to the file.
     Re-encrypting them instead would write a second ciphertext under the same key."""
-    def find(item: tuple[str, extract.AssetFile]) -> tuple[str, dict[str, Any] | None]:
+    def find(item: tuple[str, extract.AssetFile]) -> tuple[str, Blob | None]:
         cid, asset = item
         key = blob_key(policy, cid)
         for cloud, store in store_map.items():
@@ -240,13 +254,12 @@ def _adopt_stored_blobs(policy: Policy, store_map: dict[str, ObjectStore], key_r
     return adopted
 
 
-def _proves(store: ObjectStore, entry: dict[str, Any], key_ring: crypto.KeyRing, plaintext_sha256: str) -> bool:
+def _proves(store: ObjectStore, entry: Blob, key_ring: crypto.KeyRing, plaintext_sha256: str) -> bool:
     """Whether the stored object decrypts (tags, the content id's AD) to the plaintext with that sha256."""
     try:
-        with store.open_read(entry["key"]) as src:
-            stats = crypto.decrypt_stream(src, _NullSink(), key_ring.unwrap(crypto.WrappedKey.from_manifest(
-                entry["encryption"]), object_name=entry["key"]), format.expected_associated_data("", entry),
-                object_name=entry["key"], decompress=entry["compression"] == "zstd")
+        with store.open_read(entry.key) as src:
+            stats = crypto.decrypt_stream(src, _NullSink(), key_ring.unwrap(entry.wrapped_key, object_name=entry.key),
+                                          entry.associated_data(), object_name=entry.key, decompress=entry.decompress)
     except (crypto.DecryptionError, crypto.KeyUnavailableError, StorageError):
         return False
     return stats.plaintext_sha256 == plaintext_sha256
@@ -267,34 +280,34 @@ def run_encrypt(policy: Policy, summary: dict[str, Any], key_ring: crypto.KeyRin
     part_size = _s3_part_size(policy)
     t0 = time.perf_counter()
 
-    def encrypt_one(obj: extract.StagedObject) -> dict[str, Any]:
-        is_blob = obj.extra.get("blob", False)
-        content_id = obj.extra.get("content_id")
-        name = f"{obj.name}.zst.tink" if obj.compression == "zstd" and not is_blob else f"{obj.name}.tink"
-        key = blob_key(policy, content_id) if is_blob else f"{summary['prefix']}/{name}"
-        ad = crypto.associated_data(BLOB_AD_SCOPE, content_id) if is_blob else \
-            crypto.associated_data(summary["backup_id"], name)
-        out_path = staging / (f"{content_id}.tink" if is_blob else name)
-        envelope = _encrypt_one(key_ring, Path(obj.path), out_path, ad, part_size=part_size)
+    def encrypt_one(obj: extract.StagedObject) -> Entry:
+        content_id = obj.extra.get("content_id") if obj.extra.get("blob") else None
+        sizes = {"compression": obj.compression, "plaintext_size": obj.plaintext_size,
+                 "compressed_size": obj.compressed_size}
+        if content_id:
+            ad = crypto.associated_data(BLOB_AD_SCOPE, content_id)
+            sealed = _encrypt_one(key_ring, Path(obj.path), staging / f"{content_id}.tink", ad, part_size=part_size)
+            entry = Blob(content_id=content_id, key=blob_key(policy, content_id), **sizes, **sealed)
+        else:
+            name = f"{obj.name}.zst.tink" if obj.compression == "zstd" else f"{obj.name}.tink"
+            ad = crypto.associated_data(summary["backup_id"], name)
+            sealed = _encrypt_one(key_ring, Path(obj.path), staging / name, ad, part_size=part_size)
+            entry = DataObject(name=name, key=f"{summary['prefix']}/{name}", source=obj.source, rows=obj.rows,
+                               columns=tuple(obj.columns) if obj.columns is not None else None,
+                               wedding_id=obj.wedding_id, copy_format=obj.copy_format,
+                               plaintext_sha256=obj.plaintext_sha256, **sizes, **sealed)
         Path(obj.path).unlink()  # staged plaintext lives only until its ciphertext exists
-        return {
-            "name": name, "key": key, "path": str(out_path), "source": obj.source, "rows": obj.rows,
-            "columns": obj.columns, "wedding_id": obj.wedding_id, "compression": obj.compression,
-            "copy_format": obj.copy_format, "plaintext_sha256": obj.plaintext_sha256,
-            "plaintext_size": obj.plaintext_size,
-            "compressed_size": obj.compressed_size, **envelope,
-            "blob": is_blob, "extra": obj.extra, **({"content_id": content_id} if is_blob else {}),
-        }
+        return entry
 
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="encrypt") as pool:
         encrypted = list(pool.map(encrypt_one, extraction.objects))  # in extraction order
     seconds = time.perf_counter() - t0
-    _write_json(staging / "encrypt.json", encrypted)
-    total = sum(o["ciphertext_size"] for o in encrypted)
+    _write_entries(staging / "encrypt.json", encrypted)
+    total = sum(o.ciphertext_size for o in encrypted)
     log.info("encrypt %s: %d objects, %.1f MB ciphertext in %.1fs, key %s", summary["backup_id"], len(encrypted),
              total / 1e6, seconds, key_ring.primary_id)
     return {**summary, "ciphertext_bytes": total, "encrypt_seconds": round(seconds, 3),
-            "compressed_bytes": sum(o["compressed_size"] for o in encrypted)}
+            "compressed_bytes": sum(o.compressed_size for o in encrypted)}
 
 
 def _s3_part_size(policy: Policy) -> int:
@@ -346,25 +359,27 @@ def run_upload(policy: Policy, cloud: str, summary: dict[str, Any], store: Objec
     or block upload with its own parallel parts. Either way at most a few MiB are in memory.
     """
     store = store or stores(policy, [cloud])[cloud]
-    encrypted = _read_json(Path(summary["staging_dir"]) / "encrypt.json")
+    staging = Path(summary["staging_dir"])
+    encrypted = _read_entries(staging / "encrypt.json")
     lock_until = _instant(summary.get("lock_until"))
     t0 = time.perf_counter()
 
-    def send(obj: dict[str, Any]) -> int | None:
+    def send(obj: Entry) -> int | None:
         """Bytes sent; None for a blob the cloud already holds (validate extends its lock if need be)."""
-        if obj["blob"] and (head := store.head(obj["key"])):
-            if head.sha256 != obj["ciphertext_sha256"]:  # another run stored it meanwhile: never overwrite
+        if isinstance(obj, Blob) and (head := store.head(obj.key)):
+            if head.sha256 != obj.ciphertext_sha256:  # another run stored it meanwhile: never overwrite
                 log.warning("%s already holds %s from another run: not overwritten (validate decides)", cloud,
-                            obj["key"])
+                            obj.key)
             return None
-        format.write_object(store, obj, Path(obj["path"]), backup_id=summary["backup_id"], lock_until=lock_until,
-                            progress=_progress_logger(cloud, obj["name"], obj["ciphertext_size"])
-                            if obj["ciphertext_size"] > 64 << 20 else None)
-        return obj["ciphertext_size"]
+        format.write_object(store, obj, _ciphertext_path(staging, obj), backup_id=summary["backup_id"],
+                            lock_until=lock_until,
+                            progress=_progress_logger(cloud, obj.key.rsplit("/", 1)[-1], obj.ciphertext_size)
+                            if obj.ciphertext_size > 64 << 20 else None)
+        return obj.ciphertext_size
 
-    small = [o for o in encrypted if o["ciphertext_size"] <= SMALL_OBJECT_BYTES]
+    small = [o for o in encrypted if o.ciphertext_size <= SMALL_OBJECT_BYTES]
     sent_sizes = in_parallel(send, small, policy.upload_concurrency, f"upload-{cloud}")
-    sent_sizes += [send(o) for o in encrypted if o["ciphertext_size"] > SMALL_OBJECT_BYTES]
+    sent_sizes += [send(o) for o in encrypted if o.ciphertext_size > SMALL_OBJECT_BYTES]
     sent = sum(1 for size in sent_sizes if size is not None)
     skipped = len(sent_sizes) - sent
     sent_bytes = sum(size for size in sent_sizes if size is not None)
@@ -387,31 +402,32 @@ class CopyCheck:
     missing_shared: frozenset[str] = frozenset()  # keys of shared blobs this cloud does not hold
 
 
-def _check_and_lock(store: ObjectStore, entry: dict[str, Any], *, shared: bool, lock_until: dt.datetime | None,
+def _check_and_lock(store: ObjectStore, entry: Entry, *, shared: bool, lock_until: dt.datetime | None,
                     lock_days: int) -> str | None:
     """None when the cloud's copy matches the entry (and, for a blob stored by an earlier backup, is locked at
     least as long as this backup); otherwise what is wrong, prefixed by its status."""
-    info = store.head(entry["key"])
+    info = store.head(entry.key)
     problem = format.check_copy(info, entry)
     if problem:
-        return f"{'missing' if info is None else 'corrupt'}: {entry['key']} {problem}"
+        return f"{'missing' if info is None else 'corrupt'}: {entry.key} {problem}"
     if shared and format.lock_needs_extending(info, lock_until):
-        store.extend_retention(entry["key"], format.extended_lock(lock_until, lock_days))
+        store.extend_retention(entry.key, format.extended_lock(lock_until, lock_days))
     return None
 
 
-def _sample_decrypt(store: ObjectStore, obj: dict[str, Any], key_ring: crypto.KeyRing,
-                    summary_id: str) -> str | None:
-    """Download, decrypt and decompress one object; compare with the plaintext checksum."""
+def _sample_decrypt(store: ObjectStore, obj: Entry, key_ring: crypto.KeyRing, backup_id: str) -> str | None:
+    """Download, decrypt and decompress one object; compare with the plaintext checksum (a blob's: its keyed
+    content id)."""
     try:
-        with store.open_read(obj["key"]) as src:
-            stats = crypto.decrypt_stream(src, _NullSink(), key_ring.unwrap(crypto.WrappedKey.from_manifest(
-                obj["encryption"]), object_name=obj["key"]), format.expected_associated_data(summary_id, obj),
-                object_name=obj["key"], decompress=obj["compression"] == "zstd")
+        with store.open_read(obj.key) as src:
+            stats = crypto.decrypt_stream(src, _NullSink(), key_ring.unwrap(obj.wrapped_key, object_name=obj.key),
+                                          obj.associated_data(backup_id), object_name=obj.key,
+                                          decompress=obj.decompress)
     except (crypto.DecryptionError, StorageError) as err:
-        return f"corrupt: {obj['key']} failed to decrypt: {err}"
-    if stats.plaintext_sha256 != obj["plaintext_sha256"]:
-        return f"corrupt: {obj['key']} plaintext sha256 mismatch"
+        return f"corrupt: {obj.key} failed to decrypt: {err}"
+    if (isinstance(obj, Blob) and key_ring.content_id(stats.plaintext_sha256) != obj.content_id) or \
+            (isinstance(obj, DataObject) and stats.plaintext_sha256 != obj.plaintext_sha256):
+        return f"corrupt: {obj.key} plaintext sha256 mismatch"
     return None
 
 
@@ -424,8 +440,8 @@ class _NullSink:
 class _Run:
     """What validating one backup needs, read once from its staging."""
 
-    encrypted: list[dict[str, Any]]
-    shared: list[dict[str, Any]]
+    encrypted: list[Entry]
+    shared: list[Blob]
     data_class: DataClass
     lock_until: dt.datetime | None
     retain_until: dt.datetime | None
@@ -433,8 +449,7 @@ class _Run:
     @classmethod
     def load(cls, policy: Policy, summary: dict[str, Any], retain_until: dt.datetime | None = None) -> _Run:
         staging = Path(summary["staging_dir"])
-        shared = staging / "referenced-blobs.json"
-        return cls(_read_json(staging / "encrypt.json"), _read_json(shared) if shared.exists() else [],
+        return cls(_read_entries(staging / "encrypt.json"), _read_entries(staging / "referenced-blobs.json"),
                    policy.data_classes[summary["data_class"]], _instant(summary.get("lock_until")),
                    retain_until or _instant(summary.get("retain_until")))
 
@@ -452,7 +467,7 @@ def check_copy_in(policy: Policy, summary: dict[str, Any], cloud: str, store: Ob
         found = in_parallel(lambda item: _check_and_lock(store, item[0], shared=item[1], lock_until=run.lock_until,
                                                          lock_days=lock_days),
                             entries, policy.upload_concurrency, f"validate-{cloud}")
-        missing_shared = frozenset(entry["key"] for (entry, is_shared), p in zip(entries, found, strict=True)
+        missing_shared = frozenset(entry.key for (entry, is_shared), p in zip(entries, found, strict=True)
                                    if is_shared and p and p.startswith("missing"))
         problems = [p for p in found if p]
         problem = (problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")
@@ -499,7 +514,7 @@ def commit_copy(policy: Policy, summary: dict[str, Any], check: CopyCheck, catal
         status = "validated" if len(good) == len(store_map) else "degraded"
         if not committed and run.data_class.kind == "assets":
             # the blobs it stored, and those it adopted from a cloud (known ones are already there: no-ops)
-            catalog.record_blobs(catalog_conn, [format.blob_entry(o) for o in run.encrypted if o["blob"]]
+            catalog.record_blobs(catalog_conn, [o for o in run.encrypted if isinstance(o, Blob)]
                                  + run.shared, backup_id)
             catalog.replace_asset_index(catalog_conn, _read_json(Path(summary["staging_dir"]) / "asset-files.json"),
                                         backup_id)
@@ -576,7 +591,7 @@ def run_validate(policy: Policy, summary: dict[str, Any], upload_results: dict[s
             "copies": {c: tuple(v) for c, v in copies.items()}, "totals": manifest["totals"]}
 
 
-def _roll_back(summary: dict[str, Any], encrypted: list[dict[str, Any]], store_map: dict[str, ObjectStore]) -> None:
+def _roll_back(summary: dict[str, Any], encrypted: list[Entry], store_map: dict[str, ObjectStore]) -> None:
     """Delete what this run put in the clouds (never shared blobs, which older backups may reference)."""
     for cloud, store in store_map.items():
         try:
@@ -585,19 +600,19 @@ def _roll_back(summary: dict[str, Any], encrypted: list[dict[str, Any]], store_m
             log.warning("could not remove the objects of the failed backup from %s: %s", cloud, err)
 
 
-def build_manifest(policy: Policy, summary: dict[str, Any], encrypted: list[dict[str, Any]],
-                   shared: list[dict[str, Any]] = (), retain_until: dt.datetime | None = None) -> dict[str, Any]:
+def build_manifest(policy: Policy, summary: dict[str, Any], encrypted: list[Entry],
+                   shared: list[Blob] = (), retain_until: dt.datetime | None = None) -> format.Manifest:
     """The manifest of a run (see `wedsync_dr.format.build_manifest`): its objects, and every blob it needs --
     the ones it stored and the ones earlier backups stored (`shared`)."""
-    new_blobs = [o for o in encrypted if o["blob"]]
+    new_blobs = [o for o in encrypted if isinstance(o, Blob)]
     return format.build_manifest(
         backup_id=summary["backup_id"], data_class=summary["data_class"], created_at=summary["started_at"],
         snapshot_at=summary.get("snapshot_at"), source_schema=policy.source_schema,
         labels=summary.get("labels", []), reason=summary.get("reason"), prefix=summary["prefix"],
         lock_until=summary.get("lock_until"), retain_until=retain_until.isoformat() if retain_until else None,
-        objects=[o for o in encrypted if not o["blob"]], blobs=[*new_blobs, *shared],
+        objects=[o for o in encrypted if isinstance(o, DataObject)], blobs=[*new_blobs, *shared],
         tables=_read_json(Path(summary["staging_dir"]) / "tables.json"),
-        stored_blob_keys=[b["key"] for b in new_blobs])
+        stored_blob_keys=[b.key for b in new_blobs])
 
 
 # --------------------------------------------------------------------------- cleanup

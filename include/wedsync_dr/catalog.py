@@ -13,6 +13,7 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
+from wedsync_dr.format import Blob, Manifest, entry_from_json
 from wedsync_dr.paths import SQL_DIR
 
 log = logging.getLogger(__name__)
@@ -123,7 +124,7 @@ def record_backup_start(conn, *, backup_id: str, data_class: str, prefix: str, s
          Jsonb(scope) if scope is not None else None, dag_id, run_id))
 
 
-def record_backup_result(conn, manifest: dict[str, Any] | None, *, backup_id: str, status: str,
+def record_backup_result(conn, manifest: Manifest | None, *, backup_id: str, status: str,
                          copies: dict[str, tuple[str, str]], error: str | None = None,
                          retain_until: dt.datetime | None = None) -> None:
     """Store the outcome of a backup: its manifest (when committed), objects and per-cloud copies."""
@@ -131,13 +132,14 @@ def record_backup_result(conn, manifest: dict[str, Any] | None, *, backup_id: st
     clouds_failed = sorted(c for c, (s, _) in copies.items() if s != "validated")
     with conn.transaction():
         if manifest:
-            totals = manifest["totals"]
+            totals = manifest.totals
             conn.execute(
                 "UPDATE backup_catalog.backups SET status=%s, finished_at=now(), snapshot_at=%s, object_count=%s, "
                 "row_count=%s, plaintext_bytes=%s, compressed_bytes=%s, ciphertext_bytes=%s, clouds_ok=%s, "
                 "clouds_failed=%s, manifest=%s, error=%s, retain_until=%s WHERE backup_id=%s",
-                (status, manifest["snapshot_at"], totals["objects"], totals["rows"], totals["plaintext_bytes"],
-                 totals["compressed_bytes"], totals["ciphertext_bytes"], clouds_ok, clouds_failed, Jsonb(manifest),
+                (status, manifest.snapshot_at, totals["objects"], totals["rows"], totals["plaintext_bytes"],
+                 totals["compressed_bytes"], totals["ciphertext_bytes"], clouds_ok, clouds_failed,
+                 Jsonb(manifest.to_json()),
                  error, retain_until, backup_id))
             conn.execute("DELETE FROM backup_catalog.backup_objects WHERE backup_id = %s", (backup_id,))
             with conn.cursor() as cur:
@@ -145,9 +147,8 @@ def record_backup_result(conn, manifest: dict[str, Any] | None, *, backup_id: st
                     "INSERT INTO backup_catalog.backup_objects (backup_id, name, key, source, wedding_id, rows, "
                     "plaintext_sha256, plaintext_size, ciphertext_sha256, ciphertext_size) "
                     "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                    [(backup_id, o["name"], o["key"], o.get("source"), o.get("wedding_id"), o.get("rows"),
-                      o["plaintext_sha256"], o["plaintext_size"], o["ciphertext_sha256"], o["ciphertext_size"])
-                     for o in manifest["objects"]])
+                    [(backup_id, o.name, o.key, o.source, o.wedding_id, o.rows, o.plaintext_sha256,
+                      o.plaintext_size, o.ciphertext_sha256, o.ciphertext_size) for o in manifest.objects])
         else:
             conn.execute(
                 "UPDATE backup_catalog.backups SET status=%s, finished_at=now(), clouds_ok=%s, clouds_failed=%s, "
@@ -267,19 +268,19 @@ def finish_emergency_run(conn, run_id: str, status: str, clouds: list[str], back
 # ----------------------------------------------------------------------------- assets
 
 
-def known_blobs(conn, prefix: str | None = None) -> dict[str, dict[str, Any]]:
+def known_blobs(conn, prefix: str | None = None) -> dict[str, Blob]:
     """Format-3 blobs by content id (under the clouds' key `prefix`, when given): their manifest entries."""
     rows = conn.execute("SELECT content_id, entry FROM backup_catalog.blobs WHERE %s::text IS NULL OR "
                         "starts_with(key, %s)", (prefix, f"{prefix}/" if prefix else None))
-    return {cid: entry for cid, entry in rows}
+    return {cid: entry_from_json(entry) for cid, entry in rows}
 
 
-def record_blobs(conn, entries: Iterable[dict[str, Any]], backup_id: str) -> None:
+def record_blobs(conn, entries: Iterable[Blob], backup_id: str) -> None:
     with conn.cursor() as cur:
         cur.executemany(
             "INSERT INTO backup_catalog.blobs (content_id, key, entry, first_backup_id) VALUES (%s, %s, %s, %s) "
             "ON CONFLICT (key) DO NOTHING",
-            [(e["content_id"], e["key"], Jsonb(e), backup_id) for e in entries])
+            [(e.content_id, e.key, Jsonb(e.to_json()), backup_id) for e in entries])
 
 
 def forget_blobs(conn, keys: Iterable[str]) -> None:
@@ -295,21 +296,29 @@ def forget_unreferenced_blobs(conn, prefix: str, referenced_keys: Iterable[str],
                      "AND created_at < %s", (f"{prefix}/", keys, older_than))
 
 
-def known_asset_blobs(conn) -> dict[str, dict[str, Any]]:
-    """Format-2 blobs by plaintext sha256 (read for backups written before format 3)."""
+def legacy_blob_entries(conn, manifest: Manifest) -> list[Blob]:
+    """Format 2 only: the blobs a manifest names by plaintext sha256 but does not describe (an earlier backup
+    stored them), as the catalog knows them; a hash the catalog does not know is left out."""
+    described = {b.plaintext_sha256 for b in manifest.blobs}
+    wanted = [sha for sha in manifest.referenced_blob_hashes if sha not in described]
+    if not wanted:
+        return []
     rows = conn.execute("SELECT sha256, size, ciphertext_sha256, ciphertext_size, key, encryption "
-                        "FROM backup_catalog.asset_blobs").fetchall()
-    return {r[0]: {"size": r[1], "ciphertext_sha256": r[2], "ciphertext_size": r[3], "key": r[4],
-                   "encryption": r[5]} for r in rows}
+                        "FROM backup_catalog.asset_blobs WHERE sha256 = ANY(%s)", (wanted,)).fetchall()
+    return [Blob(plaintext_sha256=sha, plaintext_size=size, ciphertext_sha256=ciphertext_sha256,
+                 ciphertext_size=ciphertext_size, key=key, encryption=encryption,
+                 compression=encryption.get("compression", "none"))
+            for sha, size, ciphertext_sha256, ciphertext_size, key, encryption in rows]
 
 
-def record_asset_blobs(conn, blobs: Iterable[dict[str, Any]], backup_id: str) -> None:
+def record_asset_blobs(conn, blobs: Iterable[Blob], backup_id: str) -> None:
+    """Format-2 blobs (rebuild-catalog of an old backup); the compression is kept in the encryption object."""
     with conn.cursor() as cur:
         cur.executemany(
             "INSERT INTO backup_catalog.asset_blobs (sha256, size, ciphertext_sha256, ciphertext_size, key, "
             "encryption, first_backup_id) VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (sha256) DO NOTHING",
-            [(b["sha256"], b["size"], b["ciphertext_sha256"], b["ciphertext_size"], b["key"], Jsonb(b["encryption"]),
-              backup_id) for b in blobs])
+            [(b.plaintext_sha256, b.plaintext_size, b.ciphertext_sha256, b.ciphertext_size, b.key,
+              Jsonb({**b.encryption, "compression": b.compression}), backup_id) for b in blobs])
 
 
 def asset_index(conn) -> dict[str, tuple[str, int, int]]:
@@ -326,33 +335,26 @@ def replace_asset_index(conn, files: Iterable[tuple[str, str, int, int]], backup
                 copy.write_row((path, sha, size, mtime, backup_id))
 
 
-def upsert_from_manifest(conn, manifest: dict[str, Any], cloud: str) -> None:
+def upsert_from_manifest(conn, manifest: Manifest, cloud: str) -> None:
     """Recreate a backup's catalog rows from its manifest (rebuild-catalog): what retention needs to keep it
     (its lock and keep-until dates) and what later backups need to reference its blobs.
 
     Only the copy in `cloud` is known to exist, so the backup is recorded as degraded until a repair or
     validation run has checked the other clouds.
     """
-    from wedsync_dr import format
-
     conn.execute(
         "INSERT INTO backup_catalog.backups (backup_id, data_class, status, prefix, started_at, labels, reason) "
         "VALUES (%s, %s, 'degraded', %s, %s, %s, %s) ON CONFLICT (backup_id) DO NOTHING",
-        (manifest["backup_id"], manifest["data_class"], manifest["prefix"], manifest["created_at"],
-         manifest.get("labels", []), manifest.get("reason")))
-    holds = [d for d in (format.locked_until(manifest), _instant(manifest.get("retain_until"))) if d]
-    record_backup_result(conn, manifest, backup_id=manifest["backup_id"], status="degraded",
+        (manifest.backup_id, manifest.data_class, manifest.prefix, manifest.created_at, list(manifest.labels),
+         manifest.reason))
+    holds = [d for d in (manifest.locked_until, manifest.retain_until) if d]
+    record_backup_result(conn, manifest, backup_id=manifest.backup_id, status="degraded",
                          copies={cloud: ("validated", "rebuilt from this cloud's manifest")},
                          retain_until=max(holds) if holds else None)
-    if manifest.get("format_version", 1) >= 3:
-        record_blobs(conn, format.blob_entries(manifest), manifest["backup_id"])
-        return
-    blobs = [{"sha256": o["plaintext_sha256"], "size": o["plaintext_size"], "key": o["key"],
-              "ciphertext_sha256": o["ciphertext_sha256"], "ciphertext_size": o["ciphertext_size"],
-              "encryption": {**o["encryption"], "compression": o["compression"]}}
-             for o in manifest["objects"] if o.get("blob")]
-    if blobs:
-        record_asset_blobs(conn, blobs, manifest["backup_id"])
+    if manifest.format_version >= 3:
+        record_blobs(conn, manifest.blobs, manifest.backup_id)
+    elif manifest.blobs:
+        record_asset_blobs(conn, manifest.blobs, manifest.backup_id)
 
 
 def rebuild_from_cloud(conn, policy, store) -> int:
@@ -364,21 +366,24 @@ def rebuild_from_cloud(conn, policy, store) -> int:
     count = 0
     for name in sorted(policy.data_classes):
         for key in list_manifest_keys(store, policy, name):
-            upsert_from_manifest(conn, json.loads(store.read_bytes(key)), store.cloud)
+            upsert_from_manifest(conn, Manifest.from_json(json.loads(store.read_bytes(key))), store.cloud)
             count += 1
     return count
 
 
-def backups_to_repair(conn, prefix: str, *, only_degraded: bool, backup_ids: list[str] | None = None) -> list[tuple]:
-    """(backup_id, manifest) newest first: the named backups whatever their status, else the degraded ones,
-    else every kept (validated or degraded) one -- of the policy's key prefix."""
+def backups_to_repair(conn, prefix: str, *, only_degraded: bool,
+                      backup_ids: list[str] | None = None) -> list[Manifest]:
+    """Manifests newest first: of the named backups whatever their status, else of the degraded ones, else of
+    every kept (validated or degraded) one -- of the policy's key prefix."""
     if backup_ids:
-        return conn.execute("SELECT backup_id, manifest FROM backup_catalog.backups WHERE manifest IS NOT NULL "
+        rows = conn.execute("SELECT manifest FROM backup_catalog.backups WHERE manifest IS NOT NULL "
                             "AND backup_id = ANY(%s) ORDER BY started_at DESC", (list(backup_ids),)).fetchall()
-    statuses = ["degraded"] if only_degraded else ["validated", "degraded"]
-    return conn.execute("SELECT backup_id, manifest FROM backup_catalog.backups WHERE manifest IS NOT NULL "
-                        "AND status = ANY(%s) AND starts_with(prefix, %s) ORDER BY started_at DESC",
-                        (statuses, f"{prefix}/")).fetchall()
+    else:
+        statuses = ["degraded"] if only_degraded else ["validated", "degraded"]
+        rows = conn.execute("SELECT manifest FROM backup_catalog.backups WHERE manifest IS NOT NULL "
+                            "AND status = ANY(%s) AND starts_with(prefix, %s) ORDER BY started_at DESC",
+                            (statuses, f"{prefix}/")).fetchall()
+    return [Manifest.from_json(r[0]) for r in rows]
 
 
 def failed_verifications_since_repair(conn, backup_id: str) -> dict[str, list[str]]:
@@ -618,22 +623,22 @@ def backups_of_class(conn, data_class: str, limit: int) -> list[tuple]:
 # ----------------------------------------------------------------------------- restore (wedsync_dr.restore)
 
 
-def good_backup_manifest(conn, data_class: str, backup_id: str) -> dict[str, Any] | None:
+def good_backup_manifest(conn, data_class: str, backup_id: str) -> Manifest | None:
     """The manifest of a committed good (validated or degraded) backup of the class, or None."""
     row = conn.execute(
         "SELECT manifest FROM backup_catalog.backups WHERE backup_id = %s AND data_class = %s "
         "AND status IN ('validated', 'degraded') AND manifest IS NOT NULL", (backup_id, data_class)).fetchone()
-    return row[0] if row else None
+    return Manifest.from_json(row[0]) if row else None
 
 
-def latest_good_manifest(conn, data_class: str, point_in_time: dt.datetime | None = None) -> dict[str, Any] | None:
+def latest_good_manifest(conn, data_class: str, point_in_time: dt.datetime | None = None) -> Manifest | None:
     """The manifest of the class's newest committed good backup (started at or before `point_in_time`, when
     given), or None."""
     row = conn.execute(
         "SELECT manifest FROM backup_catalog.backups WHERE data_class = %s AND status IN ('validated', 'degraded') "
         "AND manifest IS NOT NULL AND (%s::timestamptz IS NULL OR started_at <= %s) "
         "ORDER BY started_at DESC LIMIT 1", (data_class, point_in_time, point_in_time)).fetchone()
-    return row[0] if row else None
+    return Manifest.from_json(row[0]) if row else None
 
 
 # ----------------------------------------------------------------------------- retention (wedsync_dr.retention)
@@ -647,7 +652,8 @@ def retention_candidates(conn, prefix: str) -> list[dict[str, Any]]:
         "FROM backup_catalog.backups WHERE status <> 'deleted' AND status <> 'running' AND starts_with(prefix, %s)",
         (f"{prefix}/",)).fetchall()
     return [{"backup_id": r[0], "data_class": r[1], "status": r[2], "started_at": r[3], "labels": r[4],
-             "retain_until": r[5], "prefix": r[6], "manifest": r[7]} for r in rows]
+             "retain_until": r[5], "prefix": r[6], "manifest": Manifest.from_json(r[7]) if r[7] else None}
+            for r in rows]
 
 
 def mark_deleted(conn, backup_id: str) -> None:
@@ -682,11 +688,12 @@ def drill_count(conn, data_class: str) -> int:
                         (data_class,)).fetchone()[0]
 
 
-def recent_good_manifests(conn, data_class: str, limit: int) -> list[tuple]:
+def recent_good_manifests(conn, data_class: str, limit: int) -> list[tuple[Manifest, list[str]]]:
     """(manifest, clouds_ok) of the class's newest `limit` committed good backups, newest first."""
-    return conn.execute(
+    rows = conn.execute(
         "SELECT manifest, clouds_ok FROM backup_catalog.backups WHERE data_class = %s AND manifest IS NOT NULL "
         "AND status IN ('validated', 'degraded') ORDER BY started_at DESC LIMIT %s", (data_class, limit)).fetchall()
+    return [(Manifest.from_json(m), clouds) for m, clouds in rows]
 
 
 def record_drill(conn, data_class: str, backup_id: str, cloud: str, ok: bool, seconds: float, rows: int,

@@ -127,12 +127,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
         from wedsync_dr import verification
 
         with _catalog(args) as conn:
-            record = {"backup_id": manifest["backup_id"], "data_class": manifest["data_class"], "manifest": manifest}
+            record = {"backup_id": manifest.backup_id, "data_class": manifest.data_class,
+                      "manifest": manifest.to_json()}
             problems = {cloud: verification.verify_copy(record, cloud, stores, key_ring, conn, sample=args.sample,
                                                         seed=0)["problems"] for cloud in clouds}
     for cloud in clouds:
         status = "OK" if not problems[cloud] else f"{len(problems[cloud])} PROBLEMS"
-        print(f"{manifest['backup_id']} in {cloud}: {status}")
+        print(f"{manifest.backup_id} in {cloud}: {status}")
         for problem in problems[cloud]:
             print(f"  {problem}")
     return 1 if any(problems.values()) else 0
@@ -149,7 +150,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
                        "use one cloud reads only that one")
     wedding_id = args.wedding_id
     if wedding_id == "soonest":  # the first bundle of the backup: bundles are ordered by wedding date
-        bundles = [o["wedding_id"] for o in _resolve(args, policy, stores)["objects"] if o.get("wedding_id")]
+        bundles = [o.wedding_id for o in _resolve(args, policy, stores).objects if o.wedding_id]
         if not bundles:
             raise CliError(f"the {args.data_class} backup holds no wedding bundle")
         wedding_id = bundles[0]

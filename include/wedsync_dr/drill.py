@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 from wedsync_dr import crypto
+from wedsync_dr.format import Manifest
 from wedsync_dr.policy import Policy
 from wedsync_dr.storage import ObjectStore
 
@@ -26,7 +27,7 @@ WEDDING_SAMPLE = 5
 ASSET_SAMPLE = 0.2
 
 
-def choose(catalog_conn, policy: Policy, data_class: str) -> tuple[dict[str, Any] | None, str]:
+def choose(catalog_conn, policy: Policy, data_class: str) -> tuple[Manifest | None, str]:
     """(the backup to drill, the cloud to read it from), rotating by how many drills the class has had."""
     from wedsync_dr import catalog
 
@@ -61,7 +62,7 @@ def drill_class(policy: Policy, data_class: str, catalog_conn, stores: dict[str,
         else:
             weddings = [None]
             if kind == "wedding_bundles":
-                ids = sorted(o["wedding_id"] for o in manifest["objects"] if o.get("wedding_id") is not None)
+                ids = manifest.wedding_ids
                 weddings = rng.sample(ids, min(WEDDING_SAMPLE, len(ids)))
             for wedding_id in weddings:
                 scratch = f"drill_{data_class}_{dt.datetime.now(dt.UTC):%Y%m%d%H%M%S}_{rng.randrange(10**6)}"
@@ -78,12 +79,12 @@ def drill_class(policy: Policy, data_class: str, catalog_conn, stores: dict[str,
     except Exception as err:  # noqa: BLE001 - a failed drill is a result to record and alert on
         ok, detail = False, f"{type(err).__name__}: {err}"
     seconds = time.monotonic() - started
-    catalog.record_drill(catalog_conn, data_class, manifest["backup_id"], cloud, ok, seconds, rows, detail)
+    catalog.record_drill(catalog_conn, data_class, manifest.backup_id, cloud, ok, seconds, rows, detail)
     if not ok:
-        alerts.alert(severity="critical", kind="drill_failed", subject=data_class, backup_id=manifest["backup_id"],
-                     message=f"restore drill of {manifest['backup_id']} from {cloud} FAILED: {detail}",
+        alerts.alert(severity="critical", kind="drill_failed", subject=data_class, backup_id=manifest.backup_id,
+                     message=f"restore drill of {manifest.backup_id} from {cloud} FAILED: {detail}",
                      catalog_conn=catalog_conn)
-    log.info("drill %s %s from %s: %s (%.1fs) %s", data_class, manifest["backup_id"], cloud,
+    log.info("drill %s %s from %s: %s (%.1fs) %s", data_class, manifest.backup_id, cloud,
              "passed" if ok else "FAILED", seconds, detail)
-    return {"data_class": data_class, "backup_id": manifest["backup_id"], "cloud": cloud, "ok": ok,
+    return {"data_class": data_class, "backup_id": manifest.backup_id, "cloud": cloud, "ok": ok,
             "seconds": round(seconds, 2), "rows": rows, "detail": detail}

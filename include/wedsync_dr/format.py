@@ -22,6 +22,7 @@ import datetime as dt
 import json
 import logging
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -74,166 +75,273 @@ def blob_key(prefix: str, content_id: str) -> str:
     return f"{blobs_prefix(prefix)}{content_id[:2]}/{content_id}.tink"
 
 
-# --------------------------------------------------------------------------- associated data
+# --------------------------------------------------------------------------- entries
 
 
-def expected_associated_data(backup_id: str, entry: dict[str, Any]) -> bytes:
-    """The AD an object must have been sealed with, computed from where it is expected -- never read from the
-    manifest's `associated_data`, so an object swapped between backups (or a manifest edited to match) fails."""
-    if "content_id" in entry:
-        return crypto.associated_data(BLOB_AD_SCOPE, entry["content_id"])
-    if entry.get("blob"):  # format 2: bound to the plaintext hash
-        return crypto.associated_data(BLOB_AD_SCOPE, entry["plaintext_sha256"])
-    return crypto.associated_data(backup_id, entry["name"])
+@dataclass(frozen=True, kw_only=True)
+class StoredObject:
+    """What a manifest records of every stored object: where it is, how it was sealed (no secret: the data key
+    is wrapped by the key ring), and the checksums a cloud's copy must report."""
+
+    key: str
+    compression: str | None  # "zstd" or "none": what decrypting must undo
+    plaintext_size: int
+    ciphertext_sha256: str
+    ciphertext_size: int
+    encryption: dict[str, Any]  # crypto.encryption_entry(): kek id, wrapped data key, key wrap, AD (base64)
+    ciphertext_md5: str | None = None
+    ciphertext_crc32c: str | None = None
+    ciphertext_crc32: str | None = None  # recorded since cloud-computed checksums are judged (see check_copy)
+    ciphertext_sha256_composite: str | None = None  # S3's SHA-256 of part SHA-256s, at the policy's part size
+    compressed_size: int | None = None  # what was sealed; not recorded for a blob (it would hint at content)
+
+    def native(self, algorithm: str) -> str | None:
+        """The checksum the manifest recorded for a cloud's `ObjectInfo.native` algorithm (None: not recorded)."""
+        field_name = NATIVE_FIELDS.get(algorithm)
+        return getattr(self, field_name) if field_name else None
+
+    @property
+    def wrapped_key(self) -> crypto.WrappedKey:
+        return crypto.WrappedKey.from_manifest(self.encryption)
+
+    @property
+    def decompress(self) -> bool:
+        return self.compression == "zstd"
 
 
-# --------------------------------------------------------------------------- reading manifests
+@dataclass(frozen=True, kw_only=True)
+class DataObject(StoredObject):
+    """One of the backup's own objects: a table or table part, a wedding bundle, the asset index."""
+
+    name: str  # the object's name inside its backup (the key's last part); the AD binds it
+    source: str  # the table, "bundle" or "asset-index"
+    plaintext_sha256: str
+    rows: int | None = None
+    columns: tuple[str, ...] | None = None
+    wedding_id: int | None = None
+    copy_format: str | None = None  # "binary" (format 2+) or "text"; format 1 has no field: COPY text
+
+    def associated_data(self, backup_id: str) -> bytes:
+        """The AD it must have been sealed with, from where it is expected -- never the manifest's recorded
+        `associated_data` -- so an object swapped between backups (or a manifest edited to match) fails."""
+        return crypto.associated_data(backup_id, self.name)
+
+    def to_json(self) -> dict[str, Any]:
+        entry = {k: getattr(self, k) for k in OBJECT_FIELDS}
+        entry["columns"] = list(self.columns) if self.columns is not None else None
+        if self.copy_format:
+            entry["copy_format"] = self.copy_format
+        return entry
 
 
-def check_readable(manifest: dict[str, Any]) -> dict[str, Any]:
-    version = manifest.get("format_version", 1)
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise FormatError(f"backup {manifest.get('backup_id')} has manifest format {version}; this wedsync-dr "
-                          f"reads formats up to {FORMAT_VERSION}: restore with a newer release")
-    return manifest
+@dataclass(frozen=True, kw_only=True)
+class Blob(StoredObject):
+    """An asset blob, shared by every backup whose files have its content. Format 3 names it by its keyed
+    content id and records nothing that names or hashes the plaintext; a format-2 blob is named by its
+    plaintext sha256. `plaintext_sha256` is also what a restore sets from the (decrypted) asset index, so the
+    file the blob decrypts to is checked against the index."""
+
+    content_id: str | None = None
+    plaintext_sha256: str | None = None
+
+    def associated_data(self, _backup_id: str = "") -> bytes:
+        """Blobs are shared by many backups: their AD binds the content id (format 2: the plaintext sha256)."""
+        return crypto.associated_data(BLOB_AD_SCOPE, self.content_id or self.plaintext_sha256)
+
+    def to_json(self) -> dict[str, Any]:
+        if self.content_id is None:  # format 2, as the catalog and old manifests hold it
+            return {**{k: getattr(self, k) for k in BLOB_FIELDS if k != "content_id"}, "blob": True,
+                    "plaintext_sha256": self.plaintext_sha256}
+        return {k: getattr(self, k) for k in BLOB_FIELDS}
 
 
-def data_objects(manifest: dict[str, Any]) -> list[dict[str, Any]]:
-    """The backup's own data objects (tables, parts, bundles, the asset index): never shared blobs."""
-    return [o for o in manifest["objects"] if not o.get("blob")]
+Entry = DataObject | Blob
 
 
-def blob_entries(manifest: dict[str, Any]) -> list[dict[str, Any]]:
-    """The blobs this manifest itself describes in full: all it needs (format 3), or only the ones its
-    backup stored (format 2, whose other blobs are only named by hash in `referenced_blobs`)."""
-    if manifest.get("format_version", 1) >= 3:
-        return list(manifest.get("blobs", []))
-    return [o for o in manifest["objects"] if o.get("blob")]
+def entry_from_json(value: dict[str, Any]) -> Entry:
+    """A manifest entry (any format) as its dataclass; fields a newer minor writer added are ignored."""
+    try:
+        if "content_id" in value or value.get("blob"):
+            return Blob(**{k: value.get(k) for k in (*_COMMON, "content_id", "plaintext_sha256")})
+        fields = {k: value.get(k) for k in (*_COMMON, *_DATA_ONLY)}
+        fields["columns"] = tuple(fields["columns"]) if fields["columns"] is not None else None
+        return DataObject(**fields)
+    except TypeError as err:
+        raise FormatError(f"malformed manifest entry {value.get('key')!r}: {err}") from None
 
 
-def referenced_blob_keys(manifest: dict[str, Any], prefix: str) -> set[str]:
-    """Keys of every blob the backup needs (what mark-and-sweep must keep)."""
-    if manifest.get("format_version", 1) >= 3:
-        return {b["key"] for b in manifest.get("blobs", [])}
-    return {blob_key(prefix, sha) for sha in manifest.get("referenced_blobs", [])}
+_COMMON = ("key", "compression", "plaintext_size", "ciphertext_sha256", "ciphertext_size", "encryption",
+           "ciphertext_md5", "ciphertext_crc32c", "ciphertext_crc32", "ciphertext_sha256_composite", "compressed_size")
+_DATA_ONLY = ("name", "source", "plaintext_sha256", "rows", "columns", "wedding_id", "copy_format")
 
 
-def all_entries(manifest: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every object a complete copy of the backup needs in a cloud that the manifest describes."""
-    return [*data_objects(manifest), *blob_entries(manifest)]
+# --------------------------------------------------------------------------- manifests
 
 
-def locked_until(manifest: dict[str, Any]) -> dt.datetime | None:
-    value = manifest.get("locked_until")
+@dataclass(frozen=True, kw_only=True)
+class Manifest:
+    """A backup's commit marker: plain JSON, no secrets, enough on its own to restore it and rebuild the catalog.
+
+    `objects` are the backup's own data objects; `blobs` the asset blobs it describes in full (format 3: every
+    blob it needs, new or stored by an earlier backup; format 2: only those its own run stored, the others
+    named by plaintext hash in `referenced_blob_hashes`). `totals` count what this backup stored.
+    """
+
+    backup_id: str
+    data_class: str
+    prefix: str
+    created_at: str
+    snapshot_at: str
+    source_schema: str = "wedsync"
+    format_version: int = FORMAT_VERSION
+    labels: tuple[str, ...] = ()
+    reason: str | None = None
+    locked_until: dt.datetime | None = None  # every object it needs is write-once in every cloud until then
+    retain_until: dt.datetime | None = None  # retention keeps it at least until then (None: the rules decide)
+    objects: tuple[DataObject, ...] = ()
+    blobs: tuple[Blob, ...] = ()
+    referenced_blob_hashes: tuple[str, ...] = ()  # format 2 only
+    tables: dict[str, Any] = field(default_factory=dict)  # table definitions (columns, constraints, indexes)
+    totals: dict[str, int] = field(default_factory=dict)
+    # The JSON a stored manifest was read from: written back as it was (a repaired cloud gets the same bytes
+    # as the others; an older format is never rewritten into the current one).
+    stored_json: dict[str, Any] | None = field(default=None, compare=False, repr=False)
+
+    @classmethod
+    def from_json(cls, value: dict[str, Any]) -> Manifest:
+        """A stored manifest, any format this release reads; FormatError for a newer or malformed one."""
+        version = value.get("format_version", 1)
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise FormatError(f"backup {value.get('backup_id')} has manifest format {version}; this wedsync-dr "
+                              f"reads formats up to {FORMAT_VERSION}: restore with a newer release")
+        entries = [entry_from_json(o) for o in value.get("objects", [])]
+        blobs = [entry_from_json(b) for b in value.get("blobs", [])] if version >= 3 else []
+        try:
+            return cls(backup_id=value["backup_id"], data_class=value["data_class"], prefix=value["prefix"],
+                       created_at=value["created_at"], snapshot_at=value.get("snapshot_at") or value["created_at"],
+                       source_schema=value.get("source_schema", "wedsync"), format_version=version,
+                       labels=tuple(value.get("labels") or ()), reason=value.get("reason"),
+                       locked_until=_instant(value.get("locked_until")),
+                       retain_until=_instant(value.get("retain_until")),
+                       objects=tuple(e for e in entries if isinstance(e, DataObject)),
+                       blobs=tuple([*(e for e in entries if isinstance(e, Blob)), *blobs]),
+                       referenced_blob_hashes=tuple(value.get("referenced_blobs", ())) if version < 3 else (),
+                       tables=value.get("tables") or {}, totals=value.get("totals") or {}, stored_json=value)
+        except KeyError as err:
+            raise FormatError(f"manifest of backup {value.get('backup_id')} has no {err.args[0]!r}") from None
+
+    def to_json(self) -> dict[str, Any]:
+        if self.stored_json is not None:
+            return self.stored_json
+        return {
+            "format_version": self.format_version, "backup_id": self.backup_id, "data_class": self.data_class,
+            "created_at": self.created_at, "snapshot_at": self.snapshot_at, "source_schema": self.source_schema,
+            "labels": list(self.labels), "reason": self.reason, "prefix": self.prefix,
+            "locked_until": self.locked_until.isoformat() if self.locked_until else None,
+            "retain_until": self.retain_until.isoformat() if self.retain_until else None,
+            "objects": [o.to_json() for o in self.objects],
+            "blobs": [b.to_json() for b in self.blobs],
+            "tables": self.tables, "totals": self.totals,
+        }
+
+    def body(self) -> bytes:
+        return json.dumps(self.to_json(), indent=2, sort_keys=True).encode()
+
+    @property
+    def key(self) -> str:
+        return manifest_key(self.prefix)
+
+    @property
+    def entries(self) -> list[Entry]:
+        """Every object a complete copy of the backup needs in a cloud that the manifest describes."""
+        return [*self.objects, *self.blobs]
+
+    def referenced_blob_keys(self, prefix: str) -> set[str]:
+        """Keys of every blob the backup needs (what mark-and-sweep must keep)."""
+        if self.format_version >= 3:
+            return {b.key for b in self.blobs}
+        return {blob_key(prefix, sha) for sha in self.referenced_blob_hashes}
+
+    @property
+    def wedding_ids(self) -> list[int]:
+        return sorted(o.wedding_id for o in self.objects if o.wedding_id is not None)
+
+
+def _instant(value: str | None) -> dt.datetime | None:
     return dt.datetime.fromisoformat(value) if value else None
-
-
-# --------------------------------------------------------------------------- building manifests
-
-
-def object_entry(obj: dict[str, Any]) -> dict[str, Any]:
-    entry = {k: obj.get(k) for k in OBJECT_FIELDS}
-    if obj.get("copy_format"):
-        entry["copy_format"] = obj["copy_format"]
-    return entry
-
-
-def blob_entry(obj: dict[str, Any]) -> dict[str, Any]:
-    return {k: obj.get(k) for k in BLOB_FIELDS}
 
 
 def build_manifest(*, backup_id: str, data_class: str, created_at: str, snapshot_at: str | None, source_schema: str,
                    labels: Iterable[str], reason: str | None, prefix: str, lock_until: str | None,
-                   retain_until: str | None, objects: list[dict[str, Any]], blobs: list[dict[str, Any]],
-                   tables: dict[str, Any], stored_blob_keys: Iterable[str] = ()) -> dict[str, Any]:
-    """The manifest: plain JSON, no secrets, enough on its own to restore the backup and rebuild the catalog.
-
-    `objects` are the backup's own data objects, `blobs` every asset blob it needs (new or stored by an
-    earlier backup); `totals` count what this backup stored (its objects and the blobs it added).
-    """
+                   retain_until: str | None, objects: list[DataObject], blobs: list[Blob],
+                   tables: dict[str, Any], stored_blob_keys: Iterable[str] = ()) -> Manifest:
+    """A new backup's manifest: `objects` its own data objects, `blobs` every asset blob it needs (new or
+    stored by an earlier backup); `totals` count what this backup stored (its objects and the blobs it added)."""
     stored = set(stored_blob_keys)
-    new_blobs = [b for b in blobs if b["key"] in stored]
-    own = [*objects, *new_blobs]
-    return {
-        "format_version": FORMAT_VERSION,
-        "backup_id": backup_id,
-        "data_class": data_class,
-        "created_at": created_at,
-        "snapshot_at": snapshot_at or created_at,
-        "source_schema": source_schema,
-        "labels": list(labels),
-        "reason": reason,
-        "prefix": prefix,
-        "locked_until": lock_until,  # every object it needs is write-once in every cloud until then (None: not)
-        "retain_until": retain_until,  # retention keeps the backup at least until then (None: the rules decide)
-        "objects": [object_entry(o) for o in objects],
-        "blobs": sorted((blob_entry(b) for b in blobs), key=lambda b: b["key"]),
-        "tables": tables,
-        "totals": {"objects": len(objects), "blobs": len(blobs), "blobs_stored": len(new_blobs),
-                   "rows": sum(o.get("rows") or 0 for o in objects),
-                   "plaintext_bytes": sum(o["plaintext_size"] for o in own),
-                   "compressed_bytes": sum(o.get("compressed_size") or o["plaintext_size"] for o in own),
-                   "ciphertext_bytes": sum(o["ciphertext_size"] for o in own)},
-    }
-
-
-def manifest_body(manifest: dict[str, Any]) -> bytes:
-    return json.dumps(manifest, indent=2, sort_keys=True).encode()
+    own = [*objects, *(b for b in blobs if b.key in stored)]
+    return Manifest(
+        backup_id=backup_id, data_class=data_class, prefix=prefix, created_at=created_at,
+        snapshot_at=snapshot_at or created_at, source_schema=source_schema, labels=tuple(labels), reason=reason,
+        locked_until=_instant(lock_until), retain_until=_instant(retain_until), objects=tuple(objects),
+        blobs=tuple(sorted(blobs, key=lambda b: b.key)), tables=tables,
+        totals={"objects": len(objects), "blobs": len(blobs), "blobs_stored": len(own) - len(objects),
+                "rows": sum(o.rows or 0 for o in objects),
+                "plaintext_bytes": sum(o.plaintext_size for o in own),
+                "compressed_bytes": sum(o.compressed_size or o.plaintext_size for o in own),
+                "ciphertext_bytes": sum(o.ciphertext_size for o in own)})
 
 
 # --------------------------------------------------------------------------- writing and checking copies
 
 
-def object_metadata(backup_id: str, entry: dict[str, Any]) -> dict[str, str]:
+def object_metadata(backup_id: str, entry: Entry) -> dict[str, str]:
     """What every stored object carries besides our sha256 claim: enough for a person to open a blob found
     without its manifest (wrapped key and content id are not secret), nothing that names the plaintext."""
-    metadata = {"backup-id": backup_id, "kek-id": entry["encryption"]["kek_id"]}
-    if "content_id" in entry:
-        metadata |= {"wrapped-key": entry["encryption"]["wrapped_key"], "content-id": entry["content_id"],
-                     "compression": entry["compression"]}
-    elif entry.get("blob"):  # a format-2 blob re-copied by repair keeps what it was written with
-        metadata |= {"wrapped-key": entry["encryption"]["wrapped_key"], "plaintext-sha256": entry["plaintext_sha256"]}
+    metadata = {"backup-id": backup_id, "kek-id": entry.encryption["kek_id"]}
+    if isinstance(entry, Blob) and entry.content_id:
+        metadata |= {"wrapped-key": entry.encryption["wrapped_key"], "content-id": entry.content_id,
+                     "compression": entry.compression}
+    elif isinstance(entry, Blob):  # a format-2 blob re-copied by repair keeps what it was written with
+        metadata |= {"wrapped-key": entry.encryption["wrapped_key"], "plaintext-sha256": entry.plaintext_sha256}
     return metadata
 
 
-def adopted_blob_entry(info: ObjectInfo, content_id: str, plaintext_size: int, compression: str) -> dict[str, Any]:
+def adopted_blob_entry(info: ObjectInfo, content_id: str, plaintext_size: int, compression: str) -> Blob:
     """The manifest entry of a blob found in a cloud, from its metadata and the cloud's own checksums."""
     encryption = {"format": crypto.FORMAT_NAME, "kek_id": info.metadata["kek-id"],
                   "wrapped_key": info.metadata["wrapped-key"], "key_wrap": crypto.KEY_WRAP_ALGORITHM,
                   "associated_data": base64.b64encode(crypto.associated_data(BLOB_AD_SCOPE, content_id)).decode()}
-    return {"content_id": content_id, "key": info.key, "compression": compression, "plaintext_size": plaintext_size,
-            "ciphertext_sha256": info.sha256, "ciphertext_size": info.size,
-            "ciphertext_md5": info.native.get("md5"), "ciphertext_crc32c": info.native.get("crc32c"),
-            "encryption": encryption}
+    return Blob(content_id=content_id, key=info.key, compression=compression, plaintext_size=plaintext_size,
+                ciphertext_sha256=info.sha256, ciphertext_size=info.size, ciphertext_md5=info.native.get("md5"),
+                ciphertext_crc32c=info.native.get("crc32c"), encryption=encryption)
 
 
-def is_other_version(info: ObjectInfo | None, entry: dict[str, Any]) -> bool:
+def is_other_version(info: ObjectInfo | None, entry: Entry) -> bool:
     """True when a shared blob's key holds ANOTHER encryption of the content (another run's: a different
     wrapped key, as every encryption has its own data key), not a damaged copy of this one. Repair never
     overwrites it: committed manifests may name those bytes."""
-    if info is None or "content_id" not in entry:
+    if info is None or not isinstance(entry, Blob) or not entry.content_id:
         return False
     wrapped = info.metadata.get("wrapped-key")
-    return wrapped is not None and wrapped != entry["encryption"]["wrapped_key"]
+    return wrapped is not None and wrapped != entry.encryption["wrapped_key"]
 
 
-def write_object(store: ObjectStore, entry: dict[str, Any], path: Path, *, backup_id: str,
+def write_object(store: ObjectStore, entry: Entry, path: Path, *, backup_id: str,
                  lock_until: dt.datetime | None, progress=None) -> ObjectInfo:
     """Store one encrypted object with its checksums, metadata and write-once lock. Upload and repair both
     write through here, so a repaired copy is exactly as locked and described as the original."""
-    return store.put_file(entry["key"], path, sha256=entry["ciphertext_sha256"], md5=entry.get("ciphertext_md5"),
-                          crc32c=entry.get("ciphertext_crc32c"), metadata=object_metadata(backup_id, entry),
+    return store.put_file(entry.key, path, sha256=entry.ciphertext_sha256, md5=entry.ciphertext_md5,
+                          crc32c=entry.ciphertext_crc32c, metadata=object_metadata(backup_id, entry),
                           retain_until=lock_until, progress=progress)
 
 
-def write_manifest(store: ObjectStore, manifest: dict[str, Any]) -> ObjectInfo:
+def write_manifest(store: ObjectStore, manifest: Manifest) -> ObjectInfo:
     """The commit marker, locked like the objects it describes."""
-    return store.put_bytes(manifest_key(manifest["prefix"]), manifest_body(manifest),
-                           metadata={"backup-id": manifest["backup_id"]}, content_type="application/json",
-                           retain_until=locked_until(manifest))
+    return store.put_bytes(manifest.key, manifest.body(), metadata={"backup-id": manifest.backup_id},
+                           content_type="application/json", retain_until=manifest.locked_until)
 
 
-def check_copy(info: ObjectInfo | None, entry: dict[str, Any]) -> str | None:
+def check_copy(info: ObjectInfo | None, entry: Entry) -> str | None:
     """None when a cloud's copy matches the manifest entry; otherwise what is wrong with it.
 
     Judged by what the cloud computed over the bytes it stores (S3 SHA-256 -- whole or per part -- or CRC32,
@@ -244,13 +352,13 @@ def check_copy(info: ObjectInfo | None, entry: dict[str, Any]) -> str | None:
     """
     if info is None:
         return "missing"
-    if info.size != entry["ciphertext_size"]:
-        return f"size {info.size} != {entry['ciphertext_size']}"
-    if info.sha256 != entry["ciphertext_sha256"]:
-        return f"sha256 metadata {info.sha256} != {entry['ciphertext_sha256']}"
+    if info.size != entry.ciphertext_size:
+        return f"size {info.size} != {entry.ciphertext_size}"
+    if info.sha256 != entry.ciphertext_sha256:
+        return f"sha256 metadata {info.sha256} != {entry.ciphertext_sha256}"
     checked = 0
     for algorithm, value in info.native.items():
-        expected = entry.get(NATIVE_FIELDS.get(algorithm, ""))
+        expected = entry.native(algorithm)
         if expected is None:
             continue
         if value != expected:
@@ -258,7 +366,7 @@ def check_copy(info: ObjectInfo | None, entry: dict[str, Any]) -> str | None:
         checked += 1
     # An entry written since the manifest records CRC32 and S3's composite knows every checksum a proper
     # upload leaves; older entries cannot tell, and are judged by what they can check.
-    if info.native and not checked and "ciphertext_crc32" in entry:
+    if info.native and not checked and entry.ciphertext_crc32 is not None:
         return (f"the cloud's checksums ({', '.join(sorted(info.native))}) are none the manifest recorded: "
                 "the object was rewritten")
     return None

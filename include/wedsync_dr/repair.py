@@ -20,16 +20,17 @@ from pathlib import Path
 from typing import Any
 
 from wedsync_dr import format
+from wedsync_dr.format import Blob, Entry, Manifest
 from wedsync_dr.parallel import in_parallel
 from wedsync_dr.storage import ObjectInfo, ObjectStore, StorageError
 
 log = logging.getLogger(__name__)
 
 
-def _suspect_keys(manifest: dict[str, Any], failures: dict[str, list[str]]) -> dict[str, set[str]]:
+def _suspect_keys(manifest: Manifest, failures: dict[str, list[str]]) -> dict[str, set[str]]:
     """cloud -> keys of the manifest's objects that a failed verification names (its problems start with the
     object's key, as restore.verify_backup reports them)."""
-    keys = {e["key"] for e in format.all_entries(manifest)}
+    keys = {e.key for e in manifest.entries}
     return {cloud: {k for p in problems if (k := p.split(": ", 1)[0]) in keys}
             for cloud, problems in failures.items()}
 
@@ -57,26 +58,26 @@ class SourceCopyBad(StorageError):
     """The copy chosen as the source does not hash to the manifest's ciphertext: try another cloud."""
 
 
-def _copy(src: ObjectStore, dst: ObjectStore, entry: dict[str, Any], staging: Path, *, backup_id: str,
+def _copy(src: ObjectStore, dst: ObjectStore, entry: Entry, staging: Path, *, backup_id: str,
           lock_until: dt.datetime | None) -> None:
     """Re-copy one object: download it whole, prove it against the manifest, then write it with its lock."""
     staging.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd, name = tempfile.mkstemp(dir=staging, prefix="repair-")
     try:
         digest = hashlib.sha256()
-        with os.fdopen(fd, "wb") as out, src.open_read(entry["key"]) as stream:
+        with os.fdopen(fd, "wb") as out, src.open_read(entry.key) as stream:
             while chunk := stream.read(1 << 20):
                 digest.update(chunk)
                 out.write(chunk)
-        if digest.hexdigest() != entry["ciphertext_sha256"]:  # its HEAD looked fine: its bytes are not
-            raise SourceCopyBad(src.cloud, entry["key"], "its bytes do not hash to the manifest's sha256")
+        if digest.hexdigest() != entry.ciphertext_sha256:  # its HEAD looked fine: its bytes are not
+            raise SourceCopyBad(src.cloud, entry.key, "its bytes do not hash to the manifest's sha256")
         format.write_object(dst, entry, Path(name), backup_id=backup_id, lock_until=lock_until)
     finally:
         os.unlink(name)
 
 
-def repair_backup(manifest: dict[str, Any], stores: dict[str, ObjectStore], staging: Path,
-                  blob_entries: list[dict[str, Any]] = (), concurrency: int = 1, lock_days: int = 0,
+def repair_backup(manifest: Manifest, stores: dict[str, ObjectStore], staging: Path,
+                  blob_entries: list[Blob] = (), concurrency: int = 1, lock_days: int = 0,
                   suspects: dict[str, set[str]] | None = None) -> RepairResult:
     """Check every object in every cloud (`concurrency` objects at a time: a sweep of an hourly class is
     thousands of HEADs), then re-copy the bad copies one at a time (each streams through a file).
@@ -88,14 +89,14 @@ def repair_backup(manifest: dict[str, Any], stores: dict[str, ObjectStore], stag
     although their HEAD looks fine (bit rot after the cloud computed its checksum): they are re-copied too.
     """
     suspects = suspects or {}
-    result = RepairResult(manifest["backup_id"])
-    lock_until = format.locked_until(manifest)
+    result = RepairResult(manifest.backup_id)
+    lock_until = manifest.locked_until
     broken_clouds: set[str] = set()
-    entries = [*format.all_entries(manifest), *blob_entries]
-    all_heads = in_parallel(lambda entry: _heads(stores, entry["key"]), entries, concurrency, "repair-check")
+    entries = [*manifest.entries, *blob_entries]
+    all_heads = in_parallel(lambda entry: _heads(stores, entry.key), entries, concurrency, "repair-check")
     for entry, heads in zip(entries, all_heads, strict=True):
         problems = {c: (str(h) if isinstance(h, StorageError) else format.check_copy(h, entry)
-                        or ("damaged: a verification read it back and it failed" if entry["key"] in
+                        or ("damaged: a verification read it back and it failed" if entry.key in
                             suspects.get(c, ()) else None))
                     for c, h in heads.items()}
         good = [c for c, p in problems.items() if p is None]
@@ -103,49 +104,49 @@ def repair_backup(manifest: dict[str, Any], stores: dict[str, ObjectStore], stag
             if problem is None:
                 if format.lock_needs_extending(heads[cloud], lock_until):
                     try:
-                        stores[cloud].extend_retention(entry["key"], format.extended_lock(lock_until, lock_days))
-                        result.relocked.append((entry["key"], cloud))
+                        stores[cloud].extend_retention(entry.key, format.extended_lock(lock_until, lock_days))
+                        result.relocked.append((entry.key, cloud))
                     except StorageError as err:
                         broken_clouds.add(cloud)
-                        result.unrepairable.append(f"{entry['key']} in {cloud}: lock not extended: {err}")
+                        result.unrepairable.append(f"{entry.key} in {cloud}: lock not extended: {err}")
                 continue
             if isinstance(heads[cloud], StorageError) or not good:
                 broken_clouds.add(cloud)
-                result.unrepairable.append(f"{entry['key']} in {cloud}: {problem}")
+                result.unrepairable.append(f"{entry.key} in {cloud}: {problem}")
                 continue
             if format.is_other_version(heads[cloud], entry):
                 broken_clouds.add(cloud)
-                result.unrepairable.append(f"{entry['key']} in {cloud}: holds another run's encryption of the "
+                result.unrepairable.append(f"{entry.key} in {cloud}: holds another run's encryption of the "
                                            "blob, which other backups may need: not overwritten")
                 continue
             after, source = "no good source", good[0]
             for source in good:  # each source is proven by its bytes, not its HEAD
                 try:
-                    _copy(stores[source], stores[cloud], entry, staging, backup_id=manifest["backup_id"],
+                    _copy(stores[source], stores[cloud], entry, staging, backup_id=manifest.backup_id,
                           lock_until=lock_until)
-                    after = format.check_copy(stores[cloud].head(entry["key"]), entry)
+                    after = format.check_copy(stores[cloud].head(entry.key), entry)
                     break
                 except SourceCopyBad as err:
-                    log.warning("repair of %s in %s: the copy in %s is bad too (%s)", entry["key"], cloud, source, err)
+                    log.warning("repair of %s in %s: the copy in %s is bad too (%s)", entry.key, cloud, source, err)
                     after = str(err)
                 except StorageError as err:
                     after = str(err)
                     break
             if after is None:
-                log.info("repaired %s in %s (was: %s) from %s", entry["key"], cloud, problem, source)
-                result.copied.append((entry["key"], source, cloud))
+                log.info("repaired %s in %s (was: %s) from %s", entry.key, cloud, problem, source)
+                result.copied.append((entry.key, source, cloud))
             else:
                 broken_clouds.add(cloud)
-                result.unrepairable.append(f"{entry['key']} in {cloud}: still {after} after copying from {source}")
+                result.unrepairable.append(f"{entry.key} in {cloud}: still {after} after copying from {source}")
     for cloud, store in stores.items():
         if cloud in broken_clouds:
             continue
         try:
-            info = store.head(format.manifest_key(manifest["prefix"]))
+            info = store.head(manifest.key)
             if info is None:
-                format.write_manifest(store, manifest)
+                format.write_manifest(store, manifest)  # the bytes the other clouds hold
             elif format.lock_needs_extending(info, lock_until):
-                store.extend_retention(format.manifest_key(manifest["prefix"]), lock_until)
+                store.extend_retention(manifest.key, lock_until)
             result.clouds_ok.append(cloud)
         except StorageError as err:
             result.unrepairable.append(f"manifest in {cloud}: {err}")
@@ -162,17 +163,13 @@ def run(policy, catalog_conn, stores: dict[str, ObjectStore], *, only_degraded: 
     """
     from wedsync_dr import catalog
 
-    rows = catalog.backups_to_repair(catalog_conn, policy.prefix, only_degraded=only_degraded, backup_ids=backup_ids)
-    legacy_blobs = catalog.known_asset_blobs(catalog_conn)
+    manifests = catalog.backups_to_repair(catalog_conn, policy.prefix, only_degraded=only_degraded,
+                                          backup_ids=backup_ids)
     results = []
-    for backup_id, manifest in rows:
-        described = {b["key"] for b in format.blob_entries(manifest)}
-        blob_entries = [{"key": b["key"], "ciphertext_sha256": b["ciphertext_sha256"],
-                         "ciphertext_size": b["ciphertext_size"], "encryption": b["encryption"],
-                         "plaintext_sha256": sha, "blob": True}
-                        for sha in manifest.get("referenced_blobs", [])
-                        if (b := legacy_blobs.get(sha)) and b["key"] not in described]
-        data_class = policy.data_classes.get(manifest["data_class"])
+    for manifest in manifests:
+        backup_id = manifest.backup_id
+        blob_entries = catalog.legacy_blob_entries(catalog_conn, manifest)  # format 2: blobs described elsewhere
+        data_class = policy.data_classes.get(manifest.data_class)
         suspects = _suspect_keys(manifest, catalog.failed_verifications_since_repair(catalog_conn, backup_id))
         result = repair_backup(manifest, stores, policy.staging_dir() / "repair", blob_entries,
                                concurrency=policy.upload_concurrency,

@@ -16,6 +16,7 @@ Targets:
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -27,6 +28,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
 from wedsync_dr import crypto, extract, format
+from wedsync_dr.format import Blob, DataObject, Entry, Manifest
 from wedsync_dr.policy import Policy
 from wedsync_dr.requests import _BACKUP_TS, InvalidRequest, RestoreError, RestoreRequest, default_target
 from wedsync_dr.storage import ObjectStore, StorageError
@@ -58,7 +60,7 @@ def backup_time(backup_id: str) -> dt.datetime:
 
 
 def resolve_from_catalog(catalog_conn, data_class: str, backup_id: str = "latest",
-                         point_in_time: dt.datetime | None = None) -> dict[str, Any] | None:
+                         point_in_time: dt.datetime | None = None) -> Manifest | None:
     """The manifest of the wanted backup, from the catalog (None when the catalog does not know it)."""
     from wedsync_dr import catalog
 
@@ -74,7 +76,7 @@ def list_manifest_keys(store: ObjectStore, policy: Policy, data_class: str) -> l
 
 
 def resolve_from_clouds(stores: dict[str, ObjectStore], policy: Policy, data_class: str, backup_id: str = "latest",
-                        point_in_time: dt.datetime | None = None) -> dict[str, Any]:
+                        point_in_time: dt.datetime | None = None) -> Manifest:
     """Find the manifest in the clouds themselves (catalog lost), trying each cloud in turn."""
     errors = []
     for cloud, store in stores.items():
@@ -89,7 +91,9 @@ def resolve_from_clouds(stores: dict[str, ObjectStore], policy: Policy, data_cla
                     continue
                 candidates.append((backup_time(bid), key))
             if candidates:
-                return json.loads(store.read_bytes(max(candidates)[1]))
+                return Manifest.from_json(json.loads(store.read_bytes(max(candidates)[1])))
+        except format.FormatError as err:
+            raise RestoreError(str(err)) from None
         except (StorageError, ValueError) as err:
             errors.append(f"{cloud}: {err}")
             log.warning("cannot list backups in %s: %s", cloud, err)
@@ -109,6 +113,8 @@ def resolve(policy: Policy, stores: dict[str, ObjectStore], data_class: str, *, 
             if manifest:
                 return manifest
             log.info("catalog has no matching %s backup: looking in the clouds", data_class)
+        except format.FormatError as err:  # the backup exists, and this release cannot read it
+            raise RestoreError(str(err)) from None
         except Exception as err:  # noqa: BLE001 - any catalog failure means: go to the clouds
             log.warning("catalog unavailable (%s: %s): resolving from the clouds", type(err).__name__, err)
     return resolve_from_clouds(stores, policy, data_class, backup_id, point_in_time)
@@ -124,8 +130,8 @@ def cloud_order(stores: dict[str, ObjectStore], preferred: str = "auto", healthy
 # ----------------------------------------------------------------------------- reading one object
 
 
-def _data_key(entry: dict[str, Any], key_ring: crypto.KeyRing):
-    return key_ring.unwrap(crypto.WrappedKey.from_manifest(entry["encryption"]), object_name=entry["key"])
+def _data_key(entry: Entry, key_ring: crypto.KeyRing):
+    return key_ring.unwrap(entry.wrapped_key, object_name=entry.key)
 
 
 @dataclass
@@ -136,7 +142,7 @@ class Attempt:
     seconds: float = 0.0
 
 
-def with_failover(entry: dict[str, Any], order: list[str], stores: dict[str, ObjectStore], key_ring: crypto.KeyRing,
+def with_failover(entry: Entry, order: list[str], stores: dict[str, ObjectStore], key_ring: crypto.KeyRing,
                   consume: Callable[[BinaryIO], Any], *, backup_id: str, savepoint=None
                   ) -> tuple[Any, list[Attempt]]:
     """Stream one object's verified plaintext into `consume`, trying each cloud until one works.
@@ -147,14 +153,14 @@ def with_failover(entry: dict[str, Any], order: list[str], stores: dict[str, Obj
     attempts: list[Attempt] = []
     data_key = _data_key(entry, key_ring)
     # from where the object should be (backup id and name, or content id), not from the manifest's record
-    ad = format.expected_associated_data(backup_id, entry)
+    ad = entry.associated_data(backup_id)
     for cloud in order:
         started = time.monotonic()
         try:
-            with stores[cloud].open_read(entry["key"]) as raw:
+            with stores[cloud].open_read(entry.key) as raw:
                 verifier = HashingReader(raw)
-                plaintext = crypto.decrypting_reader(verifier, data_key, ad, object_name=entry["key"],
-                                                     decompress=entry["compression"] == "zstd")
+                plaintext = crypto.decrypting_reader(verifier, data_key, ad, object_name=entry.key,
+                                                     decompress=entry.decompress)
                 checked = HashingReader(plaintext)
                 if savepoint is None:
                     result = _consume_and_verify(entry, consume, checked, verifier, key_ring)
@@ -166,8 +172,8 @@ def with_failover(entry: dict[str, Any], order: list[str], stores: dict[str, Obj
         except _RETRYABLE as err:
             reason = f"{type(err).__name__}: {err}"
             attempts.append(Attempt(cloud, False, reason, time.monotonic() - started))
-            log.warning("restore of %s from %s failed (%s); trying the next cloud", entry["key"], cloud, reason)
-    raise RestoreError(f"{entry['key']}: no cloud delivered a valid copy: "
+            log.warning("restore of %s from %s failed (%s); trying the next cloud", entry.key, cloud, reason)
+    raise RestoreError(f"{entry.key}: no cloud delivered a valid copy: "
                        + "; ".join(f"{a.cloud}: {a.reason}" for a in attempts))
 
 
@@ -175,19 +181,19 @@ class IntegrityError(RuntimeError):
     pass
 
 
-def _consume_and_verify(entry, consume, checked: HashingReader, verifier: HashingReader,
+def _consume_and_verify(entry: Entry, consume, checked: HashingReader, verifier: HashingReader,
                         key_ring: crypto.KeyRing):
     result = consume(checked)
     while checked.read(1 << 20):  # anything the consumer left unread still has to be verified
         pass
-    if verifier.sha256.hexdigest() != entry["ciphertext_sha256"]:
+    if verifier.sha256.hexdigest() != entry.ciphertext_sha256:
         raise IntegrityError("ciphertext sha256 differs from the manifest")
-    if checked.size != entry["plaintext_size"]:
+    if checked.size != entry.plaintext_size:
         raise IntegrityError("plaintext size differs from the manifest")
-    if "plaintext_sha256" in entry:  # data objects; a blob read for a file of the (decrypted) asset index
-        if checked.sha256.hexdigest() != entry["plaintext_sha256"]:
+    if entry.plaintext_sha256 is not None:  # data objects; a blob read for a file of the (decrypted) asset index
+        if checked.sha256.hexdigest() != entry.plaintext_sha256:
             raise IntegrityError("plaintext sha256 differs from the manifest")
-    elif key_ring.has_dedup_key and key_ring.content_id(checked.sha256.hexdigest()) != entry["content_id"]:
+    elif key_ring.has_dedup_key and key_ring.content_id(checked.sha256.hexdigest()) != entry.content_id:
         raise IntegrityError("plaintext does not match the blob's content id")
     return result
 
@@ -266,30 +272,30 @@ class RestoreReport:
         return "\n".join(lines)
 
 
-def _record_attempts(report: RestoreReport, entry: dict[str, Any], attempts: list[Attempt]) -> None:
+def _record_attempts(report: RestoreReport, entry: Entry, attempts: list[Attempt]) -> None:
     for attempt in attempts:
         if attempt.ok:
             report.sources[attempt.cloud] = report.sources.get(attempt.cloud, 0) + 1
         else:
-            report.failovers.append({"key": entry["key"], "cloud": attempt.cloud, "reason": attempt.reason})
+            report.failovers.append({"key": entry.key, "cloud": attempt.cloud, "reason": attempt.reason})
 
 
-def restore_tables(conn, manifest: dict[str, Any], stores: dict[str, ObjectStore], key_ring: crypto.KeyRing, *,
+def restore_tables(conn, manifest: Manifest, stores: dict[str, ObjectStore], key_ring: crypto.KeyRing, *,
                    order: list[str], target_schema: str, in_place: bool = False, live_schema: str = "wedsync",
                    wedding_id: int | None = None, dry_run: bool = False) -> RestoreReport:
     """Restore a table-class or wedding-bundle backup (see the module docstring for the guarantees)."""
     started = time.monotonic()
-    report = RestoreReport(manifest["backup_id"], manifest["data_class"], target_schema, dry_run, wedding_id)
-    entries = format.data_objects(manifest)
-    bundles = any(o.get("wedding_id") is not None for o in entries)
+    report = RestoreReport(manifest.backup_id, manifest.data_class, target_schema, dry_run, wedding_id)
+    entries = list(manifest.objects)
+    bundles = any(o.wedding_id is not None for o in entries)
     if wedding_id is not None:
-        entries = [o for o in entries if o.get("wedding_id") == wedding_id] if bundles else entries
+        entries = [o for o in entries if o.wedding_id == wedding_id] if bundles else entries
         if not entries:
-            raise RestoreError(f"backup {manifest['backup_id']} holds no bundle for wedding {wedding_id}")
+            raise RestoreError(f"backup {manifest.backup_id} holds no bundle for wedding {wedding_id}")
         # one wedding out of whole tables: its row of `weddings` first, so an id the backup's snapshot does not
         # hold fails after one object, before the rest is read (the scratch schema is rolled back with it)
-        entries.sort(key=lambda o: o.get("source") != "weddings")
-    definitions = manifest.get("tables", {})
+        entries.sort(key=lambda o: o.source != "weddings")
+    definitions = manifest.tables
     conn.autocommit = False
     try:
         if not dry_run:
@@ -299,27 +305,27 @@ def restore_tables(conn, manifest: dict[str, Any], stores: dict[str, ObjectStore
         for entry in entries:
             if dry_run:
                 _, attempts = with_failover(entry, order, stores, key_ring, lambda s: None,
-                                            backup_id=manifest["backup_id"])
+                                            backup_id=manifest.backup_id)
             elif bundles:
                 loaded, attempts = with_failover(entry, order, stores, key_ring,
                                                  lambda s: _load_bundle(conn, target_schema, s),
-                                                 backup_id=manifest["backup_id"], savepoint=conn.transaction)
+                                                 backup_id=manifest.backup_id, savepoint=conn.transaction)
                 for table, n in loaded.items():
                     report.rows[table] = report.rows.get(table, 0) + n
             else:
                 rows, attempts = with_failover(entry, order, stores, key_ring,
                                                lambda s, e=entry: _load_table(conn, target_schema, e, s, wedding_id),
-                                               backup_id=manifest["backup_id"], savepoint=conn.transaction)
-                report.rows[entry["source"]] = report.rows.get(entry["source"], 0) + rows  # a table may be in parts
-                if wedding_id is not None and entry["source"] == "weddings" and not report.rows["weddings"]:
-                    raise WeddingNotInBackup(f"wedding {wedding_id} is not in backup {manifest['backup_id']} "
-                                             f"(taken {manifest.get('snapshot_at', '?')}): nothing was restored")
+                                               backup_id=manifest.backup_id, savepoint=conn.transaction)
+                report.rows[entry.source] = report.rows.get(entry.source, 0) + rows  # a table may be in parts
+                if wedding_id is not None and entry.source == "weddings" and not report.rows["weddings"]:
+                    raise WeddingNotInBackup(f"wedding {wedding_id} is not in backup {manifest.backup_id} "
+                                             f"(taken {manifest.snapshot_at}): nothing was restored")
             _record_attempts(report, entry, attempts)
             report.objects += 1
-            report.bytes += entry["ciphertext_size"]
+            report.bytes += entry.ciphertext_size
         if not dry_run:
             if wedding_id is not None and not bundles and not sum(report.rows.values()):
-                raise WeddingNotInBackup(f"backup {manifest['backup_id']} holds no rows of wedding {wedding_id}: "
+                raise WeddingNotInBackup(f"backup {manifest.backup_id} holds no rows of wedding {wedding_id}: "
                                          "nothing was restored")
             _verify_counts(conn, target_schema, entries, report, bundles, wedding_id)
             if in_place:
@@ -334,34 +340,34 @@ def restore_tables(conn, manifest: dict[str, Any], stores: dict[str, ObjectStore
     return report
 
 
-def _load_table(conn, schema: str, entry: dict[str, Any], stream: BinaryIO, wedding_id: int | None) -> int:
-    copy_format = entry.get("copy_format", "text")  # format 1 manifests have COPY text and no field
-    if wedding_id is None or "wedding_id" not in entry["columns"]:
+def _load_table(conn, schema: str, entry: DataObject, stream: BinaryIO, wedding_id: int | None) -> int:
+    copy_format = entry.copy_format or "text"  # format 1 manifests have COPY text and no field
+    if wedding_id is None or "wedding_id" not in entry.columns:
         if wedding_id is not None:  # this table has no wedding: nothing of it belongs to one wedding
             while stream.read(1 << 20):
                 pass
             return 0
-        return copy_into(conn, schema, entry["source"], entry["columns"], stream, copy_format)
+        return copy_into(conn, schema, entry.source, list(entry.columns), stream, copy_format)
     if copy_format == "binary":
         return _copy_one_wedding(conn, schema, entry, stream, wedding_id)
-    position = entry["columns"].index("wedding_id")
+    position = entry.columns.index("wedding_id")
     wanted = str(wedding_id).encode()
-    return copy_into(conn, schema, entry["source"], entry["columns"],
+    return copy_into(conn, schema, entry.source, list(entry.columns),
                      FilteredLines(stream, lambda row: row.split(b"\t")[position] == wanted))
 
 
-def _copy_one_wedding(conn, schema: str, entry: dict[str, Any], stream: BinaryIO, wedding_id: int) -> int:
+def _copy_one_wedding(conn, schema: str, entry: DataObject, stream: BinaryIO, wedding_id: int) -> int:
     """One wedding's rows of a binary table object: the server filters them (binary rows have no cheap
     delimiter to split on in Python). The whole object goes into a temporary table shaped like the target,
     then only that wedding's rows move on; the temporary table is dropped before the next object."""
-    table = entry["source"]
+    table = entry.source
     name = f"_wedsync_restore_{table}"[:63]
     holding = f"pg_temp.{_quote(name)}"
-    columns = ", ".join(_quote(c) for c in entry["columns"])
+    columns = ", ".join(_quote(c) for c in entry.columns)
     conn.execute(f"CREATE TEMPORARY TABLE {holding} (LIKE {_quote(schema)}.{_quote(table)})")
     # no try/finally: after an error the transaction is aborted, and rolling back the caller's savepoint
     # (with_failover) drops the temporary table with everything else the attempt did
-    copy_into(conn, "pg_temp", name, entry["columns"], stream, "binary")
+    copy_into(conn, "pg_temp", name, list(entry.columns), stream, "binary")
     with conn.cursor() as cur:
         cur.execute(f"INSERT INTO {_quote(schema)}.{_quote(table)} ({columns}) SELECT {columns} FROM {holding} "
                     "WHERE wedding_id = %s", (wedding_id,))
@@ -386,7 +392,7 @@ def _verify_counts(conn, schema: str, entries, report: RestoreReport, bundles: b
         return  # bundle sections are checked against their headers while loading
     expected: dict[str, int] = {}
     for entry in entries:  # a large table is several objects (parts): their rows add up
-        expected[entry["source"]] = expected.get(entry["source"], 0) + entry["rows"]
+        expected[entry.source] = expected.get(entry.source, 0) + entry.rows
     for table, rows in expected.items():
         count = conn.execute(f"SELECT count(*) FROM {_quote(schema)}.{_quote(table)}").fetchone()[0]
         if count != rows:
@@ -465,16 +471,16 @@ def safe_target_path(root: Path, relative: str) -> Path:
     return target
 
 
-def restore_assets(manifest: dict[str, Any], stores: dict[str, ObjectStore], key_ring: crypto.KeyRing, *,
-                   order: list[str], target_dir: Path, blob_entries: dict[str, dict[str, Any]],
+def restore_assets(manifest: Manifest, stores: dict[str, ObjectStore], key_ring: crypto.KeyRing, *,
+                   order: list[str], target_dir: Path, blob_entries: dict[str, Blob],
                    wedding_id: int | None = None, dry_run: bool = False) -> RestoreReport:
     """Restore the files an assets backup's index lists into `target_dir` (verified, atomic per file)."""
     started = time.monotonic()
-    report = RestoreReport(manifest["backup_id"], manifest["data_class"], str(target_dir), dry_run, wedding_id)
-    index_entry = next(o for o in format.data_objects(manifest) if o["source"] == "asset-index")
+    report = RestoreReport(manifest.backup_id, manifest.data_class, str(target_dir), dry_run, wedding_id)
+    index_entry = next(o for o in manifest.objects if o.source == "asset-index")
     index, attempts = with_failover(index_entry, order, stores, key_ring,
                                     lambda s: [json.loads(line) for line in lines(s)],
-                                    backup_id=manifest["backup_id"])
+                                    backup_id=manifest.backup_id)
     _record_attempts(report, index_entry, attempts)
     if wedding_id is not None:
         index = [f for f in index if f["path"].startswith(f"weddings/{wedding_id}/")]
@@ -485,7 +491,7 @@ def restore_assets(manifest: dict[str, Any], stores: dict[str, ObjectStore], key
         if found is None:
             raise RestoreError(f"no stored blob for {file['path']} (the manifest does not describe it)")
         # the file's own hash and size (from the authenticated index) are what the blob must decrypt to
-        blob = {**found, "plaintext_sha256": file["sha256"], "plaintext_size": file["size"]}
+        blob = dataclasses.replace(found, plaintext_sha256=file["sha256"], plaintext_size=file["size"])
         if not dry_run:
             path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(f".{path.name}.partial")
@@ -500,7 +506,7 @@ def restore_assets(manifest: dict[str, Any], stores: dict[str, ObjectStore], key
                     out.write(chunk)
 
         try:
-            _, attempts = with_failover(blob, order, stores, key_ring, write, backup_id=manifest["backup_id"])
+            _, attempts = with_failover(blob, order, stores, key_ring, write, backup_id=manifest.backup_id)
         except BaseException:
             partial.unlink(missing_ok=True)
             raise
@@ -509,7 +515,7 @@ def restore_assets(manifest: dict[str, Any], stores: dict[str, ObjectStore], key
             os.utime(path, ns=(file["mtime_ns"], file["mtime_ns"]))
         _record_attempts(report, blob, attempts)
         report.objects += 1
-        report.bytes += blob["ciphertext_size"]
+        report.bytes += blob.ciphertext_size
     report.rows["files"] = len(targets)
     report.seconds = time.monotonic() - started
     return report
@@ -522,21 +528,17 @@ def run_restore(policy: Policy, request: RestoreRequest, *, stores: dict[str, Ob
     """Resolve and restore what `request` asks for; returns the report (also logged)."""
     manifest = resolve(policy, stores, request.data_class, backup_id=request.backup_id,
                        point_in_time=request.point_in_time, catalog_connect=catalog_connect)
-    try:
-        format.check_readable(manifest)
-    except format.FormatError as err:
-        raise RestoreError(str(err)) from None
     order = cloud_order(stores, request.source_cloud, healthy)
-    log.info("restoring %s backup %s (taken %s); clouds in order: %s", request.data_class, manifest["backup_id"],
-             manifest.get("snapshot_at"), ", ".join(order))
+    log.info("restoring %s backup %s (taken %s); clouds in order: %s", request.data_class, manifest.backup_id,
+             manifest.snapshot_at, ", ".join(order))
     if policy.data_classes[request.data_class].kind == "assets":
         target = Path(request.target) if request.target else (asset_root or policy.staging_dir().parent
                                                                 / "restores") / default_target(request)
         if not request.dry_run:
             check_asset_target(target, os.environ.get(policy.data_classes[request.data_class].source_env))
         blobs = blob_entries_by_content(manifest)
-        if manifest.get("format_version", 1) < 3:  # format 2 describes only the blobs its own backup stored
-            blobs |= _blob_entries_from_catalog(catalog_connect, policy, manifest, blobs)
+        if manifest.format_version < 3:  # format 2 describes only the blobs its own backup stored
+            blobs |= _blob_entries_from_catalog(catalog_connect, policy, manifest)
         report = restore_assets(manifest, stores, key_ring, order=order, target_dir=target, blob_entries=blobs,
                                 wedding_id=request.wedding_id, dry_run=request.dry_run)
     else:
@@ -544,7 +546,7 @@ def run_restore(policy: Policy, request: RestoreRequest, *, stores: dict[str, Ob
         scratch = default_target(request) + "_scratch" if request.in_place else target
         with db_connect() as conn:
             report = restore_tables(conn, manifest, stores, key_ring, order=order, target_schema=scratch,
-                                    in_place=request.in_place, live_schema=manifest.get("source_schema", "wedsync"),
+                                    in_place=request.in_place, live_schema=manifest.source_schema,
                                     wedding_id=request.wedding_id, dry_run=request.dry_run)
     log.info("%s", report.render())
     return report
@@ -563,46 +565,37 @@ def check_asset_target(target: Path, live_source: str | None) -> None:
         raise RestoreTargetError(f"target {target} exists and is not an empty directory: give a new one")
 
 
-def blob_entries_by_content(manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def blob_entries_by_content(manifest: Manifest) -> dict[str, Blob]:
     """The blobs a manifest describes, by what its asset index names them with (content id; format 2: sha256)."""
-    return {b.get("content_id") or b["plaintext_sha256"]: b for b in format.blob_entries(manifest)}
+    return {b.content_id or b.plaintext_sha256: b for b in manifest.blobs}
 
 
-def _blob_entries_from_catalog(catalog_connect, policy: Policy, manifest: dict[str, Any],
-                               have: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+def _blob_entries_from_catalog(catalog_connect, policy: Policy, manifest: Manifest) -> dict[str, Blob]:
     """Format 2 only: blobs stored by earlier backups are described by the catalog."""
-    wanted = [sha for sha in manifest.get("referenced_blobs", []) if sha not in have]
+    described = {b.plaintext_sha256 for b in manifest.blobs}
+    wanted = [sha for sha in manifest.referenced_blob_hashes if sha not in described]
     if not wanted:
         return {}
-    from wedsync_dr import backup
-
-    entries: dict[str, dict[str, Any]] = {}
+    entries: dict[str, Blob] = {}
     if catalog_connect is not None:
         try:
-            with catalog_connect() as conn:
-                from wedsync_dr import catalog
+            from wedsync_dr import catalog
 
-                known = catalog.known_asset_blobs(conn)
-            for sha in wanted:
-                if sha in known:
-                    entries[sha] = {"key": known[sha]["key"], "ciphertext_sha256": known[sha]["ciphertext_sha256"],
-                                    "ciphertext_size": known[sha]["ciphertext_size"], "plaintext_sha256": sha,
-                                    "plaintext_size": known[sha]["size"], "encryption": known[sha]["encryption"],
-                                    "compression": known[sha]["encryption"].get("compression", "none"),
-                                    "blob": True}
-        except Exception as err:  # noqa: BLE001 - fall back to the blobs' metadata
-            log.warning("catalog unavailable for blob keys (%s); reading blob metadata from the clouds", err)
+            with catalog_connect() as conn:
+                entries = {b.plaintext_sha256: b for b in catalog.legacy_blob_entries(conn, manifest)}
+        except Exception as err:  # noqa: BLE001 - any catalog failure: say which blobs are unknown
+            log.warning("catalog unavailable for blob keys (%s)", err)
     missing = [sha for sha in wanted if sha not in entries]
     if missing:
         raise RestoreError(f"{len(missing)} referenced blobs are unknown to the catalog; run rebuild-catalog first "
-                           f"(e.g. {backup.blob_key(policy, missing[0])})")
+                           f"(e.g. {format.blob_key(policy.prefix, missing[0])})")
     return entries
 
 
 # ----------------------------------------------------------------------------- verify (like restic check --read-data)
 
 
-def verify_backup(manifest: dict[str, Any], stores: dict[str, ObjectStore], key_ring: crypto.KeyRing,
+def verify_backup(manifest: Manifest, stores: dict[str, ObjectStore], key_ring: crypto.KeyRing,
                   clouds: Iterable[str], sample: float = 1.0, seed: int = 0) -> dict[str, list[str]]:
     """Download, decrypt and checksum the backup's objects in each cloud; returns problems per cloud.
 
@@ -611,7 +604,7 @@ def verify_backup(manifest: dict[str, Any], stores: dict[str, ObjectStore], key_
     """
     import random
 
-    entries = format.all_entries(manifest)
+    entries = manifest.entries
     if sample < 1.0 and entries:
         entries = random.Random(seed).sample(entries, max(1, round(len(entries) * sample)))
     problems: dict[str, list[str]] = {}
@@ -619,7 +612,7 @@ def verify_backup(manifest: dict[str, Any], stores: dict[str, ObjectStore], key_
         problems[cloud] = []
         for entry in entries:
             try:
-                with_failover(entry, [cloud], stores, key_ring, lambda s: None, backup_id=manifest["backup_id"])
+                with_failover(entry, [cloud], stores, key_ring, lambda s: None, backup_id=manifest.backup_id)
             except RestoreError as err:
                 problems[cloud].append(str(err))
     return problems

@@ -152,7 +152,7 @@ def run(policy: Policy, catalog_conn, stores: dict[str, ObjectStore], now: dt.da
         catalog.mark_deleted(catalog_conn, backup_id)
         deleted.append(backup_id)
     referenced = {key for b in backups if b["backup_id"] in decided.keep and b["manifest"]
-                  for key in format.referenced_blob_keys(b["manifest"], policy.prefix)}
+                  for key in b["manifest"].referenced_blob_keys(policy.prefix)}
     # A running assets backup may reference blobs no kept manifest names yet (it took them from the catalog,
     # or adopted them): no blob is swept while one runs; the next daily run sweeps.
     running_assets = catalog.running_backup_ids(

@@ -12,7 +12,7 @@ import logging
 import time
 from typing import Any
 
-from wedsync_dr import format
+from wedsync_dr.format import Manifest
 from wedsync_dr.requests import InvalidRequest
 
 log = logging.getLogger(__name__)
@@ -55,10 +55,10 @@ def verify_copy(record: dict[str, Any], cloud: str, stores, key_ring, catalog_co
     from wedsync_dr import alerts, catalog
     from wedsync_dr.restore import verify_backup
 
-    manifest = record["manifest"]
+    manifest = Manifest.from_json(record["manifest"])
     started = time.monotonic()
     problems = verify_backup(manifest, stores, key_ring, [cloud], sample=sample, seed=seed)[cloud]
-    total = len(format.all_entries(manifest))  # data objects and (format 3) every blob, as verify_backup reads
+    total = len(manifest.entries)  # data objects and (format 3) every blob, as verify_backup reads
     result = {"backup_id": record["backup_id"], "data_class": record["data_class"], "cloud": cloud,
               "ok": not problems, "sample": sample, "seed": seed, "objects_read": objects_read(total, sample),
               "objects_total": total, "problem_count": len(problems), "problems": problems[:PROBLEMS_KEPT],

@@ -42,44 +42,44 @@ def _tampered(data: bytes) -> bytes:
 
 def test_a_copy_re_put_with_our_metadata_is_caught_by_the_clouds_own_checksum_and_repaired(stack, committed):
     record, _ = committed
-    entry = next(o for o in record["manifest"]["objects"] if o["source"] == "reviews")
+    entry = next(o for o in format.Manifest.from_json(record["manifest"]).objects if o.source == "reviews")
     s3 = local_stack.sdk_s3(stack)
-    original = s3.get_object(Bucket=local_stack.BUCKET, Key=entry["key"])["Body"].read()
-    metadata = s3.head_object(Bucket=local_stack.BUCKET, Key=entry["key"])["Metadata"]
+    original = s3.get_object(Bucket=local_stack.BUCKET, Key=entry.key)["Body"].read()
+    metadata = s3.head_object(Bucket=local_stack.BUCKET, Key=entry.key)["Metadata"]
     # a plain put: our sha256 claim kept, no checksum header of ours, so S3 computes its default CRC32
-    s3.put_object(Bucket=local_stack.BUCKET, Key=entry["key"], Body=_tampered(original), Metadata=metadata)
+    s3.put_object(Bucket=local_stack.BUCKET, Key=entry.key, Body=_tampered(original), Metadata=metadata)
     store = backup.stores(ROT, ["aws"])["aws"]
-    info = store.head(entry["key"])
-    assert info.sha256 == entry["ciphertext_sha256"] and info.size == entry["ciphertext_size"]  # looks right
+    info = store.head(entry.key)
+    assert info.sha256 == entry.ciphertext_sha256 and info.size == entry.ciphertext_size  # looks right
     assert "native crc32" in format.check_copy(info, entry)
 
     with catalog.connect() as conn:
         results = repair.run(ROT, conn, backup.stores(ROT), only_degraded=True, backup_ids=[record["backup_id"]])
-    assert [(k, c) for k, _source, c in results[0].copied] == [(entry["key"], "aws")]
-    assert s3.get_object(Bucket=local_stack.BUCKET, Key=entry["key"])["Body"].read() == original
-    assert format.check_copy(store.head(entry["key"]), entry) is None
+    assert [(k, c) for k, _source, c in results[0].copied] == [(entry.key, "aws")]
+    assert s3.get_object(Bucket=local_stack.BUCKET, Key=entry.key)["Body"].read() == original
+    assert format.check_copy(store.head(entry.key), entry) is None
 
 
 def test_rot_a_head_cannot_see_is_found_by_verify_and_repaired_by_a_named_repair(stack, committed):
     record, key_ring = committed
-    entry = next(o for o in record["manifest"]["objects"] if o["source"] == "suppliers")
+    entry = next(o for o in format.Manifest.from_json(record["manifest"]).objects if o.source == "suppliers")
     container = local_stack.sdk_azure_container(stack)
-    blob = container.get_blob_client(entry["key"])
+    blob = container.get_blob_client(entry.key)
     properties = blob.get_blob_properties()
     original = blob.download_blob().readall()
     # stored MD5 and metadata as they were, bytes not: what rot (or a careful tamperer) leaves behind
     blob.upload_blob(_tampered(original), overwrite=True, metadata=properties.metadata)
     blob.set_http_headers(content_settings=properties.content_settings)  # the old MD5 back: set, not checked
     store = backup.stores(ROT, ["azure"])["azure"]
-    assert format.check_copy(store.head(entry["key"]), entry) is None  # a HEAD sees nothing wrong
+    assert format.check_copy(store.head(entry.key), entry) is None  # a HEAD sees nothing wrong
 
     with catalog.connect() as conn:
         found = verification.verify_copy(record, "azure", backup.stores(ROT), key_ring, conn, sample=1.0, seed=0)
-        assert not found["ok"] and any(p.startswith(entry["key"]) for p in found["problems"])
+        assert not found["ok"] and any(p.startswith(entry.key) for p in found["problems"])
         # the daily sweep (nothing degraded) would have trusted the HEAD: the named repair reads the finding
         results = repair.run(ROT, conn, backup.stores(ROT), only_degraded=False, backup_ids=[record["backup_id"]])
-        assert (entry["key"], "azure") in [(k, c) for k, _source, c in results[0].copied]
-        assert container.get_blob_client(entry["key"]).download_blob().readall() == original
+        assert (entry.key, "azure") in [(k, c) for k, _source, c in results[0].copied]
+        assert container.get_blob_client(entry.key).download_blob().readall() == original
         again = verification.verify_copy(record, "azure", backup.stores(ROT), key_ring, conn, sample=1.0, seed=0)
         assert again["ok"], again["problems"]
         # once repaired (and verified), the next repair does not copy it again

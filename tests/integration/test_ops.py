@@ -97,11 +97,11 @@ def test_a_drill_over_a_corrupted_copy_reports_failure(stack, ops):
     key_ring = crypto.KeyRing.from_connection(POLICY.key_ring_conn_id)
     manifest, cloud = drill.choose(ops, POLICY, "vendor_data")  # what the next drill will read, and where
     originals = {}
-    for entry in manifest["objects"]:
-        originals[entry["key"]] = sdk_get(stack, cloud, entry["key"])
-        data = bytearray(originals[entry["key"]])
+    for entry in manifest.objects:
+        originals[entry.key] = sdk_get(stack, cloud, entry.key)
+        data = bytearray(originals[entry.key])
         data[-1] ^= 0x01
-        sdk_put(stack, cloud, entry["key"], bytes(data))
+        sdk_put(stack, cloud, entry.key, bytes(data))
     try:
         result = drill.drill_class(POLICY, "vendor_data", ops, backup.stores(POLICY), key_ring,
                                    catalog.db_connector("wedsync_db_owner"), seed=2)

@@ -13,7 +13,7 @@ import psycopg
 import pytest
 
 from tests.helpers import fresh_copy, latest_backup, owner_connection, run_dag, sdk_get, sdk_put
-from wedsync_dr import backup, catalog, crypto, extract
+from wedsync_dr import backup, catalog, crypto, extract, format
 from wedsync_dr.policy import load_policy
 from wedsync_dr.requests import RestoreError, check_request
 from wedsync_dr.restore import restore_tables, run_restore
@@ -256,8 +256,9 @@ def test_a_format_1_backup_of_copy_text_still_restores(stack, backed_up, key_rin
     with catalog.connect() as conn:
         manifest = latest_backup(conn, "client_data")["manifest"]
     assert {o["copy_format"] for o in manifest["objects"]} == {"text"}
-    manifest = {**manifest, "format_version": 1,
-                "objects": [{k: v for k, v in o.items() if k != "copy_format"} for o in manifest["objects"]]}
+    manifest = format.Manifest.from_json({
+        **manifest, "format_version": 1,
+        "objects": [{k: v for k, v in o.items() if k != "copy_format"} for o in manifest["objects"]]})
     original = _snapshot(stack, data_class.tables)
     with owner_connection(stack) as conn:
         wedding_id = conn.execute("SELECT wedding_id FROM wedsync.guests LIMIT 1").fetchone()[0]

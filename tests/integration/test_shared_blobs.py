@@ -119,7 +119,8 @@ def test_repaired_copies_carry_the_backups_lock_and_metadata(stack, two_backups,
     s3 = local_stack.sdk_s3(stack)
     for key in (blob["key"], index["key"], format.manifest_key(manifest["prefix"])):
         s3.delete_object(Bucket=local_stack.BUCKET, Key=key)  # a delete marker hides the locked version
-    result = repair.repair_backup(manifest, two_backups["stores"], tmp_path, lock_days=AUDIT.immutability_days)
+    result = repair.repair_backup(format.Manifest.from_json(manifest), two_backups["stores"], tmp_path,
+                                  lock_days=AUDIT.immutability_days)
     assert {(key, cloud) for key, _source, cloud in result.copied} == {(blob["key"], "aws"), (index["key"], "aws")}
     assert "aws" in result.clouds_ok
     locked_until = dt.datetime.fromisoformat(manifest["locked_until"]).replace(microsecond=0)
@@ -236,11 +237,7 @@ def test_a_format_2_assets_backup_still_restores(stack, two_backups, key_ring, t
         store.put_bytes(f"{prefix}/{name}", ciphertext)
         store.put_bytes(format.manifest_key(prefix), json.dumps(manifest).encode())
     with catalog.connect() as conn:
-        catalog.record_asset_blobs(conn, [{"sha256": e["plaintext_sha256"], "size": e["plaintext_size"],
-                                           "key": e["key"], "ciphertext_sha256": e["ciphertext_sha256"],
-                                           "ciphertext_size": e["ciphertext_size"],
-                                           "encryption": {**e["encryption"], "compression": "none"}}
-                                          for e in blob_entries[1:]], backup_id)
+        catalog.record_asset_blobs(conn, [format.entry_from_json(e) for e in blob_entries[1:]], backup_id)
     try:
         target = tmp_path / "format2"
         run_restore(AUDIT, check_request(AUDIT, {"data_class": "media", "backup_id": backup_id,

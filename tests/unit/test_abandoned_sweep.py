@@ -92,8 +92,8 @@ class FakeCatalog:
         return True
 
     def upsert_from_manifest(self, _conn, manifest, cloud):
-        self.rows[manifest["backup_id"]]["status"] = "degraded"
-        self.recorded.append((manifest["backup_id"], cloud))
+        self.rows[manifest.backup_id]["status"] = "degraded"
+        self.recorded.append((manifest.backup_id, cloud))
 
 
 @pytest.fixture
@@ -176,7 +176,8 @@ def test_a_prefix_over_the_blob_store_still_spares_the_blobs(monkeypatch):
 def test_a_committed_backup_is_recorded_from_its_manifest_and_nothing_is_deleted(staging_root, cat):
     row = cat.add("vendor_data-20260601T110000Z-c0117d")
     staged = _stage(row["backup_id"])
-    manifest = {"format_version": 3, "backup_id": row["backup_id"], "prefix": row["prefix"]}
+    manifest = {"format_version": 3, "backup_id": row["backup_id"], "prefix": row["prefix"],
+                "data_class": "vendor_data", "created_at": "2026-06-01T11:00:00+00:00"}
     objects = {f"{row['prefix']}/vendors.bin.zst.tink": b"v"}
     clouds = _clouds(objects)
     clouds["gcp"].objects[format.manifest_key(row["prefix"])] = json.dumps(manifest).encode()

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import threading
 from pathlib import Path
 
 import pytest
 
-from wedsync_dr import backup
+from wedsync_dr import backup, format
 from wedsync_dr.parallel import in_parallel
 from wedsync_dr.policy import load_policy
 from wedsync_dr.repair import repair_backup
@@ -85,15 +84,17 @@ class RecordingStore:
 
 
 def _staged(tmp_path: Path, sizes: list[int], blob_index: int | None = None) -> dict:
+    """encrypt's hand-off to the uploads: entries in encrypt.json, ciphertexts beside it."""
     entries = []
     for i, size in enumerate(sizes):
-        path = tmp_path / f"object-{i}.tink"
-        path.write_bytes(b"x" * size)
-        entries.append({"name": f"object-{i}", "key": f"backup/object-{i}", "path": str(path), "blob": i == blob_index,
-                        "ciphertext_size": size, "ciphertext_sha256": f"{i:064x}", "ciphertext_md5": "0" * 32,
-                        "ciphertext_crc32c": "0" * 8, "plaintext_sha256": f"{i:064x}",
-                        "encryption": {"kek_id": "k1", "wrapped_key": "w"}})
-    (tmp_path / "encrypt.json").write_text(json.dumps(entries))
+        common = {"key": f"backup/object-{i}", "compression": "none", "plaintext_size": size,
+                  "ciphertext_size": size, "ciphertext_sha256": f"{i:064x}", "ciphertext_md5": "0" * 32,
+                  "ciphertext_crc32c": "0" * 8, "encryption": {"kek_id": "k1", "wrapped_key": "w"}}
+        entry = format.Blob(content_id=f"object-{i}", **common) if i == blob_index else \
+            format.DataObject(name=f"object-{i}.tink", source="t", plaintext_sha256=f"{i:064x}", **common)
+        backup._ciphertext_path(tmp_path, entry).write_bytes(b"x" * size)
+        entries.append(entry)
+    backup._write_entries(tmp_path / "encrypt.json", entries)
     return {"staging_dir": str(tmp_path), "backup_id": "b-1", "lock_until": None}
 
 
@@ -149,9 +150,12 @@ class SweepStore:
 
 def test_repair_checks_objects_together_then_copies_what_is_missing(tmp_path):
     bodies = {f"b/object-{i}": f"ciphertext {i}".encode() for i in range(8)}
-    manifest = {"backup_id": "b-1", "prefix": "b", "objects": [
-        {"key": key, "ciphertext_size": len(body), "ciphertext_sha256": hashlib.sha256(body).hexdigest(),
-         "encryption": {"kek_id": "k1"}} for key, body in bodies.items()]}
+    manifest = format.Manifest.from_json({
+        "backup_id": "b-1", "prefix": "b", "data_class": "vendor_data", "created_at": "2026-01-01T00:00:00+00:00",
+        "objects": [{"key": key, "name": key.rsplit("/", 1)[1], "source": "t", "compression": "zstd",
+                     "plaintext_size": 1, "plaintext_sha256": "0" * 64, "ciphertext_size": len(body),
+                     "ciphertext_sha256": hashlib.sha256(body).hexdigest(), "encryption": {"kek_id": "k1"}}
+                    for key, body in bodies.items()]})
     whole = SweepStore("aws", dict(bodies), threading.Barrier(4, timeout=BARRIER_TIMEOUT))
     gappy = SweepStore("gcp", {k: v for k, v in bodies.items() if not k.endswith(("-2", "-5"))}, None)
     result = repair_backup(manifest, {"aws": whole, "gcp": gappy}, tmp_path, concurrency=4)

@@ -30,9 +30,18 @@ def test_content_ids_are_keyed_and_fail_closed_without_the_dedup_key():
     assert json.loads(ring.to_json())["dedup_key"] not in repr(ring) + str(ring)
 
 
-def _entry(**changes):
-    return {"key": "p/x", "ciphertext_size": 10, "ciphertext_sha256": "a" * 64, "ciphertext_md5": "b" * 32,
-            "ciphertext_crc32c": "c" * 8, **changes}
+def _entry(**changes) -> format.DataObject:
+    return format.DataObject(**{"key": "p/x", "name": "x", "source": "t", "compression": "zstd",
+                                "plaintext_size": 5, "plaintext_sha256": SHA, "encryption": {"kek_id": "k1"},
+                                "ciphertext_size": 10, "ciphertext_sha256": "a" * 64, "ciphertext_md5": "b" * 32,
+                                "ciphertext_crc32c": "c" * 8, **changes})
+
+
+def _blob(**changes) -> format.Blob:
+    return format.Blob(**{"key": "p/assets/blobs/ff/" + "f" * 64 + ".tink", "content_id": "f" * 64,
+                          "compression": "none", "plaintext_size": 5, "ciphertext_size": 10,
+                          "ciphertext_sha256": "a" * 64, "encryption": {"kek_id": "k1", "wrapped_key": "d2s="},
+                          **changes})
 
 
 def _info(**changes):
@@ -60,30 +69,62 @@ def test_a_lock_shorter_than_the_backup_needs_is_extended_by_a_whole_period():
 
 
 def test_blobs_are_bound_to_their_content_id_and_data_objects_to_their_backup():
-    blob = {"content_id": "f" * 64, "key": "p/assets/blobs/ff/" + "f" * 64 + ".tink"}
-    assert format.expected_associated_data("b-1", blob) == crypto.associated_data("assets-blob", "f" * 64)
-    legacy = {"blob": True, "plaintext_sha256": SHA, "name": "blob-x"}
-    assert format.expected_associated_data("b-1", legacy) == crypto.associated_data("assets-blob", SHA)
-    assert format.expected_associated_data("b-1", {"name": "t.copy.zst.tink"}) == crypto.associated_data(
-        "b-1", "t.copy.zst.tink")
+    assert _blob().associated_data("b-1") == crypto.associated_data("assets-blob", "f" * 64)
+    legacy = format.entry_from_json({"blob": True, "plaintext_sha256": SHA, "name": "blob-x", **_json(_blob()),
+                                     "content_id": None})
+    assert legacy.associated_data("b-1") == crypto.associated_data("assets-blob", SHA)
+    assert _entry(name="t.copy.zst.tink").associated_data("b-1") == crypto.associated_data("b-1", "t.copy.zst.tink")
+
+
+def _json(entry) -> dict:
+    return {k: v for k, v in entry.to_json().items() if k != "content_id"}
+
+
+_HEAD = {"backup_id": "b-1", "data_class": "media", "prefix": "p/media/2026/01/01/b-1",
+         "created_at": "2026-01-01T00:00:00+00:00"}
 
 
 def test_format_2_and_3_manifests_name_every_blob_they_need():
-    v3 = {"format_version": 3, "objects": [{"name": "asset-index.jsonl.zst.tink"}],
-          "blobs": [{"key": "p/assets/blobs/aa/a.tink", "content_id": "a"}]}
-    assert format.referenced_blob_keys(v3, "p") == {"p/assets/blobs/aa/a.tink"}
-    assert format.all_entries(v3) == [v3["objects"][0], v3["blobs"][0]]
-    v2 = {"format_version": 2, "objects": [{"name": "i"}, {"name": "blob-x", "blob": True, "key": "k"}],
-          "referenced_blobs": [SHA]}
-    assert format.referenced_blob_keys(v2, "p") == {format.blob_key("p", SHA)}
-    assert format.data_objects(v2) == [{"name": "i"}]
+    index, blob = _entry(name="asset-index.jsonl.zst.tink"), _blob(key="p/assets/blobs/aa/a.tink", content_id="a")
+    v3 = format.Manifest.from_json({**_HEAD, "format_version": 3, "objects": [index.to_json()],
+                                    "blobs": [blob.to_json()]})
+    assert v3.referenced_blob_keys("p") == {"p/assets/blobs/aa/a.tink"}
+    assert v3.entries == [index, blob]
+    legacy = {**_json(_blob()), "name": "blob-x", "blob": True, "key": "k", "plaintext_sha256": "0" * 64}
+    v2 = format.Manifest.from_json({**_HEAD, "format_version": 2, "objects": [_entry(name="i").to_json(), legacy],
+                                    "referenced_blobs": [SHA]})
+    assert v2.referenced_blob_keys("p") == {format.blob_key("p", SHA)}
+    assert v2.objects == (_entry(name="i"),)
+    assert [b.key for b in v2.blobs] == ["k"] and v2.blobs[0].content_id is None
     with pytest.raises(format.FormatError, match="newer release"):
-        format.check_readable({"format_version": format.FORMAT_VERSION + 1, "backup_id": "x"})
+        format.Manifest.from_json({"format_version": format.FORMAT_VERSION + 1, "backup_id": "x"})
+    with pytest.raises(format.FormatError, match="prefix"):
+        format.Manifest.from_json({k: v for k, v in _HEAD.items() if k != "prefix"})
+
+
+def test_a_stored_manifest_is_written_back_as_it_was_read():
+    """Repair copies a manifest to a cloud that lacks it: the same JSON as the others hold, older formats
+    included, never re-serialised from the dataclass (which would add fields format 2 did not have)."""
+    stored = {**_HEAD, "format_version": 2, "objects": [_entry().to_json()], "referenced_blobs": [SHA],
+              "a_field_a_newer_minor_release_wrote": 1}
+    manifest = format.Manifest.from_json(stored)
+    assert manifest.to_json() is stored
+    assert json.loads(manifest.body()) == stored
+
+
+def test_a_new_manifest_round_trips_through_its_json():
+    manifest = format.build_manifest(
+        backup_id="b-1", data_class="media", created_at=_HEAD["created_at"], snapshot_at=None,
+        source_schema="wedsync", labels=["emergency"], reason="r", prefix=_HEAD["prefix"],
+        lock_until="2026-01-08T00:00:00+00:00", retain_until=None, objects=[_entry(columns=("a", "b"))],
+        blobs=[_blob()], tables={"t": {"columns": []}}, stored_blob_keys=[_blob().key])
+    again = format.Manifest.from_json(json.loads(manifest.body()))
+    assert again == manifest  # every field, entries included (columns back as a tuple)
+    assert again.locked_until == dt.datetime(2026, 1, 8, tzinfo=dt.UTC) and again.retain_until is None
 
 
 def test_blob_metadata_names_no_plaintext():
-    entry = {"content_id": "c" * 64, "compression": "none", "encryption": {"kek_id": "k1", "wrapped_key": "d2s="}}
-    metadata = format.object_metadata("assets-1", entry)
+    metadata = format.object_metadata("assets-1", _blob(content_id="c" * 64))
     assert metadata == {"backup-id": "assets-1", "kek-id": "k1", "wrapped-key": "d2s=", "content-id": "c" * 64,
                         "compression": "none"}
 

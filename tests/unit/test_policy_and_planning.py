@@ -55,30 +55,30 @@ def test_restores_try_the_requested_cloud_then_healthy_ones_then_any():
 
 
 def test_a_manifest_lists_its_objects_and_every_blob_but_counts_only_what_it_stored():
-    def blob(n: int) -> dict:
+    def blob(n: int) -> format.Blob:
         cid = hashlib.sha256(bytes([n])).hexdigest()
-        return {"content_id": cid, "key": format.blob_key("p", cid), "compression": "none", "plaintext_size": 10,
-                "ciphertext_sha256": "a" * 64, "ciphertext_size": 50, "ciphertext_md5": None,
-                "ciphertext_crc32c": None, "ciphertext_crc32": None, "ciphertext_sha256_composite": None,
-                "encryption": {"kek_id": "k1"}, "path": f"secret/wedding-{n}.jpg", "plaintext_sha256": "b" * 64}
-    index = {"name": "asset-index.jsonl.zst.tink", "key": "p/x/asset-index.jsonl.zst.tink", "source": "asset-index",
-             "rows": 3, "columns": None, "wedding_id": None, "compression": "zstd", "plaintext_sha256": "c" * 64,
-             "plaintext_size": 300, "compressed_size": 100, "ciphertext_sha256": "d" * 64, "ciphertext_size": 140,
-             "ciphertext_md5": None, "ciphertext_crc32c": None, "encryption": {"kek_id": "k1"}}
+        # plaintext_sha256 set as a restore sets it from the index: the manifest must not carry it
+        return format.Blob(content_id=cid, key=format.blob_key("p", cid), compression="none", plaintext_size=10,
+                           ciphertext_sha256="a" * 64, ciphertext_size=50, compressed_size=10,
+                           encryption={"kek_id": "k1"}, plaintext_sha256="b" * 64)
+    index = format.DataObject(name="asset-index.jsonl.zst.tink", key="p/x/asset-index.jsonl.zst.tink",
+                              source="asset-index", rows=3, compression="zstd", plaintext_sha256="c" * 64,
+                              plaintext_size=300, compressed_size=100, ciphertext_sha256="d" * 64,
+                              ciphertext_size=140, encryption={"kek_id": "k1"})
     stored, earlier = blob(1), blob(2)
     manifest = format.build_manifest(
         backup_id="media-20260101T000000Z-abcdef", data_class="media", created_at="2026-01-01T00:00:00+00:00",
         snapshot_at=None, source_schema="wedsync", labels=["emergency"], reason="r", prefix="p/x",
         lock_until="2026-01-08T00:00:00+00:00", retain_until="2026-04-01T00:00:00+00:00", objects=[index],
-        blobs=[earlier, stored], tables={}, stored_blob_keys=[stored["key"]])
+        blobs=[earlier, stored], tables={}, stored_blob_keys=[stored.key]).to_json()
     assert manifest["format_version"] == format.FORMAT_VERSION
-    assert [b["key"] for b in manifest["blobs"]] == sorted([stored["key"], earlier["key"]])
+    assert [b["key"] for b in manifest["blobs"]] == sorted([stored.key, earlier.key])
     assert all(set(b) == set(format.BLOB_FIELDS) for b in manifest["blobs"])  # no path, no plaintext hash
     assert manifest["totals"]["objects"] == 1 and manifest["totals"]["blobs"] == 2
     assert manifest["totals"]["blobs_stored"] == 1
     assert manifest["totals"]["ciphertext_bytes"] == 140 + 50  # the index and the one blob it stored
     assert manifest["snapshot_at"] == manifest["created_at"] and manifest["retain_until"].startswith("2026-04")
-    assert format.locked_until(manifest) == dt.datetime(2026, 1, 8, tzinfo=dt.UTC)
+    assert format.Manifest.from_json(manifest).locked_until == dt.datetime(2026, 1, 8, tzinfo=dt.UTC)
 
 
 def test_the_shipped_policy_loads():
