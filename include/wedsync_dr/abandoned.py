@@ -31,12 +31,11 @@ import datetime as dt
 import json
 import logging
 import re
-import shutil
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from wedsync_dr import backup, catalog, format
+from wedsync_dr import catalog, format, staging
 from wedsync_dr.policy import Policy
 from wedsync_dr.retention import RUNNING_HORIZON
 from wedsync_dr.storage import ObjectStore, StorageError
@@ -113,36 +112,33 @@ def sweep(policy: Policy, catalog_conn, stores: Mapping[str, ObjectStore], *, is
 
 
 def _remove_staging(policy: Policy, backup_id: str, report: SweepReport) -> None:
-    path = backup.staging_dir(policy, backup_id)
-    if not path.exists():
+    """What the backup staged, wherever staging is (this host's directory, or the staging bucket)."""
+    try:
+        removed = staging.for_policy(policy).remove(backup_id)
+    except (StorageError, OSError) as err:
+        report.pending.setdefault(backup_id, {})["staging"] = f"staging not removed: {err}"
+        log.error("staging of backup %s could not be removed: %s", backup_id, err)
         return
-    shutil.rmtree(path, ignore_errors=True)
-    if path.exists():
-        report.pending.setdefault(backup_id, {})["staging"] = f"{path} could not be removed"
-        log.error("staging directory %s of backup %s could not be removed", path, backup_id)
-    else:
+    if removed:
         report.staging_removed.append(backup_id)
 
 
 def _remove_orphaned_staging(policy: Policy, catalog_conn, classes: list[str] | None, now: dt.datetime,
                              report: SweepReport) -> None:
-    root = policy.staging_dir()
-    if not root.is_dir():
+    try:
+        staged = staging.for_policy(policy).staged_backups()
+    except StorageError as err:
+        log.warning("staging not swept: %s", err)
         return
     candidates = {}
-    for path in root.iterdir():
-        found = BACKUP_ID.match(path.name)
-        if found and path.is_dir() and path.name not in report.staging_removed \
-                and (classes is None or found["data_class"] in classes):
-            candidates[path.name] = path
+    for backup_id, changed in staged.items():
+        found = BACKUP_ID.match(backup_id)
+        if found and backup_id not in report.staging_removed and (classes is None or found["data_class"] in classes):
+            candidates[backup_id] = changed
     statuses = catalog.backup_statuses(catalog_conn, list(candidates))
-    for backup_id, path in sorted(candidates.items()):
-        try:
-            age = now - dt.datetime.fromtimestamp(path.stat().st_mtime, dt.UTC)
-        except FileNotFoundError:  # its own run's teardown removed it meanwhile
-            continue
-        if staging_is_orphaned(statuses.get(backup_id), age):
-            log.warning("staging directory of %s (%s) left behind: removed", backup_id,
+    for backup_id, changed in sorted(candidates.items()):
+        if staging_is_orphaned(statuses.get(backup_id), now - changed):
+            log.warning("staging of %s (%s) left behind: removed", backup_id,
                         statuses.get(backup_id) or "no catalog row")
             _remove_staging(policy, backup_id, report)
 

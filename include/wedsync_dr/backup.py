@@ -31,12 +31,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from wedsync_dr import alerts, catalog, crypto, extract, format
+from wedsync_dr import alerts, catalog, crypto, extract, format, staging
 from wedsync_dr.format import BLOB_AD_SCOPE, Blob, DataObject, Entry
 from wedsync_dr.parallel import in_parallel
 from wedsync_dr.policy import DataClass, Policy
 from wedsync_dr.storage import ObjectStore, StorageError, open_store
-from wedsync_dr.streams import CloudChecksumWriter
+from wedsync_dr.streams import CloudChecksumWriter, HashingReader, lines
 
 log = logging.getLogger(__name__)
 
@@ -74,28 +74,22 @@ def stores(policy: Policy, names: list[str] | None = None) -> dict[str, ObjectSt
             for c in policy.clouds if names is None or c.name in names}
 
 
-def _write_json(path: Path, value: Any) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(value, default=str))
-    tmp.replace(path)
-
-
-def _read_json(path: Path) -> Any:
-    return json.loads(path.read_text())
-
-
-def _write_entries(path: Path, entries: list[Entry]) -> None:
+def _write_entries(area: staging.Staging, backup_id: str, name: str, entries: list[Entry]) -> None:
     """Entries handed from one step to the next, every field kept (a blob's compressed size too)."""
-    _write_json(path, [asdict(e) for e in entries])
+    area.write_json(backup_id, name, [asdict(e) for e in entries])
 
 
-def _read_entries(path: Path) -> list[Entry]:
-    return [format.entry_from_json(e) for e in _read_json(path)] if path.exists() else []
+def _read_entries(area: staging.Staging, backup_id: str, name: str) -> list[Entry]:
+    return [format.entry_from_json(e) for e in area.read_json(backup_id, name, default=[])]
 
 
-def _ciphertext_path(staging: Path, entry: Entry) -> Path:
-    """Where encrypt left an object's ciphertext for the uploads."""
-    return staging / (f"{entry.content_id}.tink" if isinstance(entry, Blob) else entry.name)
+def _ciphertext_name(entry: Entry) -> str:
+    """The staged file of an object's ciphertext (what the uploads send)."""
+    return f"{entry.content_id}.tink" if isinstance(entry, Blob) else entry.name
+
+
+def _ciphertext_path(directory: Path, entry: Entry) -> Path:
+    return directory / _ciphertext_name(entry)
 
 
 # --------------------------------------------------------------------------- extract
@@ -108,42 +102,61 @@ def run_extract(policy: Policy, data_class: DataClass, *, connect: Callable[[], 
                 workers: int | None = None, min_retention_days: int = 0,
                 key_ring: crypto.KeyRing | None = None, store_map: dict[str, ObjectStore] | None = None
                 ) -> dict[str, Any]:
-    """Stage the class's data: compressed plaintext files and `extract.json`. `workers` (default: the class's
-    `extract_workers`) tables or parts are copied at once. Assets need `key_ring` (its dedup key names the
-    blobs); nothing is staged without it."""
+    """Stage the class's data. `workers` (default: the class's `extract_workers`) tables or parts are copied at
+    once. Assets need `key_ring` (its dedup key names the blobs); nothing is staged without it.
+
+    Local staging: compressed plaintext files (0600) and `extract.json`, sealed by `run_encrypt` on this host.
+    Object-store staging (tasks may run on other hosts): each object is sealed here, on the worker that read
+    it, with its final data key and associated data, and only the ciphertext leaves this host (`sealed.json`
+    describes it; `run_encrypt` proves it). That needs `key_ring` for every class: fail closed, nothing is read.
+    """
     started_at = started_at or dt.datetime.now(dt.UTC)
     backup_id = backup_id or new_backup_id(data_class.name, started_at)
-    staging = staging_dir(policy, backup_id)
-    staging.mkdir(parents=True, exist_ok=True, mode=0o700)
+    area = staging.for_policy(policy)
+    if area.remote and key_ring is None:
+        raise crypto.KeyUnavailableError("staging is an object store: extract seals every object before it leaves "
+                                         "this worker, and needs the key ring")
+    work = area.scratch(backup_id)
     prefix = backup_prefix(policy, data_class.name, backup_id, started_at)
     scope = {"wedding_ids": wedding_ids} if wedding_ids else None
     catalog.record_backup_start(catalog_conn, backup_id=backup_id, data_class=data_class.name, prefix=prefix,
                                 started_at=started_at, labels=labels, reason=reason, requested_by=requested_by,
                                 scope=scope, dag_id=dag_id, run_id=run_id)
     t0 = time.perf_counter()
-    if data_class.kind == "tables":
-        extraction = extract.extract_tables(connect, policy, data_class, backup_id, staging,
-                                            workers=workers or data_class.extract_workers)
-    elif data_class.kind == "wedding_bundles":
-        extraction = extract.extract_wedding_bundles(connect, policy, data_class, backup_id, staging, wedding_ids)
-    elif data_class.kind == "assets":
-        if key_ring is None:
-            raise crypto.KeyUnavailableError("an assets backup needs the key ring: its dedup key names the blobs")
-        extraction = _extract_assets(policy, data_class, backup_id, staging, catalog_conn, key_ring,
-                                     store_map or stores(policy))
-    else:  # the policy schema makes this unreachable
-        raise ValueError(f"unknown data class kind {data_class.kind!r}")
+    try:
+        if data_class.kind == "tables":
+            extraction = extract.extract_tables(connect, policy, data_class, backup_id, work,
+                                                workers=workers or data_class.extract_workers)
+        elif data_class.kind == "wedding_bundles":
+            extraction = extract.extract_wedding_bundles(connect, policy, data_class, backup_id, work, wedding_ids)
+        elif data_class.kind == "assets":
+            if key_ring is None:
+                raise crypto.KeyUnavailableError("an assets backup needs the key ring: its dedup key names the blobs")
+            extraction = _extract_assets(policy, data_class, backup_id, area, work, catalog_conn, key_ring,
+                                         store_map or stores(policy))
+        else:  # the policy schema makes this unreachable
+            raise ValueError(f"unknown data class kind {data_class.kind!r}")
+        # Table definitions go into the manifest, not through XCom: they are kilobytes per table.
+        area.write_json(backup_id, "tables.json", extraction.notes.pop("table_definitions", {}))
+        if area.remote:
+            sealed = _seal(policy, backup_id, prefix, extraction.objects, key_ring, work)
+            for entry in sealed:
+                area.publish(backup_id, _ciphertext_path(work, entry), sha256=entry.ciphertext_sha256)
+            _write_entries(area, backup_id, "sealed.json", sealed)
+        else:
+            area.write_json(backup_id, "extract.json", extraction.to_json())
+    finally:
+        if area.remote:  # nothing of the run stays on this worker, plaintext above all, whatever happened
+            shutil.rmtree(work, ignore_errors=True)
     seconds = time.perf_counter() - t0
-    # Table definitions go into the manifest, not through XCom: they are kilobytes per table.
-    _write_json(staging / "tables.json", extraction.notes.pop("table_definitions", {}))
-    _write_json(staging / "extract.json", extraction.to_json())
     totals = extraction.totals
     log.info("extract %s: %d objects, %s rows, %.1f MB -> %.1f MB zstd in %.1fs (%.0f MB/s)", backup_id,
              totals["objects"], f"{totals['rows']:,}", totals["plaintext_bytes"] / 1e6,
              totals["compressed_bytes"] / 1e6, seconds, totals["plaintext_bytes"] / 1e6 / max(seconds, 1e-9))
     return {"backup_id": backup_id, "data_class": data_class.name, "prefix": prefix,
             "started_at": started_at.isoformat(), "snapshot_at": extraction.snapshot_at,
-            "staging_dir": str(staging), "labels": list(labels),
+            "staging": area.describe(), **({} if area.remote else {"staging_dir": str(work)}),
+            "labels": list(labels),
             "reason": reason, "extract_seconds": round(seconds, 3), **totals, "notes": extraction.notes,
             **_holds(policy, data_class, started_at, min_retention_days)}
 
@@ -161,8 +174,8 @@ def _instant(value: str | None) -> dt.datetime | None:
     return dt.datetime.fromisoformat(value) if value else None
 
 
-def _extract_assets(policy: Policy, data_class: DataClass, backup_id: str, staging: Path, catalog_conn,
-                    key_ring: crypto.KeyRing, store_map: dict[str, ObjectStore]):
+def _extract_assets(policy: Policy, data_class: DataClass, backup_id: str, area: staging.Staging, work: Path,
+                    catalog_conn, key_ring: crypto.KeyRing, store_map: dict[str, ObjectStore]):
     """Index every asset file under its keyed content id; stage only blobs no cloud holds yet.
 
     The blobs stored before are described in full in `referenced-blobs.json` (from the catalog, or adopted
@@ -189,7 +202,7 @@ def _extract_assets(policy: Policy, data_class: DataClass, backup_id: str, stagi
         del new_blobs[cid]
     # The index is the backup's data object and the only place paths and plaintext hashes are kept:
     # path -> content id, and how to check each file.
-    index_path = staging / "asset-index.jsonl.zst"
+    index_path = work / "asset-index.jsonl.zst"
     sink = extract._HashingCompressor(index_path, policy.zstd_level)
     for f in files:
         sink.write(json.dumps({"path": f.path, "content_id": content_ids[f.sha256], "sha256": f.sha256,
@@ -198,14 +211,13 @@ def _extract_assets(policy: Policy, data_class: DataClass, backup_id: str, stagi
     index = extract.StagedObject(name="asset-index.jsonl", path=str(index_path), source="asset-index",
                                  rows=len(files), plaintext_sha256=sha, plaintext_size=size,
                                  compressed_size=compressed)
-    blobs = [_stage_blob(policy, source, staging, cid, f) for cid, f in new_blobs.items()]
+    blobs = [_stage_blob(policy, source, work, cid, f) for cid, f in new_blobs.items()]
     log.info("assets: %d files (%d hashed, %d unchanged), %d new blobs to store, %d already stored", len(files),
              hashed, len(files) - hashed, len(blobs), len(referenced))
-    extraction = extract.Extraction(backup_id, data_class.name, str(staging),
+    extraction = extract.Extraction(backup_id, data_class.name, str(work),
                                     dt.datetime.now(dt.UTC).isoformat(), [index, *blobs])
     extraction.notes = {"files": len(files), "hashed": hashed, "new_blobs": len(blobs)}
-    _write_json(staging / "asset-files.json", [[f.path, f.sha256, f.size, f.mtime_ns] for f in files])
-    _write_entries(staging / "referenced-blobs.json", sorted(referenced.values(), key=lambda b: b.key))
+    _write_entries(area, backup_id, "referenced-blobs.json", sorted(referenced.values(), key=lambda b: b.key))
     return extraction
 
 
@@ -270,29 +282,53 @@ def _proves(store: ObjectStore, entry: Blob, key_ring: crypto.KeyRing, plaintext
 
 def run_encrypt(policy: Policy, summary: dict[str, Any], key_ring: crypto.KeyRing, *,
                 workers: int = 2) -> dict[str, Any]:
-    """Encrypt every staged object with its own data key; delete each plaintext as soon as it is done.
+    """Seal every staged object with its own data key (local staging; each plaintext is deleted as soon as it
+    is sealed), or -- object-store staging, where extract sealed them on its own worker -- prove each sealed
+    object before any cloud sees it: read back from staging, it must hash to what extract recorded and decrypt
+    (tags, associated data) to the plaintext extract read. Either way `encrypt.json` lists what the uploads send.
 
     `workers` objects at a time: the checksums (MD5 most of all) and AES-GCM release the GIL on each
     segment, so two threads use two cores.
     """
-    staging = Path(summary["staging_dir"])
-    extraction = extract.Extraction.from_json(_read_json(staging / "extract.json"))
-    part_size = _s3_part_size(policy)
+    backup_id = summary["backup_id"]
+    area = staging.for_policy(policy)
     t0 = time.perf_counter()
+    if area.remote:
+        encrypted = _read_entries(area, backup_id, "sealed.json")
+        in_parallel(lambda entry: _prove_staged(area, backup_id, entry, key_ring), encrypted, workers, "prove")
+    else:
+        extraction = extract.Extraction.from_json(area.read_json(backup_id, "extract.json"))
+        encrypted = _seal(policy, backup_id, summary["prefix"], extraction.objects, key_ring, area.scratch(backup_id),
+                          workers=workers)
+    seconds = time.perf_counter() - t0
+    _write_entries(area, backup_id, "encrypt.json", encrypted)
+    total = sum(o.ciphertext_size for o in encrypted)
+    log.info("encrypt %s: %d objects, %.1f MB ciphertext %s in %.1fs, key %s", backup_id, len(encrypted), total / 1e6,
+             "proven" if area.remote else "sealed", seconds, key_ring.primary_id)
+    return {**summary, "ciphertext_bytes": total, "encrypt_seconds": round(seconds, 3),
+            "compressed_bytes": sum(o.compressed_size for o in encrypted)}
 
-    def encrypt_one(obj: extract.StagedObject) -> Entry:
+
+def _seal(policy: Policy, backup_id: str, prefix: str, objects: list[extract.StagedObject],
+          key_ring: crypto.KeyRing, work: Path, workers: int = 2) -> list[Entry]:
+    """Seal staged payloads (already compressed in extract, tables and blobs alike) into ciphertext files beside
+    them, each with its own data key and the associated data of where it will be stored; every plaintext is
+    deleted as soon as its ciphertext exists. Returns the entries, in extraction order."""
+    part_size = _s3_part_size(policy)
+
+    def seal_one(obj: extract.StagedObject) -> Entry:
         content_id = obj.extra.get("content_id") if obj.extra.get("blob") else None
         sizes = {"compression": obj.compression, "plaintext_size": obj.plaintext_size,
                  "compressed_size": obj.compressed_size}
         if content_id:
             ad = crypto.associated_data(BLOB_AD_SCOPE, content_id)
-            sealed = _encrypt_one(key_ring, Path(obj.path), staging / f"{content_id}.tink", ad, part_size=part_size)
+            sealed = _encrypt_one(key_ring, Path(obj.path), work / f"{content_id}.tink", ad, part_size=part_size)
             entry = Blob(content_id=content_id, key=blob_key(policy, content_id), **sizes, **sealed)
         else:
             name = f"{obj.name}.zst.tink" if obj.compression == "zstd" else f"{obj.name}.tink"
-            ad = crypto.associated_data(summary["backup_id"], name)
-            sealed = _encrypt_one(key_ring, Path(obj.path), staging / name, ad, part_size=part_size)
-            entry = DataObject(name=name, key=f"{summary['prefix']}/{name}", source=obj.source, rows=obj.rows,
+            ad = crypto.associated_data(backup_id, name)
+            sealed = _encrypt_one(key_ring, Path(obj.path), work / name, ad, part_size=part_size)
+            entry = DataObject(name=name, key=f"{prefix}/{name}", source=obj.source, rows=obj.rows,
                                columns=tuple(obj.columns) if obj.columns is not None else None,
                                wedding_id=obj.wedding_id, copy_format=obj.copy_format,
                                plaintext_sha256=obj.plaintext_sha256, **sizes, **sealed)
@@ -300,14 +336,23 @@ def run_encrypt(policy: Policy, summary: dict[str, Any], key_ring: crypto.KeyRin
         return entry
 
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="encrypt") as pool:
-        encrypted = list(pool.map(encrypt_one, extraction.objects))  # in extraction order
-    seconds = time.perf_counter() - t0
-    _write_entries(staging / "encrypt.json", encrypted)
-    total = sum(o.ciphertext_size for o in encrypted)
-    log.info("encrypt %s: %d objects, %.1f MB ciphertext in %.1fs, key %s", summary["backup_id"], len(encrypted),
-             total / 1e6, seconds, key_ring.primary_id)
-    return {**summary, "ciphertext_bytes": total, "encrypt_seconds": round(seconds, 3),
-            "compressed_bytes": sum(o.compressed_size for o in encrypted)}
+        return list(pool.map(seal_one, objects))
+
+
+def _prove_staged(area: staging.Staging, backup_id: str, entry: Entry, key_ring: crypto.KeyRing) -> None:
+    """A sealed object read back from staging is the one extract described, and opens to its plaintext."""
+    name = _ciphertext_name(entry)
+    with area.open_read(backup_id, name) as raw:
+        source = HashingReader(raw)
+        stats = crypto.decrypt_stream(source, _NullSink(), key_ring.unwrap(entry.wrapped_key, object_name=entry.key),
+                                      entry.associated_data(backup_id), object_name=entry.key,
+                                      decompress=entry.decompress)
+    if source.sha256.hexdigest() != entry.ciphertext_sha256 or source.size != entry.ciphertext_size:
+        raise crypto.DecryptionError(f"staged {name} is not the ciphertext extract sealed")
+    if stats.plaintext_size != entry.plaintext_size or (
+            key_ring.content_id(stats.plaintext_sha256) != entry.content_id if isinstance(entry, Blob)
+            else stats.plaintext_sha256 != entry.plaintext_sha256):
+        raise crypto.DecryptionError(f"staged {name} does not open to the plaintext extract read")
 
 
 def _s3_part_size(policy: Policy) -> int:
@@ -359,8 +404,8 @@ def run_upload(policy: Policy, cloud: str, summary: dict[str, Any], store: Objec
     or block upload with its own parallel parts. Either way at most a few MiB are in memory.
     """
     store = store or stores(policy, [cloud])[cloud]
-    staging = Path(summary["staging_dir"])
-    encrypted = _read_entries(staging / "encrypt.json")
+    area = staging.for_policy(policy)
+    encrypted = _read_entries(area, summary["backup_id"], "encrypt.json")
     lock_until = _instant(summary.get("lock_until"))
     t0 = time.perf_counter()
 
@@ -371,10 +416,11 @@ def run_upload(policy: Policy, cloud: str, summary: dict[str, Any], store: Objec
                 log.warning("%s already holds %s from another run: not overwritten (validate decides)", cloud,
                             obj.key)
             return None
-        format.write_object(store, obj, _ciphertext_path(staging, obj), backup_id=summary["backup_id"],
-                            lock_until=lock_until,
-                            progress=_progress_logger(cloud, obj.key.rsplit("/", 1)[-1], obj.ciphertext_size)
-                            if obj.ciphertext_size > 64 << 20 else None)
+        # (object-store staging: fetched to this worker's scratch for the upload, removed right after)
+        with area.local_copy(summary["backup_id"], _ciphertext_name(obj)) as path:
+            format.write_object(store, obj, path, backup_id=summary["backup_id"], lock_until=lock_until,
+                                progress=_progress_logger(cloud, obj.key.rsplit("/", 1)[-1], obj.ciphertext_size)
+                                if obj.ciphertext_size > 64 << 20 else None)
         return obj.ciphertext_size
 
     small = [o for o in encrypted if o.ciphertext_size <= SMALL_OBJECT_BYTES]
@@ -448,8 +494,9 @@ class _Run:
 
     @classmethod
     def load(cls, policy: Policy, summary: dict[str, Any], retain_until: dt.datetime | None = None) -> _Run:
-        staging = Path(summary["staging_dir"])
-        return cls(_read_entries(staging / "encrypt.json"), _read_entries(staging / "referenced-blobs.json"),
+        area, backup_id = staging.for_policy(policy), summary["backup_id"]
+        return cls(_read_entries(area, backup_id, "encrypt.json"),
+                   _read_entries(area, backup_id, "referenced-blobs.json"),
                    policy.data_classes[summary["data_class"]], _instant(summary.get("lock_until")),
                    retain_until or _instant(summary.get("retain_until")))
 
@@ -483,7 +530,7 @@ def check_copy_in(policy: Policy, summary: dict[str, Any], cloud: str, store: Ob
 
 
 def commit_copy(policy: Policy, summary: dict[str, Any], check: CopyCheck, catalog_conn,
-                store_map: dict[str, ObjectStore], run: _Run | None = None) -> bool:
+                store_map: dict[str, ObjectStore], key_ring: crypto.KeyRing, run: _Run | None = None) -> bool:
     """Record one cloud's checked copy, and commit the backup as soon as `quorum` copies are validated.
 
     Each upload task calls this when its own copy is proven, so the backup exists once the quorum's uploads are
@@ -516,14 +563,27 @@ def commit_copy(policy: Policy, summary: dict[str, Any], check: CopyCheck, catal
             # the blobs it stored, and those it adopted from a cloud (known ones are already there: no-ops)
             catalog.record_blobs(catalog_conn, [o for o in run.encrypted if isinstance(o, Blob)]
                                  + run.shared, backup_id)
-            catalog.replace_asset_index(catalog_conn, _read_json(Path(summary["staging_dir"]) / "asset-files.json"),
-                                        backup_id)
+            catalog.replace_asset_index(catalog_conn, _asset_files(policy, backup_id, run, key_ring), backup_id)
         catalog.record_backup_result(catalog_conn, manifest, backup_id=backup_id, status=status, copies=copies,
                                      retain_until=run.retain_until)
     if not committed:
         log.info("backup %s COMMITTED with %d of %d copies (%s)", backup_id, len(good), len(store_map),
                  ", ".join(good))
     return True
+
+
+def _asset_files(policy: Policy, backup_id: str, run: _Run, key_ring: crypto.KeyRing) -> list[tuple]:
+    """(path, sha256, size, mtime_ns) of every file, read back from the backup's own sealed asset index: the
+    catalog's index of unchanged files comes from what was stored, and no list of paths and plaintext hashes
+    is ever staged in the clear (object-store staging may be another host's, or a bucket)."""
+    index = next(o for o in run.encrypted if isinstance(o, DataObject) and o.source == "asset-index")
+    with staging.for_policy(policy).open_read(backup_id, _ciphertext_name(index)) as raw:
+        reader = crypto.decrypting_reader(raw, key_ring.unwrap(index.wrapped_key, object_name=index.key),
+                                          index.associated_data(backup_id), object_name=index.key,
+                                          decompress=index.decompress, expected_sha256=index.plaintext_sha256,
+                                          expected_size=index.plaintext_size)
+        files = [json.loads(line) for line in lines(reader)]
+    return [(f["path"], f["sha256"], f["size"], f["mtime_ns"]) for f in files]
 
 
 def check_and_commit(policy: Policy, cloud: str, summary: dict[str, Any], key_ring: crypto.KeyRing, catalog_conn,
@@ -534,7 +594,7 @@ def check_and_commit(policy: Policy, cloud: str, summary: dict[str, Any], key_ri
     if store is not None:
         store_map[cloud] = store
     check = check_copy_in(policy, summary, cloud, store_map[cloud], key_ring, run)
-    committed = commit_copy(policy, summary, check, catalog_conn, store_map, run)
+    committed = commit_copy(policy, summary, check, catalog_conn, store_map, key_ring, run)
     return {"cloud": cloud, "copy": check.status, "detail": check.detail, "committed": committed}
 
 
@@ -555,7 +615,7 @@ def run_validate(policy: Policy, summary: dict[str, Any], upload_results: dict[s
         if upload_results.get(cloud) is None and recorded.get(cloud, ("",))[0] != "validated":
             checks[cloud] = CopyCheck(cloud, "failed", "upload task did not succeed")
     for check in checks.values():
-        commit_copy(policy, summary, check, catalog_conn, store_map, run)
+        commit_copy(policy, summary, check, catalog_conn, store_map, key_ring, run)
     if run.shared:
         log.info("asset blobs stored by earlier backups and referenced by this one: %d", len(run.shared))
     copies = catalog.copies(catalog_conn, backup_id)
@@ -611,7 +671,7 @@ def build_manifest(policy: Policy, summary: dict[str, Any], encrypted: list[Entr
         labels=summary.get("labels", []), reason=summary.get("reason"), prefix=summary["prefix"],
         lock_until=summary.get("lock_until"), retain_until=retain_until.isoformat() if retain_until else None,
         objects=[o for o in encrypted if isinstance(o, DataObject)], blobs=[*new_blobs, *shared],
-        tables=_read_json(Path(summary["staging_dir"]) / "tables.json"),
+        tables=staging.for_policy(policy).read_json(summary["backup_id"], "tables.json"),
         stored_blob_keys=[b.key for b in new_blobs])
 
 
@@ -619,8 +679,6 @@ def build_manifest(policy: Policy, summary: dict[str, Any], encrypted: list[Entr
 
 
 def cleanup(policy: Policy, backup_id: str) -> bool:
-    """Remove the backup's staging directory, plaintext and ciphertext alike. Safe to call twice."""
-    path = staging_dir(policy, backup_id)
-    existed = path.exists()
-    shutil.rmtree(path, ignore_errors=True)
-    return existed
+    """Remove everything staged for the backup, wherever it is (plaintext and ciphertext alike), and this
+    host's scratch of it. Safe to call twice."""
+    return staging.for_policy(policy).remove(backup_id)

@@ -38,6 +38,7 @@ from wedsync_dr.paths import REPO_ROOT
 DEFAULT_STACK_DIR = REPO_ROOT / ".local" / "stack"
 
 BUCKET = "wedsync-backups"
+STAGING_BUCKET = "wedsync-staging"  # in the S3 emulator: the hand-off of tasks on hosts that share no disk
 GCP_PROJECT = "wedsync-local"
 SOURCE_DB = "wedsync"
 CATALOG_DB = "wedsync_catalog"
@@ -395,8 +396,15 @@ def restart_emulator(state: StackState, name: str) -> None:
     _create_buckets(state, (name,))  # moto keeps nothing across a restart; the others may be stopped
 
 
-def stop_service(state: StackState, name: str) -> None:
-    _terminate(state.services[name])
+def stop_service(state: StackState, name: str, *, kill: bool = False) -> None:
+    """Stop one service (and its process group); `kill`: SIGKILL at once, as a host that dies would."""
+    service = state.services[name]
+    if kill and service.is_running():
+        try:
+            os.killpg(service.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return
+    _terminate(service)
 
 
 def _create_buckets(state: StackState, services: tuple[str, ...] = ("s3", "azure", "gcs")) -> None:
@@ -407,6 +415,11 @@ def _create_buckets(state: StackState, services: tuple[str, ...] = ("s3", "azure
             # Object Lock can only be enabled when a bucket is created (it turns on versioning): the policy's
             # `immutability` locks every backup object for some days.
             s3.create_bucket(Bucket=BUCKET, ObjectLockEnabledForBucket=True)
+        if STAGING_BUCKET not in {b["Name"] for b in s3.list_buckets().get("Buckets", [])}:
+            from wedsync_dr.staging import expire_staging_bucket
+
+            s3.create_bucket(Bucket=STAGING_BUCKET)  # workers that share no disk hand off through it
+            expire_staging_bucket(s3, STAGING_BUCKET)
     if "azure" in services:
         from azure.core.exceptions import ResourceExistsError
 
@@ -495,6 +508,11 @@ def demo_key_ring(state: StackState) -> dict:
     return ring
 
 
+def _s3_conn(state: StackState) -> dict:
+    return {"conn_type": "aws", "login": "testing", "password": "testing",
+            "extra": {"region_name": "us-east-1", "endpoint_url": f"http://127.0.0.1:{state.port('s3')}"}}
+
+
 def connections(state: StackState) -> dict[str, dict]:
     """The Airflow connections of the local stack, by connection id."""
     return {
@@ -502,9 +520,8 @@ def connections(state: StackState) -> dict[str, dict]:
         "wedsync_db": _pg_conn(state, READER_ROLE, SOURCE_DB),
         "wedsync_db_owner": _pg_conn(state, OWNER_ROLE, SOURCE_DB),
         "wedsync_catalog": _pg_conn(state, CATALOG_ROLE, CATALOG_DB),
-        "backup_s3": {"conn_type": "aws", "login": "testing", "password": "testing",
-                      "extra": {"region_name": "us-east-1",
-                                "endpoint_url": f"http://127.0.0.1:{state.port('s3')}"}},
+        "backup_s3": _s3_conn(state),
+        "wedsync_staging": _s3_conn(state),  # the staging bucket ($WEDSYNC_STAGING_URL) of a multi-host setup
         "backup_azure": {"conn_type": "wasb",
                          "extra": {"connection_string": azure_connection_string(state.port("azure"))}},
         # GCSHook has no endpoint setting: anonymous credentials plus STORAGE_EMULATOR_HOST (see environment()).
@@ -618,14 +635,16 @@ def migrate_airflow_db(state: StackState) -> None:
         raise StackError(f"creating the policy's pools failed: {pools.stderr.strip()[-2000:]}")
 
 
-def start_airflow(state: StackState, port: int | None = None, dags_paused: bool = False) -> str:
+def start_airflow(state: StackState, port: int | None = None, dags_paused: bool = False,
+                  extra_env: dict[str, str] | None = None) -> str:
     """Start Airflow's api-server, scheduler, dag-processor and triggerer against the stack (idempotent).
 
     Returns the API's base URL. The `admin` user's password is in `<airflow home>/passwords.json`.
+    `extra_env` configures them further (the Celery deployment's executor and broker).
     """
     if port is not None and not any(n in state.services for n in AIRFLOW_COMPONENTS):
         state.airflow_port = port
-    env = environment(state)
+    env = {**environment(state), **(extra_env or {})}
     env["AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION"] = str(dags_paused)
     home = state.airflow_home
     home.mkdir(parents=True, exist_ok=True)
@@ -682,3 +701,108 @@ def destroy(directory: Path) -> None:
         shutil.rmtree(state.pg_data, ignore_errors=True)
         Path(state.pg_data + ".log").unlink(missing_ok=True)
     shutil.rmtree(directory, ignore_errors=True)
+
+
+# ----------------------------------------------------------------- CeleryExecutor (workers that share no disk)
+
+CELERY_WORKERS = ("worker-a", "worker-b")
+
+
+def staging_url(state: StackState) -> str:
+    """The stack's staging bucket (in the S3 emulator), as `$WEDSYNC_STAGING_URL` names it."""
+    return f"s3://{STAGING_BUCKET}/runs?conn_id=wedsync_staging"
+
+
+def worker_hostname() -> str:
+    """`[core] hostname_callable` of the stack's Celery workers: each its own name, as on its own host (they
+    share this machine's name), so the task instances record which worker ran them."""
+    import socket
+
+    return os.environ.get("WEDSYNC_WORKER_NAME") or socket.getfqdn()
+
+
+def redis_server_available() -> bool:
+    return shutil.which("redis-server") is not None
+
+
+def _redis_server() -> str:
+    found = shutil.which("redis-server")
+    if not found:
+        raise StackError("redis-server not found: `make test` installs Debian's redis-server package; elsewhere "
+                         "install it (apt install redis-server, brew install redis)")
+    return found
+
+
+def _start_redis(state: StackState) -> None:
+    existing = state.services.get("redis")
+    if existing and existing.is_running():
+        return
+    port = free_port()
+    data = state.directory / "redis"
+    data.mkdir(parents=True, exist_ok=True)
+    # loopback only, nothing kept on disk: the broker holds queued task messages, never data
+    service = _spawn("redis", [_redis_server(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                               "--appendonly", "no", "--dir", str(data), "--protected-mode", "yes"],
+                     state.directory)
+    service.port = port
+    state.services["redis"] = service
+    state.save()
+    _wait_until(lambda: _port_open(port), "Redis", 20, Path(service.log))
+
+
+def celery_environment(state: StackState) -> dict[str, str]:
+    """What every Airflow process of the Celery deployment shares: the executor, the broker, the staging bucket."""
+    parts = urlsplit(state.db_url)
+    return {
+        "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+        "AIRFLOW__CELERY__BROKER_URL": f"redis://127.0.0.1:{state.port('redis')}/0",
+        "AIRFLOW__CELERY__RESULT_BACKEND": (f"db+postgresql://{AIRFLOW_ROLE}:"
+                                            f"{quote(state.passwords[AIRFLOW_ROLE], safe='')}@{parts.hostname}:"
+                                            f"{parts.port or 5432}/{AIRFLOW_DB}"),
+        "AIRFLOW__CELERY__WORKER_CONCURRENCY": "1",
+        "AIRFLOW__CELERY__WORKER_PREFETCH_MULTIPLIER": "1",
+        # a worker that dies mid-task: its task instance stops heartbeating, is failed and retried elsewhere
+        "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "20",
+        "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "5",
+        "WEDSYNC_STAGING_URL": staging_url(state),
+    }
+
+
+def start_celery_airflow(state: StackState, port: int | None = None, dags_paused: bool = False,
+                         workers: tuple[str, ...] = CELERY_WORKERS) -> str:
+    """Airflow with CeleryExecutor: Redis, api-server, scheduler, dag-processor, triggerer and one Celery worker
+    per name, each with its own staging (scratch) and working directory, as if each were on its own host; the
+    tasks hand each other their files through the staging bucket. Returns the API's base URL."""
+    _start_redis(state)
+    extra = celery_environment(state)
+    url = start_airflow(state, port=port, dags_paused=dags_paused, extra_env=extra)
+    airflow = _venv_bin("airflow")
+    env = {**environment(state), **extra}
+    for name in workers:
+        service_name = f"celery-{name}"
+        existing = state.services.get(service_name)
+        if existing and existing.is_running():
+            continue
+        home = state.directory / "workers" / name
+        (home / "staging").mkdir(parents=True, exist_ok=True, mode=0o700)
+        worker_env = {**env, "WEDSYNC_WORKER_NAME": name, "WEDSYNC_STAGING_DIR": str(home / "staging"),
+                      "AIRFLOW__CORE__HOSTNAME_CALLABLE": "wedsync_dr_dev.local_stack.worker_hostname",
+                      "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "task-logs")}
+        service = _spawn(service_name, [airflow, "celery", "worker", "--celery-hostname", f"{name}@%h",
+                                        "--concurrency", "1", "--skip-serve-logs"], home, worker_env)
+        state.services[service_name] = service
+    state.save()
+    return url
+
+
+def wait_for_celery_workers(state: StackState, workers: tuple[str, ...] = CELERY_WORKERS,
+                            timeout: float = 180) -> None:
+    """Until every worker has connected to the broker and says it is ready."""
+    for name in workers:
+        log = Path(state.services[f"celery-{name}"].log)
+        _wait_until(lambda log=log: log.exists() and " ready." in log.read_text(errors="replace"),
+                    f"Celery {name}", timeout, log)
+
+
+def celery_services(state: StackState) -> list[str]:
+    return [name for name in ("redis", *(f"celery-{w}" for w in CELERY_WORKERS)) if name in state.services]

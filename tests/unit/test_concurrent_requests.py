@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from wedsync_dr import backup, format
+from wedsync_dr import backup, format, staging
 from wedsync_dr.parallel import in_parallel
 from wedsync_dr.policy import load_policy
 from wedsync_dr.repair import repair_backup
@@ -84,7 +84,10 @@ class RecordingStore:
 
 
 def _staged(tmp_path: Path, sizes: list[int], blob_index: int | None = None) -> dict:
-    """encrypt's hand-off to the uploads: entries in encrypt.json, ciphertexts beside it."""
+    """encrypt's hand-off to the uploads: entries in encrypt.json, ciphertexts beside it (local staging in
+    `tmp_path`, which the caller makes the policy's staging directory)."""
+    area, work = staging.LocalStaging(tmp_path), tmp_path / "b-1"
+    work.mkdir(exist_ok=True)
     entries = []
     for i, size in enumerate(sizes):
         common = {"key": f"backup/object-{i}", "compression": "none", "plaintext_size": size,
@@ -92,26 +95,33 @@ def _staged(tmp_path: Path, sizes: list[int], blob_index: int | None = None) -> 
                   "ciphertext_crc32c": "0" * 8, "encryption": {"kek_id": "k1", "wrapped_key": "w"}}
         entry = format.Blob(content_id=f"object-{i}", **common) if i == blob_index else \
             format.DataObject(name=f"object-{i}.tink", source="t", plaintext_sha256=f"{i:064x}", **common)
-        backup._ciphertext_path(tmp_path, entry).write_bytes(b"x" * size)
+        backup._ciphertext_path(work, entry).write_bytes(b"x" * size)
         entries.append(entry)
-    backup._write_entries(tmp_path / "encrypt.json", entries)
-    return {"staging_dir": str(tmp_path), "backup_id": "b-1", "lock_until": None}
+    backup._write_entries(area, "b-1", "encrypt.json", entries)
+    return {"backup_id": "b-1", "lock_until": None}
 
 
-def test_upload_sends_small_objects_together_and_large_ones_alone(tmp_path):
+@pytest.fixture
+def staging_dir(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("WEDSYNC_STAGING_DIR", str(tmp_path))
+    monkeypatch.delenv(staging.STAGING_URL_ENV, raising=False)
+    return tmp_path
+
+
+def test_upload_sends_small_objects_together_and_large_ones_alone(staging_dir):
     policy = load_policy().with_overrides(upload_concurrency=4)
     big = backup.SMALL_OBJECT_BYTES + 1
     sizes = [100] * 8 + [big, big]
     store = RecordingStore(small_parties=4)
-    result = backup.run_upload(policy, "mem", _staged(tmp_path, sizes), store=store)
+    result = backup.run_upload(policy, "mem", _staged(staging_dir, sizes), store=store)
     assert store.put == {f"backup/object-{i}": size for i, size in enumerate(sizes)}
     assert store.overlapping_large == []
     assert result["objects"] == 10 and result["bytes"] == sum(sizes) and result["skipped_blobs"] == 0
 
 
-def test_upload_skips_a_blob_the_cloud_already_holds(tmp_path):
+def test_upload_skips_a_blob_the_cloud_already_holds(staging_dir):
     policy = load_policy().with_overrides(upload_concurrency=3)
-    summary = _staged(tmp_path, [10, 20, 30, 40], blob_index=3)
+    summary = _staged(staging_dir, [10, 20, 30, 40], blob_index=3)
     store = RecordingStore(small_parties=3, existing_blob=("backup/object-3", f"{3:064x}"))
     result = backup.run_upload(policy, "mem", summary, store=store)
     assert sorted(store.put) == ["backup/object-0", "backup/object-1", "backup/object-2"]

@@ -236,16 +236,29 @@ def test_code_and_logs_are_mounted_into_every_airflow_service():
             assert (REPO / source).is_dir(), f"{source} is mounted but missing"
 
 
-def test_staging_and_asset_store_are_named_volumes_mounted_where_tasks_run():
+def test_the_asset_store_is_a_named_volume_mounted_where_tasks_run():
     env = environment("airflow-worker")
-    declared = set(compose()["volumes"])
-    for variable in ("WEDSYNC_STAGING_DIR", "WEDSYNC_ASSET_SOURCE"):
-        path = env[variable]
-        source = mounts("airflow-worker").get(path)
-        assert source in declared, f"{variable}={path} is not on a named volume in airflow-worker"
-        # airflow-init prepares its ownership: the same volume there
-        assert mounts("airflow-init").get(path) == source, variable
-    assert "WEDSYNC_STAGING_DIR" not in compose()["x-airflow-common"]["environment"]
+    path = env["WEDSYNC_ASSET_SOURCE"]
+    source = mounts("airflow-worker").get(path)
+    assert source in set(compose()["volumes"]), f"WEDSYNC_ASSET_SOURCE={path} is not on a named volume"
+    assert mounts("airflow-init").get(path) == source  # airflow-init prepares its ownership
+
+
+def test_workers_share_no_staging_disk_but_a_staging_bucket():
+    """As on several hosts: no staging volume anywhere; the workers stage through a bucket they reach with
+    their own connection, and airflow-init creates it (with its expiry rule) from the same URL."""
+    from wedsync_dr import staging
+
+    assert not [v for v in compose()["volumes"] if "staging" in v]
+    for name, service in services().items():
+        assert "WEDSYNC_STAGING_DIR" not in service.get("environment", {}), name
+        assert not [t for t in mounts(name) if "staging" in t], name
+    url = environment("airflow-worker")["WEDSYNC_STAGING_URL"]
+    kind, bucket, _prefix, conn_id = staging.parse_url(url)
+    assert kind == "s3" and bucket == "wedsync-staging"
+    assert f"AIRFLOW_CONN_{conn_id.upper()}" in environment("airflow-worker")
+    assert environment("airflow-init")["WEDSYNC_STAGING_URL"] == url
+    assert "expire_staging_bucket" in " ".join(services()["airflow-init"]["command"])
 
 
 def test_every_published_port_binds_to_loopback():

@@ -32,14 +32,16 @@ def backup_pipeline(policy: Policy, data_class: DataClass, *, request=None, labe
     @task(multiple_outputs=True, task_id="extract", **common)
     def extract_step(request: dict | None = None) -> dict:
         """Read the class's rows (or files) from one consistent snapshot into compressed staging files."""
-        from wedsync_dr import backup, catalog, crypto
+        from wedsync_dr import backup, catalog, crypto, staging
 
         if request is not None and name not in request.get("classes", []):
             raise _skip(f"{name} is not in this run's scope")
         context = get_current_context()
         request = request or {}
-        # assets name their blobs by keyed content ids: the key ring's dedup key (fail closed without it)
-        key_ring = crypto.KeyRing.from_connection(policy.key_ring_conn_id) if data_class.kind == "assets" else None
+        # assets name their blobs by keyed content ids (the key ring's dedup key), and with object-store staging
+        # every object is sealed on this worker before it leaves it: fail closed without the key ring
+        needs_keys = data_class.kind == "assets" or staging.for_policy(policy).remote
+        key_ring = crypto.KeyRing.from_connection(policy.key_ring_conn_id) if needs_keys else None
         with catalog.connect() as catalog_conn:
             # first, what killed runs of this class left (their plaintext above all); never this run's own
             sweep_abandoned_backups(policy, catalog_conn, data_classes=[name], must_succeed=False)
@@ -52,7 +54,8 @@ def backup_pipeline(policy: Policy, data_class: DataClass, *, request=None, labe
 
     @task(multiple_outputs=True, task_id="encrypt", **common)
     def encrypt_step(summary: dict) -> dict:
-        """Encrypt each staged object with its own data key; plaintext staging files are deleted."""
+        """Encrypt each staged object with its own data key, plaintext staging files deleted (local staging); or
+        prove each object extract sealed on its worker before any cloud sees it (object-store staging)."""
         from wedsync_dr import backup, crypto
 
         return backup.run_encrypt(policy, summary, crypto.KeyRing.from_connection(policy.key_ring_conn_id))
