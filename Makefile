@@ -16,7 +16,7 @@ STACK   := .local/stack
 WEDDINGS ?= 300
 STAMP   := $(VENV)/.installed
 
-.PHONY: help install browser run test down airflow lint lock clean
+.PHONY: help install browser redis run test down airflow lint lock clean
 
 help:
 	@echo "make run     set up everything and run the backups on the local stack"
@@ -64,7 +64,17 @@ browser:
 	   echo "installed Debian's chromium for the status-page test"; } || \
 	 echo "no chromium: the status-page screenshot test will skip"
 
-test: install browser
+# The multi-worker test runs Celery on a Redis broker the stack starts itself (on a free loopback port):
+# Debian's redis-server when missing and this is root on an apt system (seconds, once); elsewhere it skips.
+redis:
+	@command -v redis-server >/dev/null || \
+	 { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	   { DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends redis-server >/dev/null 2>&1 || \
+	     { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends redis-server >/dev/null 2>&1; }; } && \
+	   echo "installed Debian's redis-server for the multi-worker test"; } || \
+	 echo "no redis-server: the multi-worker (CeleryExecutor) test will skip"
+
+test: install browser redis
 	$(BIN)/python -m pytest -m "not airflow_api" $(PYTEST_ARGS)
 	$(BIN)/python -m pytest -m airflow_api $(PYTEST_ARGS)
 
