@@ -36,7 +36,7 @@ def load(env: dict[str, str], weddings: int) -> None:
     comparison runs first."""
     import psycopg
 
-    subprocess.run([str(Path(sys.executable).parent / "wedsync-dr"), "demo-data", "--weddings", str(weddings),
+    subprocess.run([str(Path(sys.executable).parent / "wedsync-dev"), "demo-data", "--weddings", str(weddings),
                     "--photos", "0", "--documents", "0"], env=env, check=True)
     state = local_stack.StackState.load(local_stack.DEFAULT_STACK_DIR.resolve())
     with psycopg.connect(state.admin_url(local_stack.SOURCE_DB), autocommit=True) as conn:
