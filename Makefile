@@ -54,15 +54,16 @@ run: install
 
 # Two sessions, each with its own stack: in-process dag.test() runs first; then the tests that drive a
 # real api-server + scheduler + dag-processor + triggerer (metadata in the stack's PostgreSQL).
-# The status-page test renders it in headless Chromium. Installed from Debian's packages when missing and
-# this is root on an apt system (about 40 s, once); elsewhere that one test skips and says why.
+# The screenshot tests (status page, trigger forms: docs/*.png) render in headless Chromium. Installed from
+# Debian's packages when missing and this is root on an apt system (about 40 s, once); elsewhere they skip and
+# say why.
 browser:
 	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
 	 { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 	   { DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 || \
 	     { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1; }; } && \
-	   echo "installed Debian's chromium for the status-page test"; } || \
-	 echo "no chromium: the status-page screenshot test will skip"
+	   echo "installed Debian's chromium for the screenshot tests"; } || \
+	 echo "no chromium: the screenshot tests will skip"
 
 # The multi-worker test runs Celery on a Redis broker the stack starts itself (on a free loopback port):
 # Debian's redis-server when missing and this is root on an apt system (seconds, once); elsewhere it skips.

@@ -1,7 +1,8 @@
 """wedsync-dr's Airflow plugin (loaded by the API server).
 
-- The status app, mounted at `/wedsync-dr`: `GET /wedsync-dr/api/status` (JSON) and `GET /wedsync-dr/`
-  (a page, linked in the Airflow UI's navigation). Plugin endpoints are NOT protected by Airflow
+- The status app, mounted at `/wedsync-dr`: `GET /wedsync-dr/api/status` (JSON), `GET /wedsync-dr/`
+  (a page, linked in the Airflow UI's navigation) and `GET /wedsync-dr/metrics` (Prometheus text format,
+  computed from the catalog at scrape time: wedsync_dr.metrics). Plugin endpoints are NOT protected by Airflow
   automatically: every route here (the OpenAPI schema included; FastAPI's /docs and /redoc are off) depends
   on Airflow's own `requires_authenticated()` (a JWT bearer token, or the UI's session cookie): API clients
   get 401 exactly when Airflow's API would, a browser without a session is redirected to the login.
@@ -160,7 +161,7 @@ def _status_app():
     from airflow.api_fastapi.core_api.security import get_user, requires_access_dag, requires_authenticated
     from fastapi import Depends, FastAPI, HTTPException, Query
     from fastapi.exception_handlers import http_exception_handler
-    from fastapi.responses import HTMLResponse, RedirectResponse
+    from fastapi.responses import HTMLResponse, RedirectResponse, Response
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
     app = FastAPI(title="wedsync-dr", dependencies=[Depends(requires_authenticated())], docs_url=None,
@@ -230,6 +231,16 @@ def _status_app():
         from wedsync_dr.status import render_html
 
         return render_html(current_status())
+
+    @app.get("/metrics", response_class=Response)
+    def prometheus_metrics():  # no return annotation: a locally imported type never resolves (see below)
+        """Prometheus text format: per class and cloud, computed from the catalog now (wedsync_dr.metrics)."""
+        from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4
+
+        from wedsync_dr import catalog, metrics
+        from wedsync_dr.policy import load_policy
+
+        return Response(metrics.catalog_exposition(load_policy(), catalog.connect), media_type=CONTENT_TYPE_PLAIN_0_0_4)
 
     # Acknowledging turns the headline green: only who may run the operations DAGs (trigger backup_repair) may.
     @app.post("/api/alerts/{alert_id}/acknowledge", dependencies=[Depends(

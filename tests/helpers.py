@@ -3,20 +3,28 @@
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import io
 import json
 import os
+import pty
 import re
+import select
+import struct
 import subprocess
 import sys
+import termios
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 import psycopg
+from rich.console import Console
+from rich.text import Text
 
 from wedsync_dr import backup, catalog, crypto
+from wedsync_dr.console import StepBoard, new_progress
 from wedsync_dr.policy import DataClass, Policy
 from wedsync_dr.storage import ObjectStore
 from wedsync_dr_dev import local_stack
@@ -25,6 +33,59 @@ from wedsync_dr_dev import local_stack
 def run_dag(dag, conf: dict | None = None):
     """dag.test() returns the DagRun (it does not raise when a task fails): the caller asserts its state."""
     return dag.test(run_conf=conf)
+
+
+def run_in_terminal(argv: list[str], env: dict[str, str], timeout: float = 300, columns: int = 160
+                    ) -> tuple[int, str]:
+    """Run `argv` with a pseudo-terminal as its stdin, stdout and stderr, as a person at a terminal would;
+    returns its exit status and everything it showed there (escape sequences stripped, lines as shown)."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))
+    child = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, env=env, cwd=REPO,
+                             start_new_session=True)
+    os.close(slave)
+    shown = bytearray()
+    try:
+        while True:
+            ready, _, _ = select.select([master], [], [], timeout)
+            if not ready:  # a hang guard: nothing shown for `timeout` seconds
+                child.kill()
+                raise TimeoutError(f"{argv} showed nothing for {timeout}s")
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: the child closed the terminal (it exited)
+                break
+            if not data:
+                break
+            shown += data
+    finally:
+        os.close(master)
+        returncode = child.wait(timeout)
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", shown.decode(errors="replace"))
+    return returncode, text.replace("\r\n", "\n")
+
+
+class Screen:
+    """A StepBoard drawn by rich into a string as on a terminal of 140 columns, on a clock the test moves."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.out = io.StringIO()
+        console = Console(file=self.out, force_terminal=True, width=140, color_system=None)
+        self.progress = new_progress(console, get_time=lambda: self.now, auto_refresh=False)
+        self.progress.start()
+        self.board = StepBoard(self.progress)
+
+    def rows(self) -> list[str]:
+        """The rows as they read now (the last frame drawn)."""
+        self.progress.refresh()
+        frames = Text.from_ansi(self.out.getvalue()).plain.split("\r")
+        frame = frames[-1] if frames[-1].strip() else frames[-2]
+        return [line.rstrip() for line in frame.splitlines() if line.strip()][-len(self.progress.tasks):]
+
+    def close(self) -> list[str]:
+        self.progress.stop()
+        return [line.rstrip() for line in Text.from_ansi(self.out.getvalue()).plain.splitlines() if line.strip()]
 
 
 def http_json(method: str, url: str, body: dict | None = None, token: str | None = None) -> tuple[int, dict]:

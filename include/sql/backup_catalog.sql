@@ -209,11 +209,29 @@ ALTER TABLE backups DROP CONSTRAINT IF EXISTS backups_status_check,
     ADD CONSTRAINT backups_status_check
         CHECK (status IN ('running', 'validated', 'degraded', 'failed', 'deleted', 'abandoned'));
 
+-- Backup steps (version 4): one row per finished extract, encrypt, upload (per cloud) and validate of a backup
+-- run, recorded by its Airflow tasks (wedsync_dr.wiring) for the metrics endpoint (wedsync_dr.metrics), which
+-- sums them at scrape time into counters. Operational history, not in the manifests: rebuild-catalog does not
+-- recreate it.
+CREATE TABLE IF NOT EXISTS backup_steps (
+    step_id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    finished_at      timestamptz NOT NULL DEFAULT now(),
+    backup_id        text NOT NULL,
+    data_class       text NOT NULL,
+    step             text NOT NULL CHECK (step IN ('extract', 'encrypt', 'upload', 'validate')),
+    cloud            text,                         -- upload: the cloud written to
+    seconds          double precision NOT NULL,
+    bytes            bigint,                       -- extract: compressed, encrypt: ciphertext, upload: sent
+    objects          integer,                      -- upload: objects sent (blobs a cloud already held are not)
+    outcome          text CHECK (outcome IN ('validated', 'degraded', 'failed'))  -- validate: how the backup ended
+);
+CREATE INDEX IF NOT EXISTS backup_steps_class_step ON backup_steps (data_class, step, cloud, step_id DESC);
+
 -- The schema's version: catalog.connect() refuses a catalog older than the release needs (not migrated since an
 -- upgrade) instead of failing later on a missing table or column. Raise it with every change above.
 CREATE TABLE IF NOT EXISTS schema_version (
     singleton        boolean PRIMARY KEY DEFAULT true CHECK (singleton),
     version          integer NOT NULL
 );
-INSERT INTO schema_version (singleton, version) VALUES (true, 3)
+INSERT INTO schema_version (singleton, version) VALUES (true, 4)
     ON CONFLICT (singleton) DO UPDATE SET version = GREATEST(schema_version.version, EXCLUDED.version);

@@ -66,11 +66,12 @@ def staging_dir(policy: Policy, backup_id: str) -> Path:
 
 
 def stores(policy: Policy, names: list[str] | None = None) -> dict[str, ObjectStore]:
-    """The policy's clouds (or the named ones) as stores, every request bounded by the cloud's timeouts."""
+    """The policy's clouds (or the named ones) as stores, every request bounded by the cloud's timeouts and limits."""
     return {c.name: open_store(c.name, c.kind, c.conn_id, c.bucket,
                                **{"retention_mode": policy.immutability_mode,
                                   "connect_timeout": c.timeouts.get("connect_seconds", 5),
-                                  "read_timeout": c.timeouts.get("read_seconds", 30), **c.options})
+                                  "read_timeout": c.timeouts.get("read_seconds", 30), "limits": c.limits,
+                                  **c.options})
             for c in policy.clouds if names is None or c.name in names}
 
 

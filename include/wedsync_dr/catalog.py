@@ -73,8 +73,8 @@ def _instant(value: str | None) -> dt.datetime | None:
     return dt.datetime.fromisoformat(value) if value else None
 
 
-SCHEMA_VERSION = 3  # include/sql/backup_catalog.sql's schema_version: 2 added blobs, verifications,
-# acknowledgements; 3 the `abandoned` backup status
+SCHEMA_VERSION = 4  # include/sql/backup_catalog.sql's schema_version: 2 added blobs, verifications,
+# acknowledgements; 3 the `abandoned` backup status; 4 backup_steps (metrics)
 
 
 class CatalogNotReady(RuntimeError):
@@ -774,3 +774,56 @@ def verifications(conn, *, backup_id: str | None = None, data_class: str | None 
     for item in found:
         item["verified_at"] = item["verified_at"].isoformat()
     return found
+
+
+# ----------------------------------------------------------------------------- metrics (wedsync_dr.metrics)
+
+
+def record_backup_step(conn, *, backup_id: str, data_class: str, step: str, seconds: float, cloud: str | None = None,
+                       size: int | None = None, objects: int | None = None, outcome: str | None = None) -> None:
+    """One finished step of a backup run (extract, encrypt, upload to `cloud`, validate with its `outcome`)."""
+    conn.execute(
+        "INSERT INTO backup_catalog.backup_steps (backup_id, data_class, step, cloud, seconds, bytes, objects, "
+        "outcome) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+        (backup_id, data_class, step, cloud, seconds, size, objects, outcome))
+
+
+def good_backup_times(conn) -> list[tuple]:
+    """(data_class, newest start of a good backup, newest finish of one) per class that has a good backup."""
+    return conn.execute(
+        "SELECT data_class, max(started_at), max(finished_at) FROM backup_catalog.backups "
+        "WHERE status IN ('validated', 'degraded') GROUP BY data_class").fetchall()
+
+
+def backup_counts(conn) -> list[tuple]:
+    """(data_class, status, how many backups have that status now)."""
+    return conn.execute("SELECT data_class, status, count(*) FROM backup_catalog.backups "
+                        "GROUP BY data_class, status").fetchall()
+
+
+def backup_step_totals(conn) -> list[tuple]:
+    """(data_class, step, cloud, outcome, rows, total seconds, total bytes, total objects) over every recorded
+    backup step."""
+    return conn.execute(
+        "SELECT data_class, step, cloud, outcome, count(*), sum(seconds), coalesce(sum(bytes), 0), "
+        "coalesce(sum(objects), 0) FROM backup_catalog.backup_steps GROUP BY data_class, step, cloud, outcome"
+    ).fetchall()
+
+
+def latest_backup_steps(conn) -> list[tuple]:
+    """(data_class, step, cloud, seconds, finished_at) of the newest recorded step of each class, step and cloud."""
+    return conn.execute(
+        "SELECT DISTINCT ON (data_class, step, cloud) data_class, step, cloud, seconds, finished_at "
+        "FROM backup_catalog.backup_steps ORDER BY data_class, step, cloud, step_id DESC").fetchall()
+
+
+def drill_totals(conn) -> list[tuple]:
+    """(data_class, ok, how many drills) over every recorded drill."""
+    return conn.execute("SELECT data_class, ok, count(*) FROM backup_catalog.drills GROUP BY data_class, ok").fetchall()
+
+
+def latest_drills(conn) -> list[tuple]:
+    """(data_class, drilled_at, ok, seconds) of each class's newest drill."""
+    return conn.execute(
+        "SELECT DISTINCT ON (data_class) data_class, drilled_at, ok, seconds FROM backup_catalog.drills "
+        "ORDER BY data_class, drilled_at DESC").fetchall()

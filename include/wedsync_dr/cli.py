@@ -13,6 +13,11 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from wedsync_dr.console import StepBoard
+    from wedsync_dr.format import Manifest
 
 
 def _use_connections(args: argparse.Namespace) -> None:
@@ -53,6 +58,20 @@ def _product(args: argparse.Namespace):
     from_cloud = getattr(args, "from_cloud", None)
     stores = backup.stores(policy, [from_cloud] if from_cloud else None)
     return policy, stores, crypto.KeyRing.from_connection(policy.key_ring_conn_id)
+
+
+def _log_file(args: argparse.Namespace, command: str) -> Path:
+    """Where a terminal session's full logs go: $WEDSYNC_LOG_DIR; with a local stack (--stack-dir, or the one
+    `_use_connections` found), its `logs` directory; else ~/.local/state/wedsync-dr/logs ($XDG_STATE_HOME)."""
+    from wedsync_dr.console import log_file_path
+
+    if os.environ.get("WEDSYNC_LOG_DIR"):
+        return log_file_path(Path(os.environ["WEDSYNC_LOG_DIR"]), command)
+    stack = args.stack_dir or os.environ.get("WEDSYNC_STACK_DIR")  # the stack's environment names its directory
+    if stack and Path(stack).is_dir():
+        return log_file_path(Path(stack).resolve() / "logs", command)
+    state = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+    return log_file_path(state / "wedsync-dr" / "logs", command)
 
 
 def _catalog(args: argparse.Namespace):
@@ -111,26 +130,12 @@ def _instant(value: str | None) -> dt.datetime | None:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from wedsync_dr.restore import verify_backup
+    """In a terminal: a row per cloud (bytes read, rate) and the logs in a file; then the verdicts."""
+    from wedsync_dr.console import terminal_session
 
-    policy, stores, key_ring = _product(args)
-    clouds = [args.cloud] if args.cloud else list(stores)
-    if args.from_cloud and args.cloud and args.cloud != args.from_cloud:
-        raise CliError(f"--cloud {args.cloud} and --from-cloud {args.from_cloud}: verify reads only the cloud it "
-                       "was told to use")
-    if not 0 < args.sample <= 1:
-        raise CliError(f"--sample {args.sample}: give a fraction in (0, 1]")
-    manifest = _resolve(args, policy, stores)  # after the checks: bad options are refused before any cloud is read
-    if args.from_cloud:  # told to use one cloud: nothing else, the catalog included
-        problems = verify_backup(manifest, stores, key_ring, clouds, sample=args.sample)
-    else:  # findings go into the catalog, where status, alerts and `repair` find them
-        from wedsync_dr import verification
-
-        with _catalog(args) as conn:
-            record = {"backup_id": manifest.backup_id, "data_class": manifest.data_class,
-                      "manifest": manifest.to_json()}
-            problems = {cloud: verification.verify_copy(record, cloud, stores, key_ring, conn, sample=args.sample,
-                                                        seed=0)["problems"] for cloud in clouds}
+    _use_connections(args)  # first: a local stack it finds also keeps the log file
+    with terminal_session(_log_file(args, "verify")) as board:
+        manifest, clouds, problems = _verify(args, board)
     for cloud in clouds:
         status = "OK" if not problems[cloud] else f"{len(problems[cloud])} PROBLEMS"
         print(f"{manifest.backup_id} in {cloud}: {status}")
@@ -139,11 +144,66 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 1 if any(problems.values()) else 0
 
 
+def _verify(args: argparse.Namespace, board: StepBoard) -> tuple[Manifest, list[str], dict[str, list[str]]]:
+    from wedsync_dr.console import DONE, FAILED, count
+    from wedsync_dr.restore import verify_backup
+
+    board.add("prepare", "connect, find the backup")
+    board.start("prepare")
+    policy, stores, key_ring = _product(args)
+    clouds = [args.cloud] if args.cloud else list(stores)
+    if args.from_cloud and args.cloud and args.cloud != args.from_cloud:
+        raise CliError(f"--cloud {args.cloud} and --from-cloud {args.from_cloud}: verify reads only the cloud it "
+                       "was told to use")
+    if not 0 < args.sample <= 1:
+        raise CliError(f"--sample {args.sample}: give a fraction in (0, 1]")
+    manifest = _resolve(args, policy, stores)  # after the checks: bad options are refused before any cloud is read
+    board.finish("prepare", DONE, detail=manifest.backup_id)
+    for cloud in clouds:  # a row starts with the first byte read from its cloud
+        board.add(cloud, f"verify in {cloud}")
+
+    def verified(cloud: str, found: list[str]) -> None:
+        board.finish(cloud, FAILED if found else DONE, detail=count(len(found), "problem") if found else "OK")
+
+    with board.counting_transfers(lambda cloud, direction: cloud if direction == "download" else None):
+        if args.from_cloud:  # told to use one cloud: nothing else, the catalog included
+            problems = verify_backup(manifest, stores, key_ring, clouds, sample=args.sample)
+            for cloud in clouds:
+                verified(cloud, problems[cloud])
+        else:  # findings go into the catalog, where status, alerts and `repair` find them
+            from wedsync_dr import verification
+
+            problems = {}
+            with _catalog(args) as conn:
+                record = {"backup_id": manifest.backup_id, "data_class": manifest.data_class,
+                          "manifest": manifest.to_json()}
+                for cloud in clouds:  # one cloud after another: each row ends when its cloud is done
+                    problems[cloud] = verification.verify_copy(record, cloud, stores, key_ring, conn,
+                                                               sample=args.sample, seed=0)["problems"]
+                    verified(cloud, problems[cloud])
+    return manifest, clouds, problems
+
+
 def cmd_restore(args: argparse.Namespace) -> int:
+    """In a terminal: one row (bytes downloaded, rate) and the logs in a file; then the report, once."""
+    from wedsync_dr.console import terminal_session
+
+    _use_connections(args)  # first: a local stack it finds also keeps the log file
+    with terminal_session(_log_file(args, "restore")) as board:
+        report = _restore(args, board)
+    print(report.render())
+    return 0
+
+
+def _restore(args: argparse.Namespace, board: StepBoard):
     from wedsync_dr import catalog, health
+    from wedsync_dr.console import DONE, count
     from wedsync_dr.requests import check_request
     from wedsync_dr.restore import run_restore
 
+    board.add("prepare", "connect, check the request")
+    board.add("restore", f"restore {args.data_class}")
+    board.start("prepare")
     policy, stores, key_ring = _product(args)
     if args.from_cloud and args.source_cloud not in ("auto", args.from_cloud):
         raise CliError(f"--source-cloud {args.source_cloud} and --from-cloud {args.from_cloud}: a restore told to "
@@ -163,13 +223,17 @@ def cmd_restore(args: argparse.Namespace) -> int:
         "data_class": args.data_class, "backup_id": args.backup_id, "point_in_time": args.point_in_time,
         "wedding_id": wedding_id, "target": args.target, "confirm": args.confirm,
         "source_cloud": args.source_cloud, "dry_run": args.dry_run})
-    report = run_restore(policy, request, stores=stores, key_ring=key_ring,
-                         db_connect=catalog.db_connector("wedsync_db_owner"),
-                         catalog_connect=None if args.from_cloud else catalog.connect,
-                         healthy=() if args.from_cloud else health.healthy_clouds_if_known(
-                             policy, catalog.db_connector("wedsync_catalog")))
-    print(report.render())
-    return 0
+    board.finish("prepare", DONE)
+    board.start("restore")
+    with board.counting_transfers(lambda _cloud, direction: "restore" if direction == "download" else None):
+        report = run_restore(policy, request, stores=stores, key_ring=key_ring,
+                             db_connect=catalog.db_connector("wedsync_db_owner"),
+                             catalog_connect=None if args.from_cloud else catalog.connect,
+                             healthy=() if args.from_cloud else health.healthy_clouds_if_known(
+                                 policy, catalog.db_connector("wedsync_catalog")))
+    board.finish("restore", DONE, detail=f"{count(report.objects, 'object')}, {count(sum(report.rows.values()), 'row')}"
+                 + ("" if report.dry_run else f" into {report.target}"))
+    return report
 
 
 def cmd_rebuild_catalog(args: argparse.Namespace) -> int:

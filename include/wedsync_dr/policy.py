@@ -31,6 +31,12 @@ _TIMEOUTS = {"type": "object", "additionalProperties": False,
              "properties": {"connect_seconds": {"type": "number", "exclusiveMinimum": 0},
                             "read_seconds": {"type": "number", "exclusiveMinimum": 0}}}
 
+# A daytime backup must not saturate the platform's uplink: per cloud, per process (storage/limits.py).
+# Absent = unlimited. At least 1 KiB/s: a smaller figure is a unit mistake (MB meant), not a limit.
+_LIMITS = {"type": "object", "additionalProperties": False,
+           "properties": {"bytes_per_second": {"type": "integer", "minimum": 1024},
+                          "concurrent_requests": {"type": "integer", "minimum": 1, "maximum": 256}}}
+
 POLICY_SCHEMA: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
@@ -56,6 +62,7 @@ POLICY_SCHEMA: dict[str, Any] = {
                     "bucket": {"type": "string", "minLength": 3},
                     "options": {"type": "object"},
                     "timeouts": _TIMEOUTS,
+                    "limits": _LIMITS,
                 },
             },
         },
@@ -168,6 +175,7 @@ class Cloud:
     bucket: str
     options: dict[str, Any] = field(default_factory=dict)
     timeouts: dict[str, float] = field(default_factory=dict)  # connect_seconds / read_seconds (policy default)
+    limits: dict[str, int] = field(default_factory=dict)  # bytes_per_second / concurrent_requests; {} = unlimited
 
 
 @dataclass(frozen=True)
@@ -243,11 +251,20 @@ class Policy:
         return replace(self, **changes)
 
 
+def _where(raw: dict[str, Any], path: list) -> str:
+    """The schema error's location, a cloud named by its name as well as its index ("clouds/1 (azure)/...")."""
+    if len(path) > 1 and path[0] == "clouds" and isinstance(path[1], int):
+        cloud = raw["clouds"][path[1]]
+        if isinstance(cloud, dict) and isinstance(cloud.get("name"), str):
+            path[1] = f"{path[1]} ({cloud['name']})"
+    return "/".join(str(p) for p in path) or "(top level)"
+
+
 def parse_policy(raw: dict[str, Any]) -> Policy:
     try:
         jsonschema.validate(raw, POLICY_SCHEMA)
     except jsonschema.ValidationError as err:
-        where = "/".join(str(p) for p in err.absolute_path) or "(top level)"
+        where = _where(raw, list(err.absolute_path))
         raise PolicyError(f"backup policy invalid at {where}: {err.message}") from None
     default_timeouts = {"connect_seconds": 5, "read_seconds": 30, **raw.get("timeouts", {})}
     clouds = tuple(Cloud(**{**c, "timeouts": {**default_timeouts, **c.get("timeouts", {})}}) for c in raw["clouds"])

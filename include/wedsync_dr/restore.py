@@ -525,7 +525,7 @@ def run_restore(policy: Policy, request: RestoreRequest, *, stores: dict[str, Ob
                 key_ring: crypto.KeyRing, db_connect: Callable[[], Any],
                 catalog_connect: Callable[[], Any] | None = None, healthy: Iterable[str] = (),
                 asset_root: Path | None = None) -> RestoreReport:
-    """Resolve and restore what `request` asks for; returns the report (also logged)."""
+    """Resolve and restore what `request` asks for; returns the report (the caller shows it: printed, logged)."""
     manifest = resolve(policy, stores, request.data_class, backup_id=request.backup_id,
                        point_in_time=request.point_in_time, catalog_connect=catalog_connect)
     order = cloud_order(stores, request.source_cloud, healthy)
@@ -548,7 +548,6 @@ def run_restore(policy: Policy, request: RestoreRequest, *, stores: dict[str, Ob
             report = restore_tables(conn, manifest, stores, key_ring, order=order, target_schema=scratch,
                                     in_place=request.in_place, live_schema=manifest.source_schema,
                                     wedding_id=request.wedding_id, dry_run=request.dry_run)
-    log.info("%s", report.render())
     return report
 
 

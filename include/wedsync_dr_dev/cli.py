@@ -7,6 +7,7 @@ Errors are one clear line on stderr and a non-zero exit status.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -59,28 +60,56 @@ def cmd_airflow_up(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_backup_run(args: argparse.Namespace) -> int:
-    """Run backup DAGs once, in this process (dag.test()), against the local stack; print a summary."""
-    state = local_stack.start(_stack_dir(args))
-    os.environ.update(local_stack.environment(state))  # before Airflow is imported: it reads them once
-    local_stack.migrate_airflow_db(state)
-    from wedsync_dr import catalog, report
-    from wedsync_dr.policy import load_policy
-    from wedsync_dr.wiring.backup_chain import build_backup_dag
+def _log_file(args: argparse.Namespace, command: str) -> Path:
+    """Where a terminal session's full logs go: `<stack dir>/logs/<command>-<UTC time>.log`."""
+    from wedsync_dr.console import log_file_path
 
-    policy = load_policy()  # (migrate_airflow_db created its pools)
+    return log_file_path(_stack_dir(args).resolve() / "logs", command)
+
+
+def cmd_backup_run(args: argparse.Namespace) -> int:
+    """Run backup DAGs once, in this process (dag.test()), against the local stack; print a summary.
+
+    In a terminal: one row per class and step, the logs in a file. Elsewhere: Airflow's log lines, as ever."""
+    from wedsync_dr.console import DONE, terminal_session
+    from wedsync_dr.policy import load_policy
+    from wedsync_dr_dev.progress import row_label
+
+    policy = load_policy()
+    names = args.data_classes or sorted(policy.data_classes)
+    unknown = [name for name in names if name not in policy.data_classes]
+    if unknown:
+        raise DevError(f"unknown data class {', '.join(unknown)}: choose from {', '.join(sorted(policy.data_classes))}")
     rows, failed = [], []
-    for name in args.data_classes or sorted(policy.data_classes):
-        dag = build_backup_dag(policy, policy.data_classes[name], doc_md="")
-        started = time.monotonic()
-        run = dag.test()
-        seconds = time.monotonic() - started
-        with catalog.connect() as conn:
-            record = catalog.backup_for_run(conn, dag.dag_id, run.run_id)
-        if run.state != "success":
-            failed.append(name)
-        rows.append({"data_class": name, "seconds": seconds, "status": (record or {}).get("status", run.state),
-                     **catalog.summary_fields(record)})
+    with terminal_session(_log_file(args, "backup-run")) as board:
+        width = max(len("local stack"), *map(len, names))  # the first column: what a row belongs to
+        board.add("setup", row_label("local stack", "start", width))
+        board.start("setup")
+        state = local_stack.start(_stack_dir(args))
+        os.environ.update(local_stack.environment(state))  # before Airflow is imported: it reads them once
+        local_stack.migrate_airflow_db(state)  # (and the policy's pools)
+        board.finish("setup", DONE)
+        from wedsync_dr import catalog
+        from wedsync_dr.wiring.backup_chain import build_backup_dag
+        from wedsync_dr_dev.progress import BackupSteps  # (imports Airflow: after its settings are in place)
+
+        steps = BackupSteps(board, policy, names, width=width)
+        with steps.listening() if board.live else contextlib.nullcontext():
+            for name in names:
+                dag = build_backup_dag(policy, policy.data_classes[name], doc_md="")
+                started = time.monotonic()
+                run = dag.test()
+                seconds = time.monotonic() - started
+                if board.live:
+                    steps.settle(name, {ti.task_id: ti.state for ti in run.get_task_instances()})
+                with catalog.connect() as conn:
+                    record = catalog.backup_for_run(conn, dag.dag_id, run.run_id)
+                if run.state != "success":
+                    failed.append(name)
+                rows.append({"data_class": name, "seconds": seconds,
+                             "status": (record or {}).get("status", run.state), **catalog.summary_fields(record)})
+    from wedsync_dr import report
+
     print()
     print(report.backup_summary(rows))
     if failed:
@@ -92,6 +121,7 @@ def cmd_backup_run(args: argparse.Namespace) -> int:
 def cmd_demo_data(args: argparse.Namespace) -> int:
     import psycopg
 
+    from wedsync_dr.console import DONE, terminal_session
     from wedsync_dr_dev import demo_data
 
     state = local_stack.StackState.load(_stack_dir(args).resolve())
@@ -106,9 +136,23 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
     if args.if_missing and marker.exists() and json.loads(marker.read_text()).get("params") == wanted:
         print(f"demo data already loaded ({scale.weddings} weddings, seed {scale.seed}): reusing it")
         return 0
-    with psycopg.connect(state.admin_url(local_stack.SOURCE_DB)) as conn:
-        report = demo_data.load(conn, scale, Path(local_stack.environment(state)["WEDSYNC_ASSET_SOURCE"]),
-                                owner=local_stack.OWNER_ROLE)
+    with terminal_session(_log_file(args, "demo-data")) as board:
+        steps = ("tables", "assets")
+        for step in steps:
+            board.add(step, f"demo data  {step:<8}")
+        board.start("tables")  # the schema is made first: the time is the tables'
+
+        def loaded(step: str, nbytes: int) -> None:
+            for earlier in steps[:steps.index(step)]:  # the tables are all in once the first file is written
+                if board.state(earlier) != DONE:
+                    board.finish(earlier, DONE)
+            board.advance(step, nbytes)
+
+        with psycopg.connect(state.admin_url(local_stack.SOURCE_DB)) as conn:
+            report = demo_data.load(conn, scale, Path(local_stack.environment(state)["WEDSYNC_ASSET_SOURCE"]),
+                                    owner=local_stack.OWNER_ROLE, progress=loaded)
+        board.finish("tables", DONE, detail=f"{report.total_rows:,} rows in {len(report.rows)} tables")
+        board.finish("assets", DONE, completed=report.asset_bytes, detail=f"{report.asset_files} files")
     marker.write_text(json.dumps({"params": wanted, "rows": report.rows}, indent=2))
     print(f"loaded {report.total_rows:,} rows into {len(report.rows)} tables in {report.seconds:.1f}s "
           f"({report.rows_per_second:,.0f} rows/s); {report.asset_files} asset files, "

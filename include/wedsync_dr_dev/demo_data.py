@@ -17,7 +17,7 @@ import json
 import random
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -338,6 +338,7 @@ TABLE_COLUMNS: dict[str, str] = {
     "form_responses": "response_id, form_id, wedding_id, answers, submitted_at, created_at, updated_at",
 }
 ASSET_TABLES = ("documents", "photos")
+LoadProgress = Callable[[str, int], None]  # ("tables" | "assets", bytes just loaded or written)
 SCHEMA = "wedsync"
 
 
@@ -374,7 +375,8 @@ def _pdf_like(rng: random.Random, size: int, title: str) -> bytes:
     return b"".join(body)
 
 
-def _write_assets(gen: _Generator, asset_dir: Path) -> tuple[list[str], list[str]]:
+def _write_assets(gen: _Generator, asset_dir: Path, progress: LoadProgress | None = None
+                  ) -> tuple[list[str], list[str]]:
     """Write asset files; returns COPY lines for `documents` and `photos`."""
     rng = random.Random(gen.scale.seed + 1)  # assets do not disturb the table stream
     scale = gen.scale.asset_size_scale
@@ -384,7 +386,7 @@ def _write_assets(gen: _Generator, asset_dir: Path) -> tuple[list[str], list[str
         wid = rng.randrange(1, weddings + 1)
         rel = f"weddings/{wid}/photos/IMG_{pid:06d}.jpg"
         data = _jpeg_like(rng, int(rng.randrange(1_500_000, 4_000_000) * scale))
-        _write_file(asset_dir / rel, data)
+        _write_file(asset_dir / rel, data, progress)
         photo_lines.append(_line(pid, wid, rng.choice(gen.wedding_suppliers[wid - 1]), rel, "image/jpeg", len(data),
                                  hashlib.sha256(data).hexdigest(), 4000, 3000, gen.ts(), gen.ts(), gen.ts(30)))
     for did in range(1, gen.scale.document_count + 1):
@@ -392,16 +394,18 @@ def _write_assets(gen: _Generator, asset_dir: Path) -> tuple[list[str], list[str
         kind = rng.choice(("contract", "invoice", "floor_plan", "menu", "other"))
         rel = f"weddings/{wid}/documents/{kind}_{did:06d}.pdf"
         data = _pdf_like(rng, int(rng.randrange(50_000, 400_000) * scale), f"{kind} for wedding {wid}")
-        _write_file(asset_dir / rel, data)
+        _write_file(asset_dir / rel, data, progress)
         document_lines.append(_line(did, wid, rng.choice(gen.wedding_suppliers[wid - 1]), kind, rel,
                                     "application/pdf", len(data), hashlib.sha256(data).hexdigest(),
                                     gen.ts(), gen.ts(30)))
     return document_lines, photo_lines
 
 
-def _write_file(path: Path, data: bytes) -> None:
+def _write_file(path: Path, data: bytes, progress: LoadProgress | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
+    if progress is not None:
+        progress("assets", len(data))
 
 
 @dataclass
@@ -427,13 +431,16 @@ def create_schema(conn) -> None:
     conn.execute((SQL_DIR / "wedsync_schema.sql").read_text())
 
 
-def load(conn, scale: Scale, asset_dir: Path, today: dt.date | None = None, owner: str | None = None) -> LoadReport:
+def load(conn, scale: Scale, asset_dir: Path, today: dt.date | None = None, owner: str | None = None,
+         progress: LoadProgress | None = None) -> LoadReport:
     """Create the schema and load demo data; replaces what the schema and `asset_dir` held.
 
     `conn` is a psycopg 3 connection. When it is a superuser's, pass `owner`: the schema is created as that
     role and rows load with `session_replication_role = replica`, which skips the per-row foreign-key
     triggers (as `pg_restore --disable-triggers` does) -- the generator writes consistent keys by
     construction, and the FK checks would otherwise halve the load rate.
+
+    `progress("tables" | "assets", nbytes)` is told of every chunk of rows COPYed and every file written.
     """
     gen = _Generator(scale, today or dt.date.today())
     shutil.rmtree(asset_dir, ignore_errors=True)
@@ -457,9 +464,11 @@ def load(conn, scale: Scale, asset_dir: Path, today: dt.date | None = None, owne
                 with cur.copy(f"COPY {SCHEMA}.{table} ({columns}) FROM STDIN") as copy:
                     for chunk in _chunks(counted(getattr(gen, table)())):
                         copy.write(chunk)
+                        if progress is not None:
+                            progress("tables", len(chunk))
                 rows[table] = count
             seconds = time.perf_counter() - started
-            documents, photos = _write_assets(gen, asset_dir)
+            documents, photos = _write_assets(gen, asset_dir, progress)
             with cur.copy(f"COPY {SCHEMA}.documents (document_id, wedding_id, supplier_id, kind, file_path, "
                           "content_type, size_bytes, sha256, created_at, updated_at) FROM STDIN") as copy:
                 copy.write("".join(documents).encode())

@@ -227,6 +227,12 @@ def test_assets_are_content_addressed_and_incremental(stack, backup_env):
 # ----------------------------------------------------------------------------- outages and corruption
 
 
+def _recorded_steps(conn, backup_id: str) -> list[tuple]:
+    """(step, cloud, outcome) the backup's tasks recorded for the metrics (backup_catalog.backup_steps)."""
+    return conn.execute("SELECT step, cloud, outcome FROM backup_catalog.backup_steps WHERE backup_id = %s "
+                        "ORDER BY step, cloud", (backup_id,)).fetchall()
+
+
 def test_one_cloud_down_degrades_and_alerts(stack, backup_env):
     dag = build_backup_dag(FAST_POLICY, POLICY.data_classes["vendor_data"], doc_md="test")
     local_stack.stop_service(stack, "gcs")
@@ -240,6 +246,9 @@ def test_one_cloud_down_degrades_and_alerts(stack, backup_env):
     assert sorted(record["clouds_ok"]) == ["aws", "azure"] and record["clouds_failed"] == ["gcp"]
     fired = catalog.alerts(backup_env, kind="backup_degraded", backup_id=record["backup_id"])
     assert len(fired) == 1 and "gcp" in fired[0]["message"]
+    assert _recorded_steps(backup_env, record["backup_id"]) == [  # what the metrics endpoint counts
+        ("encrypt", None, None), ("extract", None, None), ("upload", "aws", None), ("upload", "azure", None),
+        ("validate", None, "degraded")]
 
 
 def test_two_clouds_down_fail_the_run_and_leave_no_manifest(stack, backup_env):
@@ -255,6 +264,8 @@ def test_two_clouds_down_fail_the_run_and_leave_no_manifest(stack, backup_env):
     record = latest_backup(backup_env, "vendor_data")
     assert record["status"] == "failed" and record["manifest"] is None
     assert catalog.alerts(backup_env, kind="backup_failed", backup_id=record["backup_id"])
+    assert _recorded_steps(backup_env, record["backup_id"])[-2:] == [("upload", "aws", None),
+                                                                    ("validate", None, "failed")]
     for cloud, store in backup.stores(POLICY).items():
         leftovers = [o.key for o in store.list(record["prefix"] + "/")]
         assert leftovers == [], f"{cloud} still holds {leftovers}"

@@ -23,7 +23,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.helpers import run_backup_steps, run_dag
+from tests.helpers import run_backup_steps, run_dag, run_in_terminal
 from wedsync_dr import backup, catalog, crypto, retention
 from wedsync_dr.policy import load_policy
 from wedsync_dr.restore import list_manifest_keys
@@ -102,8 +102,8 @@ def _cli(stack, label: str, *argv: str, timeout: float = CLI_TIMEOUT, **env_chan
 
 
 def _printed(result, first: str) -> list[str]:
-    """What the verb printed, from its last line starting with `first` on. (Airflow's structlog lines go to
-    stdout too, and a multi-line log message -- the restore report is also logged -- spans several lines.)"""
+    """What the verb printed, from its last line starting with `first` on (Airflow's structlog lines go to
+    stdout too, before it)."""
     lines = result.stdout.splitlines()
     starts = [i for i, line in enumerate(lines) if line.startswith(first)]
     assert starts, (first, result.stdout)
@@ -154,6 +154,7 @@ def test_restore_verify_and_list_from_gcp_finish_with_aws_and_azure_hung(stack, 
     report = _printed(restored, "restore of ")
     first = report[0]
     assert first.startswith(f"restore of critical_weddings backup {critical['backup_id']}, wedding {soonest} into ")
+    assert (restored.stdout + restored.stderr).count(first) == 1  # printed once: not logged as well
     assert "  served by: gcp (1)" in report and not [line for line in report if "failover" in line], report
     assert not _mentions_another_cloud(restored, "gcp"), restored.stdout + restored.stderr
     schema = first.rsplit(" into ", 1)[1]
@@ -173,6 +174,29 @@ def test_restore_verify_and_list_from_gcp_finish_with_aws_and_azure_hung(stack, 
     assert [vendor_id, "committed", "gcp"] in [row[1:] for row in rows], listed.stdout
     assert rows and all(row[0] == "vendor_data" and row[-1] == "gcp" for row in rows), listed.stdout
     assert not _mentions_another_cloud(listed, "gcp"), listed.stdout + listed.stderr
+
+
+def test_in_a_terminal_restore_shows_its_progress_and_report_once_and_logs_to_a_file(stack, backed_up, tmp_path):
+    vendor_id = backed_up["vendor_data"]["backup_id"]
+    objects = backed_up["vendor_data"]["manifest"]["objects"]
+    env = {**os.environ, **local_stack.environment(stack), "WEDSYNC_LOG_DIR": str(tmp_path)}
+    try:
+        returncode, shown = run_in_terminal([sys.executable, "-m", "wedsync_dr.cli", "restore", "--class",
+                                             "vendor_data", "--target", "terminal_vendor"], env, timeout=CLI_TIMEOUT)
+        assert returncode == 0, shown
+        (log_file,) = tmp_path.glob("restore-*.log")
+        logged = log_file.read_text()
+        first = f"restore of vendor_data backup {vendor_id} into terminal_vendor"
+        assert shown.index(f"logs: {log_file}") < shown.index("restore vendor_data") < shown.index(first)
+        assert shown.count(first) == 1 and first not in logged  # the report: printed once, on the terminal
+        rows = sum(o["rows"] for o in objects)
+        assert f"done  {len(objects)} objects, {rows:,} rows into terminal_vendor" in shown
+        # the library's and Airflow's log records are in the file, not on the terminal
+        for record in ("restoring vendor_data backup", "key ring from connection wedsync_backup_keys"):
+            assert record in logged and record not in shown
+    finally:
+        with _owner(stack) as conn:
+            conn.execute("DROP SCHEMA IF EXISTS terminal_vendor CASCADE")
 
 
 def test_from_cloud_verbs_need_neither_the_catalog_nor_the_other_clouds(stack, backed_up):

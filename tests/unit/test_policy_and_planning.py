@@ -27,7 +27,7 @@ def _broken(change) -> dict:
     (lambda r: r.update(quorum=4), "quorum: 4 exceeds the 3 clouds"),
     (lambda r: r["clouds"].append(dict(r["clouds"][0])), "cloud names must be unique"),
     (lambda r: r["data_classes"]["vendor_data"].update(pool="nowhere"), "data_classes/vendor_data/pool"),
-    (lambda r: r["clouds"][0].update(kind="ftp"), "clouds/0/kind"),
+    (lambda r: r["clouds"][0].update(kind="ftp"), "clouds/0 (aws)/kind"),
     (lambda r: r["timeouts"].update(read_seconds=0), "timeouts/read_seconds"),
     (lambda r: r["data_classes"]["assets"].pop("source_env"), "data_classes/assets"),
     (lambda r: r.update(surprise=True), "(top level)"),

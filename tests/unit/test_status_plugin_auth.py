@@ -39,15 +39,15 @@ def client(status_app):
 
 def test_the_schema_lists_the_routes_and_asks_for_nothing_but_their_own_parameters(status_app):
     paths = status_app.openapi()["paths"]  # what /openapi.json serves (to authenticated callers)
-    assert set(paths) == {"/", "/api/status", "/api/verifications", "/api/alerts/{alert_id}/acknowledge"}
+    assert set(paths) == {"/", "/api/status", "/api/verifications", "/api/alerts/{alert_id}/acknowledge", "/metrics"}
     acknowledge = paths["/api/alerts/{alert_id}/acknowledge"]["post"]
     assert [p["name"] for p in acknowledge["parameters"]] == ["alert_id"]  # the user comes from the token
     assert {p["name"] for p in paths["/api/verifications"]["get"]["parameters"]} == {
         "backup_id", "data_class", "cloud", "run_id", "limit"}
 
 
-@pytest.mark.parametrize("path", ["/", "/api/status", "/api/verifications", "/openapi.json", "/docs", "/redoc",
-                                  "/docs/oauth2-redirect"])
+@pytest.mark.parametrize("path", ["/", "/api/status", "/api/verifications", "/metrics", "/openapi.json", "/docs",
+                                  "/redoc", "/docs/oauth2-redirect"])
 def test_no_route_answers_without_credentials(client, path):
     response = client.get(f"/wedsync-dr{path}", headers={"Accept": "application/json"})
     assert response.status_code in (401, 404), (path, response.status_code)

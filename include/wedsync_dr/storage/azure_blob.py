@@ -42,8 +42,9 @@ class AzureBlobStore(BaseStore):
     def __init__(self, cloud: str, conn_id: str, bucket: str, *, max_block_size: int = 8 * MiB,
                  max_single_put_size: int = 8 * MiB, read_chunk_size: int = 4 * MiB, max_concurrency: int = 2,
                  max_attempts: int = 2, retry_backoff: float = 1, connect_timeout: float = 5,
-                 read_timeout: float = 60, list_page_size: int = 1000, retention_mode: str = "governance") -> None:
-        super().__init__(cloud, conn_id, bucket, retention_mode=retention_mode)
+                 read_timeout: float = 60, list_page_size: int = 1000, retention_mode: str = "governance",
+                 limits: dict[str, int] | None = None) -> None:
+        super().__init__(cloud, conn_id, bucket, retention_mode=retention_mode, limits=limits)
         self.max_block_size = max_block_size
         self.max_single_put_size = max_single_put_size
         self.read_chunk_size = read_chunk_size
@@ -84,7 +85,7 @@ class AzureBlobStore(BaseStore):
         with upload.open() as stream:
             self._container.get_blob_client(key).upload_blob(
                 stream, length=upload.size, overwrite=True, metadata=_to_azure(upload.metadata),
-                content_settings=settings, max_concurrency=self.max_concurrency,
+                content_settings=settings, max_concurrency=self.limits.parallel_parts(self.max_concurrency),
                 progress_hook=lambda done, _total: upload.progress.at(done), **options)
         return self._head(key)
 

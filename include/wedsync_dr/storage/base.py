@@ -3,7 +3,8 @@
 The pipeline talks to `ObjectStore` only; which SDK sits behind it is data in the policy (`kind`). The
 shared base turns caller arguments into one `Upload` description (checksums checked, metadata
 normalised), wraps downloads as plain file objects, and translates SDK exceptions into the typed errors
-of `errors.py` so that every cloud fails the same way.
+of `errors.py` so that every cloud fails the same way. It also applies the cloud's limits (`limits.py`):
+every request holds a slot, every byte sent or read is paced, for all adapters alike.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from wedsync_dr.storage.errors import ObjectNotFound, StorageError
+from wedsync_dr.storage.limits import TransferLimits, shared_limits
 
 MiB = 1 << 20
 Progress = Callable[[int, int], None]
@@ -89,15 +91,27 @@ class Upload:
     content_type: str
     retain_until: datetime | None
     progress: ProgressReporter
+    limits: TransferLimits
 
     @contextmanager
-    def open(self) -> Iterator[BinaryIO]:
-        """The bytes as a seekable binary stream; a file is streamed from disk, never read whole."""
+    def open(self, *, paced: bool = True) -> Iterator[BinaryIO]:
+        """The bytes as a seekable binary stream; a file is streamed from disk, never read whole.
+
+        Reads are paced by the cloud's bandwidth limit: an SDK reads a body as it sends it. An adapter whose
+        SDK reports the bytes it sends (S3's Callback) opens it unpaced and calls `sending` instead."""
         if isinstance(self.source, bytes):
-            yield io.BytesIO(self.source)
+            stream: BinaryIO = io.BytesIO(self.source)
         else:
-            with open(self.source, "rb") as f:
-                yield f
+            stream = open(self.source, "rb")
+        try:
+            yield _PacedReader(stream, self.limits) if paced else stream
+        finally:
+            stream.close()
+
+    def sending(self, increment: int) -> None:
+        """The SDK reports `increment` bytes going out (negative: a part being retried): pace them, report them."""
+        self.limits.pace("upload", increment)
+        self.progress.add(increment)
 
 
 class ProgressReporter:
@@ -183,12 +197,15 @@ class BaseStore:
 
     kind = ""
 
-    def __init__(self, cloud: str, conn_id: str, bucket: str, *, retention_mode: str = "governance") -> None:
+    def __init__(self, cloud: str, conn_id: str, bucket: str, *, retention_mode: str = "governance",
+                 limits: Mapping[str, int] | None = None) -> None:
         check_retention(None, retention_mode)
         self.cloud = cloud
         self.conn_id = conn_id
         self.bucket = bucket
         self.retention_mode = retention_mode
+        # the policy's `limits` (bytes_per_second, concurrent_requests): shared by every store of this cloud
+        self.limits = shared_limits(cloud, **dict(limits or {}))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(cloud={self.cloud!r}, conn_id={self.conn_id!r}, bucket={self.bucket!r})"
@@ -233,15 +250,23 @@ class BaseStore:
         sha256 = check_hex("sha256", sha256 or "")
         return Upload(source=source, size=size, sha256=sha256, md5=check_hex("md5", md5),
                       crc32c=check_hex("crc32c", crc32c), metadata={"sha256": sha256, **user},
-                      content_type=content_type, retain_until=retain_until, progress=ProgressReporter(progress, size))
+                      content_type=content_type, retain_until=retain_until, progress=ProgressReporter(progress, size),
+                      limits=self.limits)
 
     # ------------------------------------------------------------------ reads
 
     def open_read(self, key: str) -> BinaryIO:
-        """A streaming download: each read pulls bytes from the cloud as needed. Close it (or use `with`)."""
-        with self._calling(key):
-            read, close = self._open(key)
-        return io.BufferedReader(_CloudReader(self, key, read, close), buffer_size=256 * 1024)
+        """A streaming download: each read pulls bytes from the cloud as needed. Close it (or use `with`).
+
+        The stream holds one of the cloud's request slots from open to close."""
+        hold = self.limits.hold()
+        try:
+            with self._calling(key, slot=False):
+                read, close = self._open(key)
+        except BaseException:
+            self.limits.release(hold)
+            raise
+        return io.BufferedReader(_CloudReader(self, key, read, close, hold), buffer_size=256 * 1024)
 
     def download_to(self, key: str, fileobj: BinaryIO) -> int:
         """Stream an object into `fileobj`; returns the number of bytes written."""
@@ -266,9 +291,20 @@ class BaseStore:
             return None
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
-        """Every object under `prefix`, page by page (metadata/native may be empty in listings)."""
-        with self._calling(prefix):
-            yield from self._list(prefix)
+        """Every object under `prefix`, page by page (metadata/native may be empty in listings).
+
+        A request slot is held while the SDK fetches, never while the caller handles an item: a caller may
+        HEAD or delete what it is given, whatever the request limit."""
+        items = self._list(prefix)
+        try:
+            while True:
+                with self._calling(prefix):
+                    item = next(items, None)
+                if item is None:
+                    return
+                yield item
+        finally:
+            items.close()
 
     # ------------------------------------------------------------------ deletes
 
@@ -305,8 +341,10 @@ class BaseStore:
     # ------------------------------------------------------------------ errors
 
     @contextmanager
-    def _calling(self, key: str) -> Iterator[None]:
-        """Run SDK calls for `key`, re-raising SDK exceptions as typed StorageErrors (others pass untouched)."""
+    def _calling(self, key: str, *, slot: bool = True) -> Iterator[None]:
+        """Run SDK calls for `key` in one of the cloud's request slots (`slot=False`: the caller holds one),
+        re-raising SDK exceptions as typed StorageErrors (others pass untouched)."""
+        hold = self.limits.hold() if slot else None
         try:
             yield
         except StorageError:
@@ -316,6 +354,8 @@ class BaseStore:
             if translated is None:
                 raise
             raise translated from err
+        finally:
+            self.limits.release(hold)
 
     def _translate(self, err: Exception, key: str) -> StorageError | None:
         """The typed error for an SDK exception, or None when `err` is not the SDK's (a bug, a local OSError)."""
@@ -344,29 +384,56 @@ class BaseStore:
         raise NotImplementedError
 
 
-class _CloudReader(io.RawIOBase):
-    """A download as a raw file: read(n) asks the SDK for the next bytes; SDK errors become StorageErrors."""
+class _PacedReader:
+    """An upload's source as the SDK reads it, each read paced by the cloud's bandwidth limit."""
 
-    def __init__(self, store: BaseStore, key: str, read: Callable[[int], bytes], close: Callable[[], None]) -> None:
+    def __init__(self, stream: BinaryIO, limits: TransferLimits) -> None:
+        self._stream = stream
+        self._limits = limits
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._stream.read(size)
+        self._limits.pace("upload", len(data))
+        return data
+
+    def readinto(self, buffer) -> int:
+        count = self._stream.readinto(buffer) or 0
+        self._limits.pace("upload", count)
+        return count
+
+    def __getattr__(self, name: str):  # seek, tell, seekable, fileno, ...: the stream's own
+        return getattr(self._stream, name)
+
+
+class _CloudReader(io.RawIOBase):
+    """A download as a raw file: read(n) asks the SDK for the next bytes; SDK errors become StorageErrors.
+
+    Bytes are paced as they arrive: the next read waits, so the cloud's sending is held back by TCP."""
+
+    def __init__(self, store: BaseStore, key: str, read: Callable[[int], bytes], close: Callable[[], None],
+                 hold=None) -> None:
         super().__init__()
         self._store = store
         self._key = key
         self._read = read
         self._close = close
+        self._hold = hold  # the stream's request slot, given back on close
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer) -> int:
-        with self._store._calling(self._key):
+        with self._store._calling(self._key, slot=False):
             data = self._read(len(buffer))
         buffer[: len(data)] = data
+        self._store.limits.pace("download", len(data))
         return len(data)
 
     def close(self) -> None:
         if not self.closed:
             try:
-                with self._store._calling(self._key):
+                with self._store._calling(self._key, slot=False):
                     self._close()
             finally:
+                self._store.limits.release(self._hold)
                 super().close()

@@ -46,8 +46,8 @@ class GcsStore(BaseStore):
     def __init__(self, cloud: str, conn_id: str, bucket: str, *, chunk_size: int = 8 * MiB,
                  single_request_max_size: int = 2 * MiB, read_chunk_size: int = 8 * MiB, retry_deadline: float = 15,
                  connect_timeout: float = 5, read_timeout: float = 60, list_page_size: int = 1000,
-                 retention_mode: str = "governance") -> None:
-        super().__init__(cloud, conn_id, bucket, retention_mode=retention_mode)
+                 retention_mode: str = "governance", limits: dict[str, int] | None = None) -> None:
+        super().__init__(cloud, conn_id, bucket, retention_mode=retention_mode, limits=limits)
         if chunk_size <= 0 or chunk_size % _CHUNK_UNIT:
             raise ValueError(f"chunk_size must be a positive multiple of {_CHUNK_UNIT} bytes, got {chunk_size}")
         self.chunk_size = chunk_size

@@ -47,8 +47,8 @@ class S3Store(BaseStore):
     def __init__(self, cloud: str, conn_id: str, bucket: str, *, multipart_threshold: int = DEFAULT_PART_SIZE,
                  multipart_chunksize: int = DEFAULT_PART_SIZE, max_concurrency: int = 4, max_attempts: int = 2,
                  connect_timeout: float = 5, read_timeout: float = 60, list_page_size: int = 1000,
-                 retention_mode: str = "governance") -> None:
-        super().__init__(cloud, conn_id, bucket, retention_mode=retention_mode)
+                 retention_mode: str = "governance", limits: dict[str, int] | None = None) -> None:
+        super().__init__(cloud, conn_id, bucket, retention_mode=retention_mode, limits=limits)
         self.multipart_threshold = multipart_threshold
         self.multipart_chunksize = multipart_chunksize
         self.max_concurrency = max_concurrency
@@ -74,7 +74,8 @@ class S3Store(BaseStore):
         from boto3.s3.transfer import TransferConfig
 
         return TransferConfig(multipart_threshold=self.multipart_threshold,
-                              multipart_chunksize=self.multipart_chunksize, max_concurrency=self.max_concurrency)
+                              multipart_chunksize=self.multipart_chunksize,
+                              max_concurrency=self.limits.parallel_parts(self.max_concurrency))
 
     def _upload(self, key: str, upload: Upload) -> ObjectInfo:
         extra: dict[str, Any] = {"Metadata": upload.metadata, "ContentType": upload.content_type,
@@ -82,13 +83,14 @@ class S3Store(BaseStore):
         if upload.retain_until is not None:
             extra |= {"ObjectLockMode": _LOCK_MODES[self.retention_mode],
                       "ObjectLockRetainUntilDate": upload.retain_until}
+        # boto3 calls Callback as it reads each 256 KiB of a body to send it: the pacing point for both
         if isinstance(upload.source, bytes):
-            with upload.open() as stream:
+            with upload.open(paced=False) as stream:
                 self._client.upload_fileobj(stream, self.bucket, key, ExtraArgs=extra, Config=self._transfer_config,
-                                            Callback=upload.progress.add)
+                                            Callback=upload.sending)
         else:  # by file name: each part is read from disk as it is sent, so memory stays at a few buffers
             self._client.upload_file(str(upload.source), self.bucket, key, ExtraArgs=extra,
-                                     Config=self._transfer_config, Callback=upload.progress.add)
+                                     Config=self._transfer_config, Callback=upload.sending)
         return self._head(key)
 
     def _open(self, key: str) -> tuple[Callable[[int], bytes], Callable[[], None]]:

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 
 from airflow.sdk import TriggerRule, dag, get_current_context, task
 
+from wedsync_dr.metrics import BackupStep, outcome_of
 from wedsync_dr.policy import DataClass, Policy
 from wedsync_dr.tags import Tag, class_tag
-from wedsync_dr.wiring.common import START_DATE, _sibling, _skip, backup_asset, default_args
+from wedsync_dr.wiring.common import START_DATE, _sibling, _skip, backup_asset, default_args, step_finished
 from wedsync_dr.wiring.ops import sweep_abandoned_backups
 
 log = logging.getLogger(__name__)
@@ -45,12 +47,15 @@ def backup_pipeline(policy: Policy, data_class: DataClass, *, request=None, labe
         with catalog.connect() as catalog_conn:
             # first, what killed runs of this class left (their plaintext above all); never this run's own
             sweep_abandoned_backups(policy, catalog_conn, data_classes=[name], must_succeed=False)
-            return backup.run_extract(
+            summary = backup.run_extract(
                 policy, data_class, connect=catalog.db_connector("wedsync_db"), catalog_conn=catalog_conn,
                 key_ring=key_ring,
                 wedding_ids=request.get("wedding_ids") if data_class.kind == "wedding_bundles" else None,
                 labels=labels, reason=request.get("reason"), requested_by=request.get("requested_by"),
                 dag_id=context["dag"].dag_id, run_id=context["run_id"], min_retention_days=min_retention_days or 0)
+            step_finished(BackupStep(summary["backup_id"], name, "extract", summary["extract_seconds"],
+                                     size=summary["compressed_bytes"], objects=summary["objects"]), catalog_conn)
+        return summary
 
     @task(multiple_outputs=True, task_id="encrypt", **common)
     def encrypt_step(summary: dict) -> dict:
@@ -58,7 +63,10 @@ def backup_pipeline(policy: Policy, data_class: DataClass, *, request=None, labe
         prove each object extract sealed on its worker before any cloud sees it (object-store staging)."""
         from wedsync_dr import backup, crypto
 
-        return backup.run_encrypt(policy, summary, crypto.KeyRing.from_connection(policy.key_ring_conn_id))
+        encrypted = backup.run_encrypt(policy, summary, crypto.KeyRing.from_connection(policy.key_ring_conn_id))
+        step_finished(BackupStep(encrypted["backup_id"], name, "encrypt", encrypted["encrypt_seconds"],
+                                 size=encrypted["ciphertext_bytes"], objects=encrypted["objects"]))
+        return encrypted
 
     extract_output = extract_step(request)
     encrypt_summary = encrypt_step(extract_output)
@@ -91,6 +99,8 @@ def backup_pipeline(policy: Policy, data_class: DataClass, *, request=None, labe
             sent = backup.run_upload(policy, cloud_name, summary, store)
             # prove this copy and commit the backup if it completes the quorum: a hung cloud is not waited for
             with catalog.connect() as conn:
+                step_finished(BackupStep(summary["backup_id"], name, "upload", sent["seconds"], cloud=cloud_name,
+                                         size=sent["bytes"], objects=sent["objects"]), conn)
                 proven = backup.check_and_commit(policy, cloud_name, summary,
                                                  crypto.KeyRing.from_connection(policy.key_ring_conn_id), conn, store)
             return {**sent, **proven}
@@ -110,9 +120,15 @@ def backup_pipeline(policy: Policy, data_class: DataClass, *, request=None, labe
                 raise _skip("nothing was extracted in this run")
             raise RuntimeError("encrypt did not finish: nothing was uploaded, there is nothing to validate")
         results = {c.name: ti.xcom_pull(task_ids=_sibling(f"upload_to_{c.name}")) for c in policy.clouds}
+        started = time.perf_counter()
         with catalog.connect() as catalog_conn:  # the summary carries the backup's lock and keep dates
-            result = backup.run_validate(policy, summary, results,
-                                         crypto.KeyRing.from_connection(policy.key_ring_conn_id), catalog_conn)
+            try:
+                result = backup.run_validate(policy, summary, results,
+                                             crypto.KeyRing.from_connection(policy.key_ring_conn_id), catalog_conn)
+            finally:  # failed runs too (below the quorum, or whatever stopped validate): the catalog says how
+                step_finished(BackupStep(summary["backup_id"], name, "validate", time.perf_counter() - started,
+                                         size=summary["ciphertext_bytes"], objects=summary["objects"],
+                                         outcome=outcome_of(catalog_conn, summary["backup_id"])), catalog_conn)
         log.info("backup %s: %s in %s", result["backup_id"], result["status"].upper(), ", ".join(result["clouds_ok"]))
         return result
 

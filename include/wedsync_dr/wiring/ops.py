@@ -12,7 +12,14 @@ from airflow.sdk import TriggerRule, dag, get_current_context, task
 
 from wedsync_dr.policy import Policy
 from wedsync_dr.tags import Tag
-from wedsync_dr.wiring.common import START_DATE, _daily_or_after_backups, _ops_dag, _skip, default_args
+from wedsync_dr.wiring.common import (
+    START_DATE,
+    _daily_or_after_backups,
+    _ops_dag,
+    _skip,
+    airflow_metrics,
+    default_args,
+)
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +85,10 @@ def build_health_dag(policy: Policy, doc_md: str):
             results = [health.canary(store, policy) for store in backup.stores(policy).values()]
             with catalog.connect() as conn:
                 states = health.record_checks(conn, results)
+                emitter = airflow_metrics()
+                for result in results:
+                    emitter.canary(result.cloud, ok=result.ok, latency_ms=result.latency_ms,
+                                   healthy=states[result.cloud]["healthy"])
                 for cloud, state in states.items():
                     log.info("%s: %s (%.0f ms) %s", cloud, "healthy" if state["healthy"] else "UNHEALTHY",
                              state["latency_ms"], state["error"])
@@ -95,6 +106,11 @@ def build_health_dag(policy: Policy, doc_md: str):
 
             with catalog.connect() as conn, catalog.db_connector("wedsync_db")() as source:
                 breaches = health.rpo_breaches(conn, source, policy)
+                emitter, now = airflow_metrics(), dt.datetime.now(dt.UTC)
+                for name, data_class in sorted(policy.data_classes.items()):
+                    started = catalog.last_good_backup_started(conn, name)
+                    emitter.backup_age(name, (now - started).total_seconds() if started else None,
+                                       data_class.rpo_minutes * 60)
                 for breach in breaches:
                     alerts.alert(severity="critical" if breach.wedding_id else "warning", kind="rpo_breach",
                                  subject=breach.subject, message=breach.describe(), catalog_conn=conn)
@@ -142,6 +158,7 @@ def build_drill_dag(policy: Policy, doc_md: str):
                     result = drill_class(policy, data_class, conn, backup.stores(policy),
                                          crypto.KeyRing.from_connection(policy.key_ring_conn_id),
                                          catalog.db_connector("wedsync_db_owner"))
+                airflow_metrics().drill(result)
                 if result["ok"] is False:
                     raise RuntimeError(f"restore drill failed: {result['detail']}")
                 return result

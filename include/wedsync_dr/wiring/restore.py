@@ -81,6 +81,7 @@ def build_restore_dag(policy: Policy, doc_md: str):
                                  catalog_connect=lambda: catalog.connect(),
                                  healthy=health.healthy_clouds_if_known(
                                      policy, catalog.db_connector("wedsync_catalog")))
+            log.info("%s", report.render())
             try:
                 with catalog.connect() as conn:
                     catalog.record_restore(conn, report.to_json(), run_id=get_current_context()["run_id"])
