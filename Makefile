@@ -76,8 +76,8 @@ redis:
 	 echo "no redis-server: the multi-worker (CeleryExecutor) test will skip"
 
 test: install browser redis
-	$(BIN)/python -m pytest -m "not airflow_api" $(PYTEST_ARGS)
-	$(BIN)/python -m pytest -m airflow_api $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not airflow_api" --durations=15 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m airflow_api --durations=15 $(PYTEST_ARGS)
 
 down:
 	@if [ -x $(BIN)/wedsync-dev ]; then $(BIN)/wedsync-dev stack down; else echo "nothing to stop"; fi

@@ -7,7 +7,6 @@ The stack (PostgreSQL + S3/Azure/GCS emulators) lives in `.local/test/stack`, ap
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -85,7 +84,7 @@ def airflow_db(stack):
 @pytest.fixture(scope="module")
 def airflow_api(stack, demo_data, airflow_db):
     """Airflow's components against the test stack (metadata in its PostgreSQL), for this module only."""
-    from tests.helpers import http_json  # here: helpers import the product, after Airflow's settings above
+    from tests.helpers import http_json, wait_for_dags  # here: helpers import the product, after Airflow's settings
 
     # Scheduled backups stay paused: only the DAGs a test drives run, and nothing runs behind its back.
     url = local_stack.start_airflow(stack, port=local_stack.free_port(), dags_paused=True)
@@ -93,18 +92,7 @@ def airflow_api(stack, demo_data, airflow_db):
                             {"username": "admin", "password": stack.passwords["airflow_admin"]})
     assert status == 201, body
     token = body["access_token"]
-    deadline = time.monotonic() + 180
-    wanted = {"emergency_backup", "backup_health"}
-    while time.monotonic() < deadline:  # the dag-processor has to serialise the DAGs first
-        status, body = http_json("GET", f"{url}/api/v2/dags?limit=100", token=token)
-        if status == 200 and wanted <= {d["dag_id"] for d in body["dags"]}:
-            break
-        time.sleep(2)
-    else:
-        pytest.fail(f"DAGs not parsed in time: {body}")
-    for dag_id in sorted(wanted):
-        status, body = http_json("PATCH", f"{url}/api/v2/dags/{dag_id}", {"is_paused": False}, token)
-        assert status == 200, body
+    wait_for_dags(url, token, {"emergency_backup", "backup_health"}, timeout=180)
     try:
         yield url, token
     finally:

@@ -100,6 +100,38 @@ def http_json(method: str, url: str, body: dict | None = None, token: str | None
         return err.code, json.loads(err.read() or b"{}")
 
 
+def wait_for_dags(url: str, token: str, wanted: set[str], *, unpause: set[str] | None = None,
+                  timeout: float = 240) -> None:
+    """Until the dag-processor has serialised every DAG in `wanted`; then unpause those in `unpause`
+    (default: all of them)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status, body = http_json("GET", f"{url}/api/v2/dags?limit=100", token=token)
+        if status == 200 and wanted <= {d["dag_id"] for d in body["dags"]}:
+            break
+        time.sleep(2)
+    else:
+        raise AssertionError(f"DAGs not parsed in {timeout:.0f}s: {body}")
+    for dag_id in sorted(wanted if unpause is None else unpause):
+        status, body = http_json("PATCH", f"{url}/api/v2/dags/{dag_id}", {"is_paused": False}, token)
+        assert status == 200, body
+
+
+def wait_for_run(url: str, token: str, dag_id: str, run_id: str, timeout: float = 420) -> dict:
+    """The DAG run once it has finished (success or failed)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status, run = http_json("GET", f"{url}/api/v2/dags/{dag_id}/dagRuns/{run_id}", token=token)
+        if run.get("state") in ("success", "failed"):
+            return run
+        time.sleep(2)
+    raise AssertionError(f"{dag_id} run {run_id} did not finish in {timeout:.0f}s: {run}")
+
+
 def sdk_get(stack, cloud: str, key: str) -> bytes:
     """Read an object with the cloud's own SDK (not the product's storage layer)."""
     if cloud == "aws":

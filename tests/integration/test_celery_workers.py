@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from tests.helpers import http_json, latest_backup, sdk_get
+from tests.helpers import http_json, latest_backup, sdk_get, wait_for_dags, wait_for_run
 from wedsync_dr import catalog
 from wedsync_dr_dev import local_stack
 
@@ -33,25 +33,12 @@ def celery(stack, demo_data, airflow_db):
     api = (url, body["access_token"])
     try:
         local_stack.wait_for_celery_workers(stack)
-        _wait_for_dags(api, {*BACKUP_DAGS, "restore", "emergency_backup"})
-        for dag_id in ("restore", "emergency_backup"):  # the backup DAGs stay paused until their test
-            _set_paused(api, dag_id, False)
+        # the backup DAGs stay paused until their test
+        wait_for_dags(*api, {*BACKUP_DAGS, "restore", "emergency_backup"}, unpause={"restore", "emergency_backup"})
         yield api
     finally:
         for name in [*local_stack.AIRFLOW_COMPONENTS, *local_stack.celery_services(stack)]:
             local_stack.stop_service(stack, name)
-
-
-def _wait_for_dags(api, wanted: set[str]) -> None:
-    url, token = api
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        status, body = http_json("GET", f"{url}/api/v2/dags?limit=100", token=token)
-        if status == 200 and wanted <= {d["dag_id"] for d in body["dags"]}:
-            break
-        time.sleep(2)
-    else:
-        pytest.fail(f"DAGs not parsed in time: {body}")
 
 
 def _set_paused(api, dag_id: str, paused: bool) -> None:
@@ -82,14 +69,7 @@ def _trigger(api, dag_id: str, conf: dict | None = None) -> str:
 
 
 def _wait(api, dag_id: str, run_id: str, timeout: float = 600) -> dict:
-    url, token = api
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status, run = http_json("GET", f"{url}/api/v2/dags/{dag_id}/dagRuns/{run_id}", token=token)
-        if run.get("state") in ("success", "failed"):
-            return run
-        time.sleep(2)
-    pytest.fail(f"{dag_id} run {run_id} did not finish: {run}")
+    return wait_for_run(*api, dag_id, run_id, timeout)
 
 
 def _task_instances(api, dag_id: str, run_id: str) -> list[dict]:

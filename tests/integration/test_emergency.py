@@ -10,6 +10,7 @@ import urllib.request
 import pytest
 
 from tests.helpers import http_json as _request
+from tests.helpers import wait_for_run
 from wedsync_dr import backup, catalog
 from wedsync_dr.policy import load_policy
 
@@ -36,13 +37,7 @@ def _runs(api, dag_id: str = "emergency_backup") -> list[dict]:
 
 def _wait(api, run_id: str, dag_id: str = "emergency_backup", timeout: float = 420) -> dict:
     url, token = api
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status, run = _request("GET", f"{url}/api/v2/dags/{dag_id}/dagRuns/{run_id}", token=token)
-        if run.get("state") in ("success", "failed"):
-            return run
-        time.sleep(2)
-    pytest.fail(f"run {run_id} did not finish: {run}")
+    return wait_for_run(url, token, dag_id, run_id, timeout)
 
 
 def _task_states(api, run_id: str, dag_id: str = "emergency_backup") -> dict[str, str]:
