@@ -81,8 +81,20 @@ def _task_instances(api, dag_id: str, run_id: str) -> list[dict]:
 
 
 def _workers_of(api, dag_id: str, run_id: str) -> set[str]:
-    """The workers the run's tasks ran on (skipped tasks ran nowhere)."""
-    return {ti["hostname"] for ti in _task_instances(api, dag_id, run_id) if ti["hostname"]}
+    """The workers the run's tasks ran on, over every try (skipped tasks ran nowhere).
+
+    A task instance shows the host of its latest try only: a task retried after its worker was killed names
+    the survivor, so the killed worker is found in the task's tries.
+    """
+    url, token = api
+    workers = set()
+    for ti in _task_instances(api, dag_id, run_id):
+        mapped = f"/{ti['map_index']}" if ti["map_index"] >= 0 else ""
+        status, body = http_json("GET", f"{url}/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/"
+                                        f"{ti['task_id']}{mapped}/tries", token=token)
+        assert status == 200, body
+        workers |= {t["hostname"] for t in body["task_instances"] if t["hostname"]}
+    return workers
 
 
 def _every_copy_reads_back(stack, record: dict) -> None:
@@ -155,7 +167,7 @@ def test_an_emergency_backup_survives_a_worker_killed_mid_run(celery, stack):
     assert run["state"] == "success", instances
     survivor = (WORKERS - {victim}).pop()
     assert instances[task]["hostname"] == survivor and instances[task]["try_number"] >= 2, instances[task]
-    assert _workers_of(celery, "emergency_backup", run_id) == WORKERS  # tasks ran on both before the kill
+    assert _workers_of(celery, "emergency_backup", run_id) == WORKERS  # the victim's try counts: it ran there
     with catalog.connect() as conn:
         for data_class in classes:
             (backup_id,) = conn.execute(  # a killed try may have left a row of its own: the sweep settles it
