@@ -227,11 +227,18 @@ CREATE TABLE IF NOT EXISTS backup_steps (
 );
 CREATE INDEX IF NOT EXISTS backup_steps_class_step ON backup_steps (data_class, step, cloud, step_id DESC);
 
+-- Version 5 (manifest format 4): a chunked table object is stored as its chunks (blobs), not as an object of
+-- its own: it has no key and no ciphertext of its own, and counts its chunks.
+ALTER TABLE backup_objects ALTER COLUMN key DROP NOT NULL,
+    ALTER COLUMN ciphertext_sha256 DROP NOT NULL,
+    ALTER COLUMN ciphertext_size DROP NOT NULL,
+    ADD COLUMN IF NOT EXISTS chunks integer;
+
 -- The schema's version: catalog.connect() refuses a catalog older than the release needs (not migrated since an
 -- upgrade) instead of failing later on a missing table or column. Raise it with every change above.
 CREATE TABLE IF NOT EXISTS schema_version (
     singleton        boolean PRIMARY KEY DEFAULT true CHECK (singleton),
     version          integer NOT NULL
 );
-INSERT INTO schema_version (singleton, version) VALUES (true, 4)
+INSERT INTO schema_version (singleton, version) VALUES (true, 5)
     ON CONFLICT (singleton) DO UPDATE SET version = GREATEST(schema_version.version, EXCLUDED.version);

@@ -31,8 +31,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from wedsync_dr import alerts, catalog, crypto, extract, format, staging
-from wedsync_dr.format import BLOB_AD_SCOPE, Blob, DataObject, Entry
+from wedsync_dr import alerts, catalog, chunking, crypto, extract, format, staging
+from wedsync_dr.format import BLOB_AD_SCOPE, Blob, ChunkedObject, DataObject, Entry
 from wedsync_dr.parallel import in_parallel
 from wedsync_dr.policy import DataClass, Policy
 from wedsync_dr.storage import ObjectStore, StorageError, open_store
@@ -75,13 +75,18 @@ def stores(policy: Policy, names: list[str] | None = None) -> dict[str, ObjectSt
             for c in policy.clouds if names is None or c.name in names}
 
 
-def _write_entries(area: staging.Staging, backup_id: str, name: str, entries: list[Entry]) -> None:
+def _write_entries(area: staging.Staging, backup_id: str, name: str, entries: list[Entry | ChunkedObject]) -> None:
     """Entries handed from one step to the next, every field kept (a blob's compressed size too)."""
-    area.write_json(backup_id, name, [asdict(e) for e in entries])
+    area.write_json(backup_id, name, [e.to_json() if isinstance(e, ChunkedObject) else asdict(e) for e in entries])
 
 
-def _read_entries(area: staging.Staging, backup_id: str, name: str) -> list[Entry]:
+def _read_entries(area: staging.Staging, backup_id: str, name: str) -> list[Entry | ChunkedObject]:
     return [format.entry_from_json(e) for e in area.read_json(backup_id, name, default=[])]
+
+
+def _stored(entries: list[Entry | ChunkedObject]) -> list[Entry]:
+    """The entries that are stored objects (a chunked object is stored as its chunks, which are blobs)."""
+    return [e for e in entries if not isinstance(e, ChunkedObject)]
 
 
 def _ciphertext_name(entry: Entry) -> str:
@@ -125,7 +130,15 @@ def run_extract(policy: Policy, data_class: DataClass, *, connect: Callable[[], 
                                 scope=scope, dag_id=dag_id, run_id=run_id)
     t0 = time.perf_counter()
     try:
-        if data_class.kind == "tables":
+        if data_class.deduplicated:
+            if key_ring is None:
+                raise crypto.KeyUnavailableError(f"{data_class.name} is deduplicated: its chunks are named by keyed "
+                                                 "content ids (the key ring's dedup key), and nothing is read "
+                                                 "without it")
+            extraction = _extract_chunked_tables(policy, data_class, backup_id, area, work, connect, catalog_conn,
+                                                 key_ring, store_map or stores(policy),
+                                                 workers or data_class.extract_workers)
+        elif data_class.kind == "tables":
             extraction = extract.extract_tables(connect, policy, data_class, backup_id, work,
                                                 workers=workers or data_class.extract_workers)
         elif data_class.kind == "wedding_bundles":
@@ -141,7 +154,7 @@ def run_extract(policy: Policy, data_class: DataClass, *, connect: Callable[[], 
         area.write_json(backup_id, "tables.json", extraction.notes.pop("table_definitions", {}))
         if area.remote:
             sealed = _seal(policy, backup_id, prefix, extraction.objects, key_ring, work)
-            for entry in sealed:
+            for entry in _stored(sealed):
                 area.publish(backup_id, _ciphertext_path(work, entry), sha256=entry.ciphertext_sha256)
             _write_entries(area, backup_id, "sealed.json", sealed)
         else:
@@ -175,6 +188,33 @@ def _instant(value: str | None) -> dt.datetime | None:
     return dt.datetime.fromisoformat(value) if value else None
 
 
+def _extract_chunked_tables(policy: Policy, data_class: DataClass, backup_id: str, area: staging.Staging, work: Path,
+                            connect, catalog_conn, key_ring: crypto.KeyRing, store_map: dict[str, ObjectStore],
+                            workers: int) -> extract.Extraction:
+    """The class's tables cut into content-defined chunks (format 4): only chunks no earlier backup stored are
+    staged. Which are stored: the catalog first, then the clouds (a chunk a failed or concurrent run stored,
+    or one the catalog forgot, is adopted once it is proven to decrypt to the chunk); every chunk the backup
+    reuses is described in full in `referenced-blobs.json`, and validate proves each in every cloud."""
+    known = {cid: entry for cid, entry in catalog.known_blobs(catalog_conn, policy.prefix).items()
+             if entry.key.startswith(format.chunks_prefix(policy.prefix))}
+    stager = extract.ChunkStager(work, policy.zstd_level, key_ring.content_id,
+                                 lambda cid: format.chunk_key(policy.prefix, cid), known)
+    cdc = chunking.chunker(key_ring, data_class.dedup_chunk_kib << 10)
+    extraction = extract.extract_tables(connect, policy, data_class, backup_id, work, workers=workers,
+                                        chunks=stager, cdc=cdc)
+    candidates = {s.extra["content_id"]: _Candidate(s.extra["key"], s.plaintext_size, s.plaintext_sha256, "zstd")
+                  for s in stager.new}
+    adopted = _adopt_stored_blobs(policy, store_map, key_ring, candidates)
+    stager.forget(adopted)
+    referenced = {**{cid: known[cid] for cid in stager.reused if cid in known}, **adopted}
+    _write_entries(area, backup_id, "referenced-blobs.json", sorted(referenced.values(), key=lambda b: b.key))
+    extraction.objects += stager.new
+    extraction.notes["new_chunks"] = len(stager.new)
+    log.info("%s: %d chunks, %d new to store, %d stored by earlier backups", data_class.name,
+             extraction.notes["chunks"], len(stager.new), len(referenced))
+    return extraction
+
+
 def _extract_assets(policy: Policy, data_class: DataClass, backup_id: str, area: staging.Staging, work: Path,
                     catalog_conn, key_ring: crypto.KeyRing, store_map: dict[str, ObjectStore]):
     """Index every asset file under its keyed content id; stage only blobs no cloud holds yet.
@@ -198,7 +238,9 @@ def _extract_assets(policy: Policy, data_class: DataClass, backup_id: str, area:
             referenced[cid] = known[cid]
         elif cid not in new_blobs:
             new_blobs[cid] = f
-    for cid, entry in _adopt_stored_blobs(policy, store_map, key_ring, new_blobs).items():
+    candidates = {cid: _Candidate(blob_key(policy, cid), f.size, f.sha256, extract.blob_compression(f.path))
+                  for cid, f in new_blobs.items()}
+    for cid, entry in _adopt_stored_blobs(policy, store_map, key_ring, candidates).items():
         referenced[cid] = entry
         del new_blobs[cid]
     # The index is the backup's data object and the only place paths and plaintext hashes are kept:
@@ -236,14 +278,24 @@ def _stage_blob(policy: Policy, source: Path, staging: Path, content_id: str,
                                 compression=compression, extra={"blob": True, "content_id": content_id})
 
 
+@dataclass(frozen=True)
+class _Candidate:
+    """A new blob (asset file or table chunk) that a cloud may hold already: where, and what it must open to."""
+
+    key: str
+    size: int
+    sha256: str
+    compression: str
+
+
 def _adopt_stored_blobs(policy: Policy, store_map: dict[str, ObjectStore], key_ring: crypto.KeyRing,
-                        candidates: dict[str, extract.AssetFile]) -> dict[str, Blob]:
+                        candidates: dict[str, _Candidate]) -> dict[str, Blob]:
     """Blobs the catalog does not know but a cloud holds (a failed or concurrent run stored them, or the catalog
-    was rebuilt or lost), described from the stored object itself once it is proven to decrypt to the file.
-    Re-encrypting them instead would write a second ciphertext under the same key."""
-    def find(item: tuple[str, extract.AssetFile]) -> tuple[str, Blob | None]:
-        cid, asset = item
-        key = blob_key(policy, cid)
+    was rebuilt or lost), described from the stored object itself once it is proven to decrypt to the file
+    (or chunk). Re-encrypting them instead would write a second ciphertext under the same key."""
+    def find(item: tuple[str, _Candidate]) -> tuple[str, Blob | None]:
+        cid, candidate = item
+        key = candidate.key
         for cloud, store in store_map.items():
             try:
                 info = store.head(key)
@@ -252,9 +304,9 @@ def _adopt_stored_blobs(policy: Policy, store_map: dict[str, ObjectStore], key_r
                 continue
             if info is None or info.metadata.get("content-id") != cid or "wrapped-key" not in info.metadata:
                 continue
-            entry = format.adopted_blob_entry(info, cid, asset.size,
-                                              info.metadata.get("compression") or extract.blob_compression(asset.path))
-            if _proves(store, entry, key_ring, asset.sha256):
+            entry = format.adopted_blob_entry(info, cid, candidate.size,
+                                              info.metadata.get("compression") or candidate.compression)
+            if _proves(store, entry, key_ring, candidate.sha256):
                 return cid, entry
             log.warning("blob %s in %s does not decrypt to its file: not adopted", key, cloud)
         return cid, None
@@ -262,7 +314,7 @@ def _adopt_stored_blobs(policy: Policy, store_map: dict[str, ObjectStore], key_r
     found = in_parallel(find, list(candidates.items()), policy.upload_concurrency, "adopt")
     adopted = {cid: entry for cid, entry in found if entry is not None}
     if adopted:
-        log.info("assets: %d blobs already stored in a cloud but unknown to the catalog: adopted, not re-sent",
+        log.info("%d blobs already stored in a cloud but unknown to the catalog: adopted, not re-sent",
                  len(adopted))
     return adopted
 
@@ -296,35 +348,43 @@ def run_encrypt(policy: Policy, summary: dict[str, Any], key_ring: crypto.KeyRin
     t0 = time.perf_counter()
     if area.remote:
         encrypted = _read_entries(area, backup_id, "sealed.json")
-        in_parallel(lambda entry: _prove_staged(area, backup_id, entry, key_ring), encrypted, workers, "prove")
+        in_parallel(lambda entry: _prove_staged(area, backup_id, entry, key_ring), _stored(encrypted), workers,
+                    "prove")
     else:
         extraction = extract.Extraction.from_json(area.read_json(backup_id, "extract.json"))
         encrypted = _seal(policy, backup_id, summary["prefix"], extraction.objects, key_ring, area.scratch(backup_id),
                           workers=workers)
     seconds = time.perf_counter() - t0
     _write_entries(area, backup_id, "encrypt.json", encrypted)
-    total = sum(o.ciphertext_size for o in encrypted)
+    total = sum(o.ciphertext_size for o in _stored(encrypted))
     log.info("encrypt %s: %d objects, %.1f MB ciphertext %s in %.1fs, key %s", backup_id, len(encrypted), total / 1e6,
              "proven" if area.remote else "sealed", seconds, key_ring.primary_id)
     return {**summary, "ciphertext_bytes": total, "encrypt_seconds": round(seconds, 3),
-            "compressed_bytes": sum(o.compressed_size for o in encrypted)}
+            "compressed_bytes": sum(o.compressed_size or 0 for o in _stored(encrypted))}
 
 
 def _seal(policy: Policy, backup_id: str, prefix: str, objects: list[extract.StagedObject],
-          key_ring: crypto.KeyRing, work: Path, workers: int = 2) -> list[Entry]:
+          key_ring: crypto.KeyRing, work: Path, workers: int = 2) -> list[Entry | ChunkedObject]:
     """Seal staged payloads (already compressed in extract, tables and blobs alike) into ciphertext files beside
     them, each with its own data key and the associated data of where it will be stored; every plaintext is
     deleted as soon as its ciphertext exists. Returns the entries, in extraction order."""
     part_size = _s3_part_size(policy)
 
-    def seal_one(obj: extract.StagedObject) -> Entry:
+    def seal_one(obj: extract.StagedObject) -> Entry | ChunkedObject:
+        if "chunks" in obj.extra:  # stored as its chunks, which are sealed on their own
+            return ChunkedObject(name=obj.name, source=obj.source, rows=obj.rows, columns=tuple(obj.columns),
+                                 copy_format=obj.copy_format, plaintext_sha256=obj.plaintext_sha256,
+                                 plaintext_size=obj.plaintext_size,
+                                 chunks=tuple(format.ChunkRef(content_id=cid, size=size)
+                                              for cid, size in obj.extra["chunks"]))
         content_id = obj.extra.get("content_id") if obj.extra.get("blob") else None
         sizes = {"compression": obj.compression, "plaintext_size": obj.plaintext_size,
                  "compressed_size": obj.compressed_size}
         if content_id:
             ad = crypto.associated_data(BLOB_AD_SCOPE, content_id)
             sealed = _encrypt_one(key_ring, Path(obj.path), work / f"{content_id}.tink", ad, part_size=part_size)
-            entry = Blob(content_id=content_id, key=blob_key(policy, content_id), **sizes, **sealed)
+            entry = Blob(content_id=content_id, key=obj.extra.get("key") or blob_key(policy, content_id), **sizes,
+                         **sealed)
         else:
             name = f"{obj.name}.zst.tink" if obj.compression == "zstd" else f"{obj.name}.tink"
             ad = crypto.associated_data(backup_id, name)
@@ -406,7 +466,7 @@ def run_upload(policy: Policy, cloud: str, summary: dict[str, Any], store: Objec
     """
     store = store or stores(policy, [cloud])[cloud]
     area = staging.for_policy(policy)
-    encrypted = _read_entries(area, summary["backup_id"], "encrypt.json")
+    encrypted = _stored(_read_entries(area, summary["backup_id"], "encrypt.json"))
     lock_until = _instant(summary.get("lock_until"))
     t0 = time.perf_counter()
 
@@ -509,7 +569,8 @@ def check_copy_in(policy: Policy, summary: dict[str, Any], cloud: str, store: Ob
     a committed backup needs can be deleted before the backup's own lock ends), and one object decrypts."""
     run = run or _Run.load(policy, summary)
     lock_days = policy.lock_days(run.data_class)
-    entries = [(o, False) for o in run.encrypted] + [(b, True) for b in run.shared]
+    stored = _stored(run.encrypted)
+    entries = [(o, False) for o in stored] + [(b, True) for b in run.shared]
     missing_shared: frozenset[str] = frozenset()
     try:
         found = in_parallel(lambda item: _check_and_lock(store, item[0], shared=item[1], lock_until=run.lock_until,
@@ -520,8 +581,8 @@ def check_copy_in(policy: Policy, summary: dict[str, Any], cloud: str, store: Ob
         problems = [p for p in found if p]
         problem = (problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")
                    if problems else None)
-        if problem is None and run.encrypted:
-            sample = run.encrypted[int(summary["backup_id"].rsplit("-", 1)[1], 16) % len(run.encrypted)]
+        if problem is None and stored:
+            sample = stored[int(summary["backup_id"].rsplit("-", 1)[1], 16) % len(stored)]
             problem = _sample_decrypt(store, sample, key_ring, summary["backup_id"])
     except StorageError as err:
         problem = f"failed: {err}"
@@ -560,10 +621,12 @@ def commit_copy(policy: Policy, summary: dict[str, Any], check: CopyCheck, catal
             return False
         copies = catalog.copies(catalog_conn, backup_id)
         status = "validated" if len(good) == len(store_map) else "degraded"
-        if not committed and run.data_class.kind == "assets":
-            # the blobs it stored, and those it adopted from a cloud (known ones are already there: no-ops)
+        if not committed:
+            # the blobs (asset files, table chunks) it stored, and those it adopted from a cloud (known ones
+            # are already there: no-ops)
             catalog.record_blobs(catalog_conn, [o for o in run.encrypted if isinstance(o, Blob)]
                                  + run.shared, backup_id)
+        if not committed and run.data_class.kind == "assets":
             catalog.replace_asset_index(catalog_conn, _asset_files(policy, backup_id, run, key_ring), backup_id)
         catalog.record_backup_result(catalog_conn, manifest, backup_id=backup_id, status=status, copies=copies,
                                      retain_until=run.retain_until)
@@ -622,7 +685,7 @@ def run_validate(policy: Policy, summary: dict[str, Any], upload_results: dict[s
     copies = catalog.copies(catalog_conn, backup_id)
     good = sorted(c for c, (status, _detail) in copies.items() if status == "validated")
     if not catalog.is_committed(catalog_conn, backup_id):
-        _roll_back(summary, run.encrypted, store_map)
+        _roll_back(summary, _stored(run.encrypted), store_map)
         # Blobs the catalog promised and that every cloud, each checked, lacks: forget them, so the next run
         # stores them again (under the same key; nothing can reference another copy of them).
         checked = [c.missing_shared for c in checks.values() if c.status in ("validated", "missing", "corrupt")]
@@ -661,7 +724,7 @@ def _roll_back(summary: dict[str, Any], encrypted: list[Entry], store_map: dict[
             log.warning("could not remove the objects of the failed backup from %s: %s", cloud, err)
 
 
-def build_manifest(policy: Policy, summary: dict[str, Any], encrypted: list[Entry],
+def build_manifest(policy: Policy, summary: dict[str, Any], encrypted: list[Entry | ChunkedObject],
                    shared: list[Blob] = (), retain_until: dt.datetime | None = None) -> format.Manifest:
     """The manifest of a run (see `wedsync_dr.format.build_manifest`): its objects, and every blob it needs --
     the ones it stored and the ones earlier backups stored (`shared`)."""
@@ -671,7 +734,7 @@ def build_manifest(policy: Policy, summary: dict[str, Any], encrypted: list[Entr
         snapshot_at=summary.get("snapshot_at"), source_schema=policy.source_schema,
         labels=summary.get("labels", []), reason=summary.get("reason"), prefix=summary["prefix"],
         lock_until=summary.get("lock_until"), retain_until=retain_until.isoformat() if retain_until else None,
-        objects=[o for o in encrypted if isinstance(o, DataObject)], blobs=[*new_blobs, *shared],
+        objects=[o for o in encrypted if isinstance(o, DataObject | ChunkedObject)], blobs=[*new_blobs, *shared],
         tables=staging.for_policy(policy).read_json(summary["backup_id"], "tables.json"),
         stored_blob_keys=[b.key for b in new_blobs])
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
-from wedsync_dr.format import Blob, Manifest, entry_from_json
+from wedsync_dr.format import Blob, ChunkedObject, Manifest, entry_from_json
 from wedsync_dr.paths import SQL_DIR
 
 log = logging.getLogger(__name__)
@@ -73,8 +73,8 @@ def _instant(value: str | None) -> dt.datetime | None:
     return dt.datetime.fromisoformat(value) if value else None
 
 
-SCHEMA_VERSION = 4  # include/sql/backup_catalog.sql's schema_version: 2 added blobs, verifications,
-# acknowledgements; 3 the `abandoned` backup status; 4 backup_steps (metrics)
+SCHEMA_VERSION = 5  # include/sql/backup_catalog.sql's schema_version: 2 added blobs, verifications,
+# acknowledgements; 3 the `abandoned` backup status; 4 backup_steps (metrics); 5 chunked objects (format 4)
 
 
 class CatalogNotReady(RuntimeError):
@@ -145,10 +145,11 @@ def record_backup_result(conn, manifest: Manifest | None, *, backup_id: str, sta
             with conn.cursor() as cur:
                 cur.executemany(
                     "INSERT INTO backup_catalog.backup_objects (backup_id, name, key, source, wedding_id, rows, "
-                    "plaintext_sha256, plaintext_size, ciphertext_sha256, ciphertext_size) "
-                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                    [(backup_id, o.name, o.key, o.source, o.wedding_id, o.rows, o.plaintext_sha256,
-                      o.plaintext_size, o.ciphertext_sha256, o.ciphertext_size) for o in manifest.objects])
+                    "plaintext_sha256, plaintext_size, ciphertext_sha256, ciphertext_size, chunks) "
+                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                    [(backup_id, o.name, getattr(o, "key", None), o.source, o.wedding_id, o.rows, o.plaintext_sha256,
+                      o.plaintext_size, getattr(o, "ciphertext_sha256", None), getattr(o, "ciphertext_size", None),
+                      len(o.chunks) if isinstance(o, ChunkedObject) else None) for o in manifest.objects])
         else:
             conn.execute(
                 "UPDATE backup_catalog.backups SET status=%s, finished_at=now(), clouds_ok=%s, clouds_failed=%s, "

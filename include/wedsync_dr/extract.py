@@ -24,6 +24,7 @@ import io
 import json
 import logging
 import os
+import threading
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -34,6 +35,7 @@ from typing import Any, BinaryIO
 
 import zstandard
 
+from wedsync_dr.chunking import ChunkingWriter
 from wedsync_dr.policy import DataClass, Policy
 from wedsync_dr.streams import HashingWriter, LimitedReader
 
@@ -80,9 +82,13 @@ class Extraction:
 
     @property
     def totals(self) -> dict[str, int]:
-        return {"objects": len(self.objects), "rows": sum(o.rows for o in self.objects),
-                "plaintext_bytes": sum(o.plaintext_size for o in self.objects),
-                "compressed_bytes": sum(o.compressed_size for o in self.objects)}
+        """Objects, rows and plaintext of what was read; compressed bytes of what was staged (new chunks
+        of a chunked table, not the chunks earlier backups stored)."""
+        own = [o for o in self.objects if not o.extra.get("chunk")]
+        return {"objects": len(own), "rows": sum(o.rows for o in own),
+                "plaintext_bytes": sum(o.plaintext_size for o in own),
+                "compressed_bytes": sum(o.compressed_size for o in self.objects),
+                "new_chunks": len(self.objects) - len(own)}
 
 
 def private_file(path: Path) -> BinaryIO:
@@ -138,6 +144,81 @@ class _HashingCompressor:
     def abort(self) -> None:
         self._file.close()
         self.path.unlink(missing_ok=True)
+
+
+class ChunkStager:
+    """Stages the new chunks of one run's chunked tables (shared by its copy workers).
+
+    Each chunk is named by its keyed content id; one that an earlier backup stored (`known`) or another object
+    of this run already staged is only referenced. A new one is zstd-compressed in one call into its own
+    private staging file, a blob to seal and upload like an asset blob (`extra`: content id and key).
+    """
+
+    def __init__(self, staging: Path, level: int, content_id: Callable[[str], str], key: Callable[[str], str],
+                 known: Iterable[str] = ()):
+        self._staging = staging
+        self._level = level
+        self._content_id = content_id
+        self._key = key
+        self._known = set(known)
+        self._claimed: set[str] = set()
+        self._lock = threading.Lock()
+        self._local = threading.local()  # a ZstdCompressor is not thread-safe: one per copy worker
+        self.new: list[StagedObject] = []
+        self.reused: set[str] = set()
+
+    def add(self, chunk: memoryview) -> tuple[str, int]:
+        """Stage one chunk if it is new; returns (content id, plaintext size)."""
+        sha = hashlib.sha256(chunk).hexdigest()
+        cid = self._content_id(sha)
+        with self._lock:
+            new = cid not in self._known and cid not in self._claimed
+            (self._claimed if new else self.reused).add(cid)
+        if new:
+            if not hasattr(self._local, "zstd"):
+                self._local.zstd = zstandard.ZstdCompressor(level=self._level)
+            compressed = self._local.zstd.compress(chunk)
+            path = self._staging / f"chunk-{cid}.zst"
+            with private_file(path) as out:
+                out.write(compressed)
+            staged = StagedObject(name=f"chunk-{cid}", path=str(path), source="table-chunk", rows=0,
+                                  plaintext_sha256=sha, plaintext_size=len(chunk), compressed_size=len(compressed),
+                                  extra={"blob": True, "chunk": True, "content_id": cid, "key": self._key(cid)})
+            with self._lock:
+                self.new.append(staged)
+        return cid, len(chunk)
+
+    def forget(self, content_ids: Iterable[str]) -> None:
+        """New chunks found stored after all (adopted from a cloud): their staged files are not needed."""
+        gone = set(content_ids)
+        for staged in [s for s in self.new if s.extra["content_id"] in gone]:
+            Path(staged.path).unlink(missing_ok=True)
+        self.new = [s for s in self.new if s.extra["content_id"] not in gone]
+        self.reused |= gone
+
+
+class _ChunkedSink:
+    """sha256 + size of a table object's plaintext, cut into content-defined chunks staged by a ChunkStager."""
+
+    def __init__(self, stager: ChunkStager, cdc):
+        self._stager = stager
+        self._sha = hashlib.sha256()
+        self._writer = ChunkingWriter(cdc, self._chunk)
+        self.chunks: list[tuple[str, int]] = []
+
+    def write(self, data: bytes | memoryview) -> None:
+        self._sha.update(data)
+        self._writer.write(data)
+
+    def _chunk(self, view: memoryview) -> None:
+        self.chunks.append(self._stager.add(view))
+
+    def close(self) -> tuple[str, int, int]:
+        self._writer.close()
+        return self._sha.hexdigest(), self._writer.size, 0  # its chunks are staged (and counted) on their own
+
+    def abort(self) -> None:
+        """Chunks staged so far stay in the run's staging, removed with it."""
 
 
 # --------------------------------------------------------------------------- snapshot
@@ -297,8 +378,11 @@ def plan_copies(conn, schema: str, tables: Iterable[str], part_bytes: int) -> li
 
 
 def extract_tables(connect, policy: Policy, data_class: DataClass, backup_id: str, staging: Path,
-                   workers: int = 2) -> Extraction:
-    """The class's tables (large ones in parts), all from one snapshot, `workers` objects at a time."""
+                   workers: int = 2, chunks: ChunkStager | None = None, cdc=None) -> Extraction:
+    """The class's tables (large ones in parts), all from one snapshot, `workers` objects at a time.
+
+    With `chunks` (and the keyed chunker `cdc`), each table object is cut into content-defined chunks and only
+    the new ones are staged (format 4); otherwise each object is one compressed staging file."""
     schema = policy.source_schema
     with consistent_snapshot(connect) as snapshot:
         with snapshot_connection(connect, snapshot) as conn:
@@ -308,7 +392,7 @@ def extract_tables(connect, policy: Policy, data_class: DataClass, backup_id: st
 
         def copy_one(job: CopyJob) -> StagedObject:
             path = staging / f"{job.name}.zst"
-            sink = _HashingCompressor(path, policy.zstd_level)
+            sink = _ChunkedSink(chunks, cdc) if chunks is not None else _HashingCompressor(path, policy.zstd_level)
             try:
                 with snapshot_copy_connection(connect, snapshot) as conn:
                     rows = copy_out(conn, job.query, sink)
@@ -316,6 +400,12 @@ def extract_tables(connect, policy: Policy, data_class: DataClass, backup_id: st
                 sink.abort()
                 raise
             sha, size, compressed = sink.close()
+            if chunks is not None:
+                log.info("extracted %s: %s rows, %.1f MB in %d chunks", job.name, f"{rows:,}", size / 1e6,
+                         len(sink.chunks))
+                return StagedObject(name=job.name, path="", source=job.table, rows=rows, plaintext_sha256=sha,
+                                    plaintext_size=size, compressed_size=0, copy_format=TABLE_COPY_FORMAT,
+                                    columns=columns[job.table], extra={"chunks": sink.chunks})
             log.info("extracted %s: %s rows, %.1f MB -> %.1f MB zstd", job.name, f"{rows:,}", size / 1e6,
                      compressed / 1e6)
             return StagedObject(name=job.name, path=str(path), source=job.table, rows=rows, plaintext_sha256=sha,
@@ -326,8 +416,10 @@ def extract_tables(connect, policy: Policy, data_class: DataClass, backup_id: st
             objects = list(pool.map(copy_one, jobs))
     order = {t: i for i, t in enumerate(data_class.tables)}  # objects listed in the policy's table order
     objects.sort(key=lambda o: (order[o.source], o.name))
-    return Extraction(backup_id, data_class.name, str(staging), snapshot.taken_at.isoformat(), objects,
-                      notes={"table_definitions": definitions})
+    notes = {"table_definitions": definitions}
+    if chunks is not None:
+        notes |= {"chunks": sum(len(o.extra["chunks"]) for o in objects), "new_chunks": len(chunks.new)}
+    return Extraction(backup_id, data_class.name, str(staging), snapshot.taken_at.isoformat(), objects, notes=notes)
 
 
 # --------------------------------------------------------------------------- wedding bundles

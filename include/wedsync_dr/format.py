@@ -13,6 +13,10 @@ Versions (`format_version` in the manifest; restores read all of them):
   (or anyone who can list it) cannot confirm that a known file is stored; no plaintext hash or path
   leaves the encrypted asset index. Every manifest lists **every** blob its backup needs, with its key,
   wrapped data key, sizes and checksums (`blobs`): each manifest restores its backup on its own.
+- 4: a table object of a class with `dedup` is stored as content-defined **chunks** (FastCDC over its binary
+  COPY stream), each chunk a blob like an asset file's (keyed content id, sealed alone, stored once per cloud
+  under `<prefix>/chunks/`): the manifest's object lists its chunks in order (`chunks`) and every chunk is in
+  `blobs`. A backup stores only the chunks no earlier backup stored; its manifest alone still restores it.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from wedsync_dr.storage import ObjectInfo, ObjectStore
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 MANIFEST_NAME = "manifest.json"
 BLOB_AD_SCOPE = "assets-blob"  # blobs are shared by many backups: their AD binds the content id instead
 
@@ -73,6 +77,20 @@ def blobs_prefix(prefix: str) -> str:
 def blob_key(prefix: str, content_id: str) -> str:
     """Where a blob lives: by its content id (format 3) or, for format-2 blobs, by its plaintext sha256."""
     return f"{blobs_prefix(prefix)}{content_id[:2]}/{content_id}.tink"
+
+
+def chunks_prefix(prefix: str) -> str:
+    return f"{prefix}/chunks/"
+
+
+def chunk_key(prefix: str, content_id: str) -> str:
+    """Where a table chunk lives (format 4): by its keyed content id, shared by every backup that has it."""
+    return f"{chunks_prefix(prefix)}{content_id[:2]}/{content_id}.tink"
+
+
+def shared_prefixes(prefix: str) -> tuple[str, ...]:
+    """Where content-addressed objects (asset blobs, table chunks) live: what mark-and-sweep lists."""
+    return blobs_prefix(prefix), chunks_prefix(prefix)
 
 
 # --------------------------------------------------------------------------- entries
@@ -155,11 +173,59 @@ class Blob(StoredObject):
         return {k: getattr(self, k) for k in BLOB_FIELDS}
 
 
+@dataclass(frozen=True, kw_only=True)
+class ChunkRef:
+    """One chunk of a chunked object: the blob's content id and how many plaintext bytes it holds."""
+
+    content_id: str
+    size: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class ChunkedObject:
+    """A table object stored as content-defined chunks (format 4): no stored object of its own. Its plaintext
+    is its chunks' plaintexts in order; each chunk is a `Blob` of the manifest (key, wrapped key, checksums).
+    The object's own sha256 and size are checked when a restore has read every chunk."""
+
+    name: str  # e.g. "guests.copy": the object's name in its backup (no storage key: the chunks are stored)
+    source: str
+    plaintext_sha256: str
+    plaintext_size: int
+    chunks: tuple[ChunkRef, ...]
+    rows: int | None = None
+    columns: tuple[str, ...] | None = None
+    wedding_id: int | None = None
+    copy_format: str | None = None
+    compression: str = "zstd"  # how each chunk was compressed (a chunk's own entry says so too)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "source": self.source, "rows": self.rows,
+                "columns": list(self.columns) if self.columns is not None else None, "wedding_id": self.wedding_id,
+                "copy_format": self.copy_format, "compression": self.compression,
+                "plaintext_sha256": self.plaintext_sha256, "plaintext_size": self.plaintext_size,
+                "chunks": [[c.content_id, c.size] for c in self.chunks]}
+
+    @classmethod
+    def from_json(cls, value: dict[str, Any]) -> ChunkedObject:
+        try:
+            return cls(name=value["name"], source=value["source"], rows=value.get("rows"),
+                       columns=tuple(value["columns"]) if value.get("columns") is not None else None,
+                       wedding_id=value.get("wedding_id"), copy_format=value.get("copy_format"),
+                       compression=value.get("compression", "zstd"), plaintext_sha256=value["plaintext_sha256"],
+                       plaintext_size=value["plaintext_size"],
+                       chunks=tuple(ChunkRef(content_id=cid, size=size) for cid, size in value["chunks"]))
+        except (KeyError, TypeError, ValueError) as err:
+            raise FormatError(f"malformed chunked object {value.get('name')!r}: {err!r}") from None
+
+
 Entry = DataObject | Blob
+BackupObject = DataObject | ChunkedObject  # what a manifest's `objects` hold
 
 
-def entry_from_json(value: dict[str, Any]) -> Entry:
+def entry_from_json(value: dict[str, Any]) -> Entry | ChunkedObject:
     """A manifest entry (any format) as its dataclass; fields a newer minor writer added are ignored."""
+    if "chunks" in value:
+        return ChunkedObject.from_json(value)
     try:
         if "content_id" in value or value.get("blob"):
             return Blob(**{k: value.get(k) for k in (*_COMMON, "content_id", "plaintext_sha256")})
@@ -198,7 +264,7 @@ class Manifest:
     reason: str | None = None
     locked_until: dt.datetime | None = None  # every object it needs is write-once in every cloud until then
     retain_until: dt.datetime | None = None  # retention keeps it at least until then (None: the rules decide)
-    objects: tuple[DataObject, ...] = ()
+    objects: tuple[BackupObject, ...] = ()
     blobs: tuple[Blob, ...] = ()
     referenced_blob_hashes: tuple[str, ...] = ()  # format 2 only
     tables: dict[str, Any] = field(default_factory=dict)  # table definitions (columns, constraints, indexes)
@@ -223,7 +289,7 @@ class Manifest:
                        labels=tuple(value.get("labels") or ()), reason=value.get("reason"),
                        locked_until=_instant(value.get("locked_until")),
                        retain_until=_instant(value.get("retain_until")),
-                       objects=tuple(e for e in entries if isinstance(e, DataObject)),
+                       objects=tuple(e for e in entries if isinstance(e, DataObject | ChunkedObject)),
                        blobs=tuple([*(e for e in entries if isinstance(e, Blob)), *blobs]),
                        referenced_blob_hashes=tuple(value.get("referenced_blobs", ())) if version < 3 else (),
                        tables=value.get("tables") or {}, totals=value.get("totals") or {}, stored_json=value)
@@ -253,8 +319,21 @@ class Manifest:
 
     @property
     def entries(self) -> list[Entry]:
-        """Every object a complete copy of the backup needs in a cloud that the manifest describes."""
-        return [*self.objects, *self.blobs]
+        """Every stored object a complete copy of the backup needs in a cloud that the manifest describes (a
+        chunked object is its chunks, which are blobs)."""
+        return [*(o for o in self.objects if isinstance(o, DataObject)), *self.blobs]
+
+    def blobs_by_content_id(self) -> dict[str, Blob]:
+        return {b.content_id: b for b in self.blobs if b.content_id}
+
+    def chunks_of(self, obj: ChunkedObject) -> list[Blob]:
+        """The blobs of a chunked object, in order (FormatError when the manifest lacks one)."""
+        blobs = self.blobs_by_content_id()
+        missing = [c.content_id for c in obj.chunks if c.content_id not in blobs]
+        if missing:
+            raise FormatError(f"manifest of backup {self.backup_id} lists no blob for chunk {missing[0]} of "
+                              f"{obj.name}")
+        return [blobs[c.content_id] for c in obj.chunks]
 
     def referenced_blob_keys(self, prefix: str) -> set[str]:
         """Keys of every blob the backup needs (what mark-and-sweep must keep)."""
@@ -273,20 +352,27 @@ def _instant(value: str | None) -> dt.datetime | None:
 
 def build_manifest(*, backup_id: str, data_class: str, created_at: str, snapshot_at: str | None, source_schema: str,
                    labels: Iterable[str], reason: str | None, prefix: str, lock_until: str | None,
-                   retain_until: str | None, objects: list[DataObject], blobs: list[Blob],
+                   retain_until: str | None, objects: list[BackupObject], blobs: list[Blob],
                    tables: dict[str, Any], stored_blob_keys: Iterable[str] = ()) -> Manifest:
-    """A new backup's manifest: `objects` its own data objects, `blobs` every asset blob it needs (new or
-    stored by an earlier backup); `totals` count what this backup stored (its objects and the blobs it added)."""
+    """A new backup's manifest: `objects` its own data objects, `blobs` every blob it needs (asset blobs and
+    table chunks, new or stored by an earlier backup); `totals` count what this backup holds (`rows`,
+    `plaintext_bytes`) and what it stored (its own objects and the blobs it added: `compressed_bytes`,
+    `ciphertext_bytes`, `stored_objects` -- what each cloud received)."""
     stored = set(stored_blob_keys)
-    own = [*objects, *(b for b in blobs if b.key in stored)]
+    new_blobs = [b for b in blobs if b.key in stored]
+    chunk_ids = {c.content_id for o in objects if isinstance(o, ChunkedObject) for c in o.chunks}
+    own = [*(o for o in objects if isinstance(o, DataObject)), *new_blobs]
     return Manifest(
         backup_id=backup_id, data_class=data_class, prefix=prefix, created_at=created_at,
         snapshot_at=snapshot_at or created_at, source_schema=source_schema, labels=tuple(labels), reason=reason,
         locked_until=_instant(lock_until), retain_until=_instant(retain_until), objects=tuple(objects),
         blobs=tuple(sorted(blobs, key=lambda b: b.key)), tables=tables,
-        totals={"objects": len(objects), "blobs": len(blobs), "blobs_stored": len(own) - len(objects),
+        totals={"objects": len(objects), "blobs": len(blobs), "blobs_stored": len(new_blobs),
+                "chunks": len(chunk_ids), "chunks_stored": sum(1 for b in new_blobs if b.content_id in chunk_ids),
+                "stored_objects": len(own),
                 "rows": sum(o.rows or 0 for o in objects),
-                "plaintext_bytes": sum(o.plaintext_size for o in own),
+                "plaintext_bytes": sum(o.plaintext_size for o in objects)
+                + sum(b.plaintext_size for b in new_blobs if b.content_id not in chunk_ids),
                 "compressed_bytes": sum(o.compressed_size or o.plaintext_size for o in own),
                 "ciphertext_bytes": sum(o.ciphertext_size for o in own)})
 

@@ -143,6 +143,7 @@ POLICY_SCHEMA: dict[str, Any] = {
                     "immutable_days": {"type": "integer", "minimum": 0},
                     "part_size_mb": {"type": "number", "minimum": 0},
                     "extract_workers": {"type": "integer", "minimum": 1, "maximum": 32},
+                    "dedup_chunk_kib": {"anyOf": [{"const": 0}, {"type": "integer", "minimum": 16, "maximum": 4096}]},
                     "bundle_tables": {
                         "type": "object", "minProperties": 1, "propertyNames": {"pattern": _IDENT},
                         "additionalProperties": {
@@ -203,6 +204,13 @@ class DataClass:
     immutable_days: int | None = None  # None: the policy-wide `immutability.days`
     part_size_mb: float = 128  # tables larger than this are extracted in parts (0: never split)
     extract_workers: int = 2  # tables (or parts) copied at once: a COPY backend and a zstd stream each
+    # tables classes: average content-defined chunk size (format 4: only changed chunks are stored); 0: one
+    # object per table (part), every backup a full copy
+    dedup_chunk_kib: int = 0
+
+    @property
+    def deduplicated(self) -> bool:
+        return self.kind == "tables" and self.dedup_chunk_kib > 0
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import io
 import json
 import logging
 import os
@@ -28,7 +29,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
 from wedsync_dr import crypto, extract, format
-from wedsync_dr.format import Blob, DataObject, Entry, Manifest
+from wedsync_dr.format import Blob, ChunkedObject, DataObject, Entry, Manifest
 from wedsync_dr.policy import Policy
 from wedsync_dr.requests import _BACKUP_TS, InvalidRequest, RestoreError, RestoreRequest, default_target
 from wedsync_dr.storage import ObjectStore, StorageError
@@ -280,6 +281,72 @@ def _record_attempts(report: RestoreReport, entry: Entry, attempts: list[Attempt
             report.failovers.append({"key": entry.key, "cloud": attempt.cloud, "reason": attempt.reason})
 
 
+def read_object(manifest: Manifest, entry: DataObject | ChunkedObject, order: list[str],
+                stores: dict[str, ObjectStore], key_ring: crypto.KeyRing, consume: Callable[[BinaryIO], Any],
+                report: RestoreReport, savepoint=None) -> Any:
+    """Stream one data object's verified plaintext into `consume` (see `with_failover`), and count what was read.
+
+    A chunked object (format 4) is read chunk by chunk, each from the first cloud that delivers a valid copy of
+    it: a chunk is verified whole (tags, ciphertext sha256, content id) before any of its bytes move on, and
+    the object's own sha256 and size once every chunk is in. A chunk no cloud delivers fails the object
+    (the savepoint rolls back what it loaded)."""
+    if isinstance(entry, DataObject):
+        result, attempts = with_failover(entry, order, stores, key_ring, consume, backup_id=manifest.backup_id,
+                                         savepoint=savepoint)
+        _record_attempts(report, entry, attempts)
+        report.bytes += entry.ciphertext_size
+        return result
+    chunks = manifest.chunks_of(entry)
+
+    def fetch(blob: Blob) -> bytes:
+        data, attempts = with_failover(blob, order, stores, key_ring, _read_all, backup_id=manifest.backup_id)
+        _record_attempts(report, blob, attempts)
+        report.bytes += blob.ciphertext_size
+        return data
+
+    def attempt() -> Any:
+        checked = HashingReader(io.BufferedReader(_ChunkedReader(chunks, fetch), buffer_size=1 << 20))
+        result = consume(checked)
+        while checked.read(1 << 20):  # anything the consumer left unread still has to be verified
+            pass
+        if checked.size != entry.plaintext_size or checked.sha256.hexdigest() != entry.plaintext_sha256:
+            raise IntegrityError(f"{entry.name}: its chunks do not reassemble to the object the manifest describes")
+        return result
+
+    if savepoint is None:
+        return attempt()
+    with savepoint():
+        return attempt()
+
+
+def _read_all(stream: BinaryIO) -> bytes:
+    return b"".join(iter(lambda: stream.read(1 << 20), b""))
+
+
+class _ChunkedReader(io.RawIOBase):
+    """The plaintext of a chunked object: each chunk fetched (and verified) whole when the reader reaches it, so
+    at most one chunk is in memory."""
+
+    def __init__(self, chunks: list[Blob], fetch: Callable[[Blob], bytes]):
+        self._chunks = iter(chunks)
+        self._fetch = fetch
+        self._current = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while not self._current:
+            blob = next(self._chunks, None)
+            if blob is None:
+                return 0
+            self._current = memoryview(self._fetch(blob))
+        n = min(len(buffer), len(self._current))
+        buffer[:n] = self._current[:n]
+        self._current = self._current[n:]
+        return n
+
+
 def restore_tables(conn, manifest: Manifest, stores: dict[str, ObjectStore], key_ring: crypto.KeyRing, *,
                    order: list[str], target_schema: str, in_place: bool = False, live_schema: str = "wedsync",
                    wedding_id: int | None = None, dry_run: bool = False) -> RestoreReport:
@@ -304,25 +371,21 @@ def restore_tables(conn, manifest: Manifest, stores: dict[str, ObjectStore], key
                 create_scratch_table(conn, target_schema, table, definition)
         for entry in entries:
             if dry_run:
-                _, attempts = with_failover(entry, order, stores, key_ring, lambda s: None,
-                                            backup_id=manifest.backup_id)
+                read_object(manifest, entry, order, stores, key_ring, lambda s: None, report)
             elif bundles:
-                loaded, attempts = with_failover(entry, order, stores, key_ring,
-                                                 lambda s: _load_bundle(conn, target_schema, s),
-                                                 backup_id=manifest.backup_id, savepoint=conn.transaction)
+                loaded = read_object(manifest, entry, order, stores, key_ring,
+                                     lambda s: _load_bundle(conn, target_schema, s), report, conn.transaction)
                 for table, n in loaded.items():
                     report.rows[table] = report.rows.get(table, 0) + n
             else:
-                rows, attempts = with_failover(entry, order, stores, key_ring,
-                                               lambda s, e=entry: _load_table(conn, target_schema, e, s, wedding_id),
-                                               backup_id=manifest.backup_id, savepoint=conn.transaction)
+                rows = read_object(manifest, entry, order, stores, key_ring,
+                                   lambda s, e=entry: _load_table(conn, target_schema, e, s, wedding_id), report,
+                                   conn.transaction)
                 report.rows[entry.source] = report.rows.get(entry.source, 0) + rows  # a table may be in parts
                 if wedding_id is not None and entry.source == "weddings" and not report.rows["weddings"]:
                     raise WeddingNotInBackup(f"wedding {wedding_id} is not in backup {manifest.backup_id} "
                                              f"(taken {manifest.snapshot_at}): nothing was restored")
-            _record_attempts(report, entry, attempts)
             report.objects += 1
-            report.bytes += entry.ciphertext_size
         if not dry_run:
             if wedding_id is not None and not bundles and not sum(report.rows.values()):
                 raise WeddingNotInBackup(f"backup {manifest.backup_id} holds no rows of wedding {wedding_id}: "

@@ -11,8 +11,10 @@ Failed backups (no manifest) are cleaned up once they are older than a day.
 
 Deletion order makes a half-deleted backup impossible to mistake for a valid one: the manifest goes
 first (in every cloud), then the objects; the catalog row is marked `deleted` last.
-Asset blobs are shared (mark and sweep): one is deleted only when no kept backup's manifest references it,
-it is older than a day (a running backup may have just stored it) and its write-once lock has expired.
+Asset blobs and table chunks are shared (mark and sweep): one is deleted only when no kept backup's manifest
+references it, it is older than a day (a running backup may have just stored it) and its write-once lock has
+expired. Manifests go before the blobs they name, so a sweep stopped at any point leaves every kept backup
+whole: the marks come from the kept manifests, never from what was deleted.
 """
 
 from __future__ import annotations
@@ -107,12 +109,13 @@ def delete_backup(stores: dict[str, ObjectStore], prefix: str) -> dict[str, str]
 
 def collect_garbage_blobs(policy: Policy, stores: dict[str, ObjectStore], referenced: set[str],
                           now: dt.datetime, grace: dt.timedelta = dt.timedelta(days=1)) -> dict[str, int]:
-    """Delete asset blobs whose keys no kept backup references (older than `grace`, so a running backup's new
-    blobs are never taken, and no longer locked); returns how many were deleted per cloud."""
+    """Delete asset blobs and table chunks whose keys no kept backup references (older than `grace`, so a running
+    backup's new blobs are never taken, and no longer locked); returns how many were deleted per cloud."""
     deleted = {}
     for cloud, store in stores.items():
         count = 0
-        for info in store.list(format.blobs_prefix(policy.prefix)):
+        listed = (info for prefix in format.shared_prefixes(policy.prefix) for info in store.list(prefix))
+        for info in listed:
             if info.key in referenced:
                 continue
             if info.updated is not None and now - info.updated < grace:
@@ -153,13 +156,14 @@ def run(policy: Policy, catalog_conn, stores: dict[str, ObjectStore], now: dt.da
         deleted.append(backup_id)
     referenced = {key for b in backups if b["backup_id"] in decided.keep and b["manifest"]
                   for key in b["manifest"].referenced_blob_keys(policy.prefix)}
-    # A running assets backup may reference blobs no kept manifest names yet (it took them from the catalog,
-    # or adopted them): no blob is swept while one runs; the next daily run sweeps.
+    # A running assets or deduplicated backup may reference blobs no kept manifest names yet (it took them from
+    # the catalog, or adopted them): no blob is swept while one runs; the next daily run sweeps.
     running_assets = catalog.running_backup_ids(
-        catalog_conn, policy.prefix, [n for n, dc in policy.data_classes.items() if dc.kind == "assets"],
+        catalog_conn, policy.prefix,
+        [n for n, dc in policy.data_classes.items() if dc.kind == "assets" or dc.deduplicated],
         now - RUNNING_HORIZON)
     if running_assets:
-        log.info("blob sweep deferred: assets backup %s is running", ", ".join(running_assets))
+        log.info("blob sweep deferred: backup %s is running", ", ".join(running_assets))
     blobs = {} if dry_run or running_assets else collect_garbage_blobs(policy, stores, referenced, now)
     if not dry_run and not running_assets:
         catalog.forget_unreferenced_blobs(catalog_conn, policy.prefix, referenced, now - dt.timedelta(days=1))

@@ -93,6 +93,7 @@ class DedupKey(SecretKey):
 
 
 CONTENT_ID_DOMAIN = b"wedsync-dr content id v1\x00"
+CHUNKER_SEED_DOMAIN = b"wedsync-dr chunker seed v1\x00"
 
 
 @dataclass(frozen=True)
@@ -180,6 +181,18 @@ class KeyRing:
         if len(digest) != 32:
             raise ValueError("a sha256 digest is 32 bytes")
         return hmac.new(self._dedup_key.material(), CONTENT_ID_DOMAIN + digest, hashlib.sha256).hexdigest()
+
+    def chunker_seed(self) -> int:
+        """The 64-bit seed of the content-defined chunker's gear table, from the dedup key: chunk boundaries
+        then depend on a secret, so the sizes of stored chunks do not fingerprint known content (restic
+        keys its chunker's polynomial per repository for the same reason). It must never change while
+        backups are to deduplicate against each other, like the dedup key itself."""
+        if self._dedup_key is None:
+            raise KeyUnavailableError("the key ring has no dedup_key: deduplicated table backups need one; add "
+                                      "\"dedup_key\": <base64 of 32 random bytes> to the key ring")
+        digest = hmac.new(self._dedup_key.material(), CHUNKER_SEED_DOMAIN, hashlib.sha256).digest()
+        # 63 bits: pyfastcdc also shifts the seed left by one within 64 bits; 0 would mean the unkeyed table
+        return (int.from_bytes(digest[:8], "big") >> 1) or 1
 
     def unwrap(self, wrapped: WrappedKey, *, object_name: str | None = None) -> DataKey:
         """The data key, or a typed error naming the object (or the KEK when no object is given)."""

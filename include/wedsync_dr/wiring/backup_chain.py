@@ -40,9 +40,10 @@ def backup_pipeline(policy: Policy, data_class: DataClass, *, request=None, labe
             raise _skip(f"{name} is not in this run's scope")
         context = get_current_context()
         request = request or {}
-        # assets name their blobs by keyed content ids (the key ring's dedup key), and with object-store staging
-        # every object is sealed on this worker before it leaves it: fail closed without the key ring
-        needs_keys = data_class.kind == "assets" or staging.for_policy(policy).remote
+        # assets and deduplicated tables name their blobs and chunks by keyed content ids (the key ring's dedup
+        # key), and with object-store staging every object is sealed on this worker before it leaves it: fail
+        # closed without the key ring
+        needs_keys = data_class.kind == "assets" or data_class.deduplicated or staging.for_policy(policy).remote
         key_ring = crypto.KeyRing.from_connection(policy.key_ring_conn_id) if needs_keys else None
         with catalog.connect() as catalog_conn:
             # first, what killed runs of this class left (their plaintext above all); never this run's own

@@ -1,0 +1,131 @@
+"""Content-defined chunking (format 4): streaming cuts, locality of change, keyed boundaries, chunked manifests."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+
+import pytest
+
+from wedsync_dr import chunking, crypto, format
+from wedsync_dr.extract import ChunkStager
+
+RING = crypto.KeyRing.generate(["k1"])
+AVG = 16 << 10
+
+
+def _rows(n: int, seed: int = 1) -> list[bytes]:
+    """COPY-like rows of varied length (a guest list)."""
+    rng = random.Random(seed)
+    return [f"{i}\t{rng.choice(['Ann', 'Bo', 'Chidi', 'Dana'])}\t{rng.randbytes(rng.randint(10, 90)).hex()}\n"
+            .encode() for i in range(n)]
+
+
+def _cut(data: bytes, block: int, ring: crypto.KeyRing = RING) -> list[str]:
+    digests = []
+    writer = chunking.ChunkingWriter(chunking.chunker(ring, AVG),
+                                     lambda view: digests.append(hashlib.sha256(view).hexdigest()))
+    for start in range(0, len(data), block):
+        writer.write(data[start:start + block])
+    writer.close()
+    assert writer.size == len(data)
+    return digests
+
+
+def test_a_stream_cuts_into_the_same_chunks_whatever_blocks_it_arrives_in():
+    data = b"".join(_rows(20_000))
+    whole = [hashlib.sha256(c.data).hexdigest() for c in chunking.chunker(RING, AVG).cut_buf(data)]
+    assert len(whole) > 20
+    for block in (1, 4096, 65_537, 1 << 20, len(data)):
+        if block == 1:
+            assert _cut(data[:200_000], 1) == _cut(data[:200_000], len(data))  # byte by byte, on a prefix
+            continue
+        assert _cut(data, block) == whole, block
+
+
+def test_a_changed_row_changes_only_the_chunks_around_it():
+    rows = _rows(20_000)
+    before = _cut(b"".join(rows), 1 << 20)
+    rows[10_000] = rows[10_000].replace(b"\t", b"\tchanged ", 1)  # an update in the middle of the table
+    del rows[15_000]  # a delete further on
+    rows.insert(5_000, b"99999\tEve\tnew guest\n")  # an insert earlier
+    after = _cut(b"".join(rows), 1 << 20)
+    new = [c for c in after if c not in set(before)]
+    assert 1 <= len(new) <= 6, (len(new), len(after))  # up to two chunks per change
+    assert len(set(before) - set(after)) <= 6
+
+
+def test_chunk_boundaries_depend_on_the_key_ring():
+    data = b"".join(_rows(20_000))
+    other = crypto.KeyRing.generate(["k1"])
+    assert _cut(data, 1 << 20) != _cut(data, 1 << 20, other)
+    assert crypto.KeyRing.from_json(RING.to_json()).chunker_seed() == RING.chunker_seed()
+    assert RING.with_new_key("k2").chunker_seed() == RING.chunker_seed()  # KEK rotation keeps dedup working
+    without = json.loads(RING.to_json())
+    del without["dedup_key"]
+    with pytest.raises(crypto.KeyUnavailableError, match="dedup_key"):
+        crypto.KeyRing.from_json(without).chunker_seed()
+
+
+def test_the_writer_holds_at_most_two_maximal_chunks_and_one_block():
+    cdc = chunking.chunker(RING, AVG)
+    writer = chunking.ChunkingWriter(cdc, lambda v: None)
+    block = 64 << 10
+    peak = 0
+    for _ in range(200):
+        writer.write(random.randbytes(block))
+        peak = max(peak, len(writer._buffer))
+    assert peak < 2 * cdc.max_size + block
+
+
+def test_a_consumer_that_keeps_a_view_is_an_error_not_a_silent_corruption():
+    kept = []
+    writer = chunking.ChunkingWriter(chunking.chunker(RING, AVG), kept.append)
+    with pytest.raises(BufferError):
+        writer.write(random.randbytes(1 << 20))
+
+
+def test_the_stager_stages_each_new_chunk_once_and_only_references_known_ones(tmp_path):
+    known_data, new_data = random.randbytes(1000), random.randbytes(2000)
+    known = RING.content_id(hashlib.sha256(known_data).hexdigest())
+    stager = ChunkStager(tmp_path, 3, RING.content_id, lambda cid: format.chunk_key("p", cid), [known])
+    refs = [stager.add(memoryview(d)) for d in (known_data, new_data, new_data)]
+    assert [size for _cid, size in refs] == [1000, 2000, 2000] and refs[1] == refs[2]
+    assert [s.extra["content_id"] for s in stager.new] == [refs[1][0]] and stager.reused == {known, refs[1][0]}
+    (staged,) = stager.new
+    assert staged.extra["key"] == f"p/chunks/{refs[1][0][:2]}/{refs[1][0]}.tink"
+    assert (tmp_path / f"chunk-{refs[1][0]}.zst").stat().st_mode & 0o777 == 0o600
+    stager.forget([refs[1][0]])  # found in a cloud after all: adopted, its staged file removed
+    assert stager.new == [] and not list(tmp_path.iterdir())
+
+
+def _blob(cid: str, size: int) -> format.Blob:
+    return format.Blob(content_id=cid, key=format.chunk_key("p", cid), compression="zstd", plaintext_size=size,
+                       ciphertext_sha256="0" * 64, ciphertext_size=size + 56,
+                       encryption={"kek_id": "k1", "wrapped_key": "AA=="})
+
+
+def test_a_chunked_manifest_lists_every_chunk_and_counts_what_it_stored():
+    chunks = (format.ChunkRef(content_id="a" * 64, size=10), format.ChunkRef(content_id="b" * 64, size=20),
+              format.ChunkRef(content_id="a" * 64, size=10))
+    table = format.ChunkedObject(name="guests.copy", source="guests", plaintext_sha256="c" * 64, plaintext_size=40,
+                                 chunks=chunks, rows=3, columns=("guest_id",), copy_format="binary")
+    blobs = [_blob("a" * 64, 10), _blob("b" * 64, 20)]
+    manifest = format.build_manifest(backup_id="b1", data_class="client_data", created_at="2026-01-01T00:00:00+00:00",
+                                     snapshot_at=None, source_schema="wedsync", labels=(), reason=None, prefix="p/x",
+                                     lock_until=None, retain_until=None, objects=[table], blobs=blobs, tables={},
+                                     stored_blob_keys=[blobs[1].key])
+    assert manifest.format_version == 4
+    expected = {"objects": 1, "chunks": 2, "chunks_stored": 1, "stored_objects": 1, "plaintext_bytes": 40,
+                "ciphertext_bytes": 76, "rows": 3}
+    assert {k: manifest.totals[k] for k in expected} == expected
+    read = format.Manifest.from_json(json.loads(manifest.body()))
+    assert read.objects == (table,)
+    assert [b.key for b in read.entries] == [b.key for b in blobs]  # a chunked object is stored as its chunks
+    assert [b.content_id for b in read.chunks_of(read.objects[0])] == ["a" * 64, "b" * 64, "a" * 64]
+    broken = {**json.loads(manifest.body()), "blobs": [blobs[0].to_json()]}
+    with pytest.raises(format.FormatError, match="no blob for chunk"):
+        format.Manifest.from_json(broken).chunks_of(table)
+    with pytest.raises(format.FormatError, match="malformed chunked object"):
+        format.entry_from_json({"name": "x", "chunks": [["a" * 64]]})
