@@ -235,7 +235,7 @@ def _killable_backup(name: str, marker: str, run_id: str, clouds: str) -> None:
     key_ring = crypto.KeyRing.from_connection(policy.key_ring_conn_id)
     with catalog.connect() as conn:
         summary = backup.run_extract(policy, data_class, connect=catalog.db_connector("wedsync_db"),
-                                     catalog_conn=conn, key_ring=key_ring if data_class.kind == "assets" else None,
+                                     catalog_conn=conn, key_ring=key_ring,
                                      dag_id=f"backup_{name}", run_id=run_id)
     if clouds:
         summary = backup.run_encrypt(policy, summary, key_ring)

@@ -135,9 +135,9 @@ def run_extract(policy: Policy, data_class: DataClass, *, connect: Callable[[], 
                 raise crypto.KeyUnavailableError(f"{data_class.name} is deduplicated: its chunks are named by keyed "
                                                  "content ids (the key ring's dedup key), and nothing is read "
                                                  "without it")
-            extraction = _extract_chunked_tables(policy, data_class, backup_id, area, work, connect, catalog_conn,
-                                                 key_ring, store_map or stores(policy),
-                                                 workers or data_class.extract_workers)
+            extraction = _extract_deduplicated(policy, data_class, backup_id, area, work, connect, catalog_conn,
+                                               key_ring, store_map or stores(policy),
+                                               workers or data_class.extract_workers, wedding_ids)
         elif data_class.kind == "tables":
             extraction = extract.extract_tables(connect, policy, data_class, backup_id, work,
                                                 workers=workers or data_class.extract_workers)
@@ -188,20 +188,26 @@ def _instant(value: str | None) -> dt.datetime | None:
     return dt.datetime.fromisoformat(value) if value else None
 
 
-def _extract_chunked_tables(policy: Policy, data_class: DataClass, backup_id: str, area: staging.Staging, work: Path,
-                            connect, catalog_conn, key_ring: crypto.KeyRing, store_map: dict[str, ObjectStore],
-                            workers: int) -> extract.Extraction:
-    """The class's tables cut into content-defined chunks (format 4): only chunks no earlier backup stored are
-    staged. Which are stored: the catalog first, then the clouds (a chunk a failed or concurrent run stored,
-    or one the catalog forgot, is adopted once it is proven to decrypt to the chunk); every chunk the backup
-    reuses is described in full in `referenced-blobs.json`, and validate proves each in every cloud."""
+def _extract_deduplicated(policy: Policy, data_class: DataClass, backup_id: str, area: staging.Staging, work: Path,
+                          connect, catalog_conn, key_ring: crypto.KeyRing, store_map: dict[str, ObjectStore],
+                          workers: int, wedding_ids: list[int] | None) -> extract.Extraction:
+    """The class's tables cut into content-defined chunks, or its wedding bundles each one chunk (format 4): only
+    chunks no earlier backup stored are staged. Which are stored: the catalog first, then the clouds (a chunk a
+    failed or concurrent run stored, or one the catalog forgot, is adopted once it is proven to decrypt to the
+    chunk); every chunk the backup reuses is described in full in `referenced-blobs.json`, and validate proves
+    each in every cloud."""
     known = {cid: entry for cid, entry in catalog.known_blobs(catalog_conn, policy.prefix).items()
              if entry.key.startswith(format.chunks_prefix(policy.prefix))}
     stager = extract.ChunkStager(work, policy.zstd_level, key_ring.content_id,
                                  lambda cid: format.chunk_key(policy.prefix, cid), known)
-    cdc = chunking.chunker(key_ring, data_class.dedup_chunk_kib << 10)
-    extraction = extract.extract_tables(connect, policy, data_class, backup_id, work, workers=workers,
-                                        chunks=stager, cdc=cdc)
+    if data_class.kind == "wedding_bundles":
+        extraction = extract.extract_wedding_bundles(connect, policy, data_class, backup_id, work, wedding_ids,
+                                                     chunks=stager)
+        extraction.notes["chunks"] = len(extraction.objects)
+    else:
+        cdc = chunking.chunker(key_ring, data_class.dedup_chunk_kib << 10)
+        extraction = extract.extract_tables(connect, policy, data_class, backup_id, work, workers=workers,
+                                            chunks=stager, cdc=cdc)
     candidates = {s.extra["content_id"]: _Candidate(s.extra["key"], s.plaintext_size, s.plaintext_sha256, "zstd")
                   for s in stager.new}
     adopted = _adopt_stored_blobs(policy, store_map, key_ring, candidates)
@@ -372,7 +378,8 @@ def _seal(policy: Policy, backup_id: str, prefix: str, objects: list[extract.Sta
 
     def seal_one(obj: extract.StagedObject) -> Entry | ChunkedObject:
         if "chunks" in obj.extra:  # stored as its chunks, which are sealed on their own
-            return ChunkedObject(name=obj.name, source=obj.source, rows=obj.rows, columns=tuple(obj.columns),
+            return ChunkedObject(name=obj.name, source=obj.source, rows=obj.rows, wedding_id=obj.wedding_id,
+                                 columns=tuple(obj.columns) if obj.columns is not None else None,
                                  copy_format=obj.copy_format, plaintext_sha256=obj.plaintext_sha256,
                                  plaintext_size=obj.plaintext_size,
                                  chunks=tuple(format.ChunkRef(content_id=cid, size=size)
@@ -563,10 +570,14 @@ class _Run:
 
 
 def check_copy_in(policy: Policy, summary: dict[str, Any], cloud: str, store: ObjectStore, key_ring: crypto.KeyRing,
-                  run: _Run | None = None) -> CopyCheck:
+                  run: _Run | None = None, others: dict[str, ObjectStore] | None = None) -> CopyCheck:
     """Prove one cloud's copy: every object of this run and every shared blob the backup references is there
     and matches (shared blobs locked for less time than this backup get their lock extended first, so nothing
-    a committed backup needs can be deleted before the backup's own lock ends), and one object decrypts."""
+    a committed backup needs can be deleted before the backup's own lock ends), and one object decrypts.
+
+    A shared blob (asset blob, chunk) this cloud lacks -- the catalog knew it from a degraded backup, or it was
+    adopted from another cloud -- is copied here from one of `others` whose copy checks out (its ciphertext as it
+    is, like repair), so the catalog is never trusted alone and a missing chunk costs one copy, not a backup."""
     run = run or _Run.load(policy, summary)
     lock_days = policy.lock_days(run.data_class)
     stored = _stored(run.encrypted)
@@ -576,6 +587,16 @@ def check_copy_in(policy: Policy, summary: dict[str, Any], cloud: str, store: Ob
         found = in_parallel(lambda item: _check_and_lock(store, item[0], shared=item[1], lock_until=run.lock_until,
                                                          lock_days=lock_days),
                             entries, policy.upload_concurrency, f"validate-{cloud}")
+        missing = [i for i, ((_entry, is_shared), p) in enumerate(zip(entries, found, strict=True))
+                   if is_shared and p and p.startswith("missing")]
+        if missing and others:
+            scratch = staging.for_policy(policy).scratch(summary["backup_id"]) / f"fill-{cloud}"
+            filled = in_parallel(lambda i: _fill_from_others(store, cloud, entries[i][0], others, scratch,
+                                                             summary["backup_id"], run.lock_until),
+                                 missing, policy.upload_concurrency, f"fill-{cloud}")
+            for i, ok in zip(missing, filled, strict=True):
+                if ok:
+                    found[i] = None
         missing_shared = frozenset(entry.key for (entry, is_shared), p in zip(entries, found, strict=True)
                                    if is_shared and p and p.startswith("missing"))
         problems = [p for p in found if p]
@@ -589,6 +610,26 @@ def check_copy_in(policy: Policy, summary: dict[str, Any], cloud: str, store: Ob
     check = CopyCheck(cloud, problem.split(":", 1)[0] if problem else "validated", problem or "", missing_shared)
     log.info("copy in %s: %s %s", cloud, check.status.upper(), check.detail)
     return check
+
+
+def _fill_from_others(store: ObjectStore, cloud: str, entry: Blob, others: dict[str, ObjectStore], scratch: Path,
+                      backup_id: str, lock_until: dt.datetime | None) -> bool:
+    """Copy a shared blob this cloud lacks from another cloud whose copy checks out; whether it is here now."""
+    from wedsync_dr import repair
+
+    for name, source in others.items():
+        if name == cloud:
+            continue
+        try:
+            if format.check_copy(source.head(entry.key), entry) is not None:
+                continue
+            repair.copy_object(source, store, entry, scratch, backup_id=backup_id, lock_until=lock_until)
+            if format.check_copy(store.head(entry.key), entry) is None:
+                log.info("%s lacked shared %s: copied from %s", cloud, entry.key, name)
+                return True
+        except StorageError as err:
+            log.warning("could not copy shared %s from %s to %s: %s", entry.key, name, cloud, err)
+    return False
 
 
 def commit_copy(policy: Policy, summary: dict[str, Any], check: CopyCheck, catalog_conn,
@@ -657,7 +698,7 @@ def check_and_commit(policy: Policy, cloud: str, summary: dict[str, Any], key_ri
     store_map = stores(policy)
     if store is not None:
         store_map[cloud] = store
-    check = check_copy_in(policy, summary, cloud, store_map[cloud], key_ring, run)
+    check = check_copy_in(policy, summary, cloud, store_map[cloud], key_ring, run, others=store_map)
     committed = commit_copy(policy, summary, check, catalog_conn, store_map, key_ring, run)
     return {"cloud": cloud, "copy": check.status, "detail": check.detail, "committed": committed}
 
@@ -673,7 +714,8 @@ def run_validate(policy: Policy, summary: dict[str, Any], upload_results: dict[s
     recorded = catalog.copies(catalog_conn, backup_id)
     unchecked = [c for c in store_map if upload_results.get(c) is not None and c not in recorded]
     # The clouds are checked at the same time: a slow or unreachable one costs its own time, not the sum.
-    checks = dict(zip(unchecked, in_parallel(lambda c: check_copy_in(policy, summary, c, store_map[c], key_ring, run),
+    checks = dict(zip(unchecked, in_parallel(lambda c: check_copy_in(policy, summary, c, store_map[c], key_ring, run,
+                                                                     others=store_map),
                                              unchecked, len(store_map), "validate"), strict=True))
     for cloud in store_map:
         if upload_results.get(cloud) is None and recorded.get(cloud, ("",))[0] != "validated":

@@ -144,6 +144,7 @@ POLICY_SCHEMA: dict[str, Any] = {
                     "part_size_mb": {"type": "number", "minimum": 0},
                     "extract_workers": {"type": "integer", "minimum": 1, "maximum": 32},
                     "dedup_chunk_kib": {"anyOf": [{"const": 0}, {"type": "integer", "minimum": 16, "maximum": 4096}]},
+                    "dedup_bundles": {"type": "boolean"},
                     "bundle_tables": {
                         "type": "object", "minProperties": 1, "propertyNames": {"pattern": _IDENT},
                         "additionalProperties": {
@@ -207,10 +208,14 @@ class DataClass:
     # tables classes: average content-defined chunk size (format 4: only changed chunks are stored); 0: one
     # object per table (part), every backup a full copy
     dedup_chunk_kib: int = 0
+    # wedding_bundles classes: each bundle content-addressed (format 4): an unchanged wedding is not sent again
+    dedup_bundles: bool = False
 
     @property
     def deduplicated(self) -> bool:
-        return self.kind == "tables" and self.dedup_chunk_kib > 0
+        """Whether the class's backups store content-addressed chunks (format 4) instead of full copies."""
+        return (self.kind == "tables" and self.dedup_chunk_kib > 0) or (
+            self.kind == "wedding_bundles" and self.dedup_bundles)
 
 
 @dataclass(frozen=True)

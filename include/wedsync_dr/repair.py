@@ -58,8 +58,8 @@ class SourceCopyBad(StorageError):
     """The copy chosen as the source does not hash to the manifest's ciphertext: try another cloud."""
 
 
-def _copy(src: ObjectStore, dst: ObjectStore, entry: Entry, staging: Path, *, backup_id: str,
-          lock_until: dt.datetime | None) -> None:
+def copy_object(src: ObjectStore, dst: ObjectStore, entry: Entry, staging: Path, *, backup_id: str,
+                lock_until: dt.datetime | None) -> None:
     """Re-copy one object: download it whole, prove it against the manifest, then write it with its lock."""
     staging.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd, name = tempfile.mkstemp(dir=staging, prefix="repair-")
@@ -122,8 +122,8 @@ def repair_backup(manifest: Manifest, stores: dict[str, ObjectStore], staging: P
             after, source = "no good source", good[0]
             for source in good:  # each source is proven by its bytes, not its HEAD
                 try:
-                    _copy(stores[source], stores[cloud], entry, staging, backup_id=manifest.backup_id,
-                          lock_until=lock_until)
+                    copy_object(stores[source], stores[cloud], entry, staging, backup_id=manifest.backup_id,
+                                lock_until=lock_until)
                     after = format.check_copy(stores[cloud].head(entry.key), entry)
                     break
                 except SourceCopyBad as err:

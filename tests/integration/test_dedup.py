@@ -269,3 +269,71 @@ def test_a_format_3_table_backup_still_restores(backups, key_ring):
         assert _restored_tables(report.target) == backups["sources"][2]
     finally:
         _drop(report.target)
+
+
+def test_a_chunk_the_catalog_knows_but_two_clouds_lack_is_copied_to_them_by_the_next_backup(backups, key_ring):
+    """The catalog is never trusted alone: a chunk it lists that a cloud lost (or never got: it was adopted from
+    another cloud) is copied to that cloud, ciphertext as it is, when the next backup that needs it validates."""
+    day3 = backups["days"][2]
+    store_map = backups["stores"]
+    lost = next(b for b in day3["manifest"]["blobs"] if b["content_id"] in set(_chunks(day3, "guests")))
+    for cloud in ("azure", "gcp"):
+        store_map[cloud].delete(lost["key"])
+    with catalog.connect() as conn:
+        result = run_backup_steps(DEDUP, LEDGER, catalog_conn=conn, key_ring=key_ring,
+                                  started_at=backups["t0"] + dt.timedelta(days=4), store_map=store_map)
+        record = catalog.backup(conn, result["backup_id"])
+    assert result["status"] == "validated" and record["manifest"]["totals"]["chunks_stored"] == 0, result
+    for cloud, store in store_map.items():
+        assert store.head(lost["key"]).sha256 == lost["ciphertext_sha256"], cloud
+
+
+HOT = dataclasses.replace(POLICY.data_classes["critical_weddings"], name="hot", dedup_bundles=True)
+HOT_POLICY = POLICY.with_overrides(prefix=PREFIX, data_classes={"hot": HOT})
+
+
+def test_an_unchanged_wedding_bundle_is_not_sent_again(backups, key_ring):  # `backups` cleans up the prefix
+    store_map = backup.stores(HOT_POLICY)
+    t0 = dt.datetime.now(dt.UTC)
+    with _owner() as conn:
+        conn.autocommit = True
+        wedding_id, guest_id, dietary = conn.execute(
+            "SELECT g.wedding_id, g.guest_id, g.dietary FROM wedsync.guests g JOIN wedsync.weddings w USING "
+            "(wedding_id) WHERE w.wedding_date BETWEEN current_date + 1 AND current_date + 29 "
+            "AND w.status <> 'cancelled' ORDER BY g.guest_id LIMIT 1").fetchone()
+    try:
+        with catalog.connect() as conn:
+            runs = []
+            for step in range(3):
+                if step == 2:  # one guest of one wedding changes: only its bundle is new
+                    with _owner() as owner:
+                        owner.autocommit = True
+                        owner.execute("UPDATE wedsync.guests SET dietary = 'no nuts (changed)' WHERE guest_id = %s",
+                                      (guest_id,))
+                result = run_backup_steps(HOT_POLICY, HOT, catalog_conn=conn, key_ring=key_ring,
+                                          started_at=t0 + dt.timedelta(minutes=15 * step), store_map=store_map)
+                runs.append(catalog.backup(conn, result["backup_id"])["manifest"])
+        first, same, changed = runs
+        assert first["format_version"] == 4 and len(first["objects"]) > 3
+        assert first["totals"]["chunks_stored"] == len(first["objects"])  # one content-addressed chunk a bundle
+        assert same["totals"]["chunks_stored"] == 0 and same["totals"]["ciphertext_bytes"] == 0
+        assert changed["totals"]["chunks_stored"] == 1
+        by_wedding = {m["backup_id"]: {o["wedding_id"]: o["chunks"] for o in m["objects"]} for m in runs}
+        differs = [w for w, c in by_wedding[changed["backup_id"]].items() if c != by_wedding[same["backup_id"]][w]]
+        assert differs == [wedding_id]
+        report = run_restore(HOT_POLICY, check_request(HOT_POLICY, {"data_class": "hot", "wedding_id": wedding_id,
+                                                                    "backup_id": changed["backup_id"]}),
+                             stores=store_map, key_ring=key_ring, db_connect=catalog.db_connector("wedsync_db_owner"))
+        try:
+            with _owner() as conn:
+                restored = conn.execute(f'SELECT dietary FROM "{report.target}".guests WHERE guest_id = %s',
+                                        (guest_id,)).fetchone()
+            assert restored == ("no nuts (changed)",)
+        finally:
+            _drop(report.target)
+    finally:
+        with _owner() as owner:
+            owner.autocommit = True
+            owner.execute("UPDATE wedsync.guests SET dietary = %s WHERE guest_id = %s", (dietary, guest_id))
+        with catalog.connect() as conn:
+            conn.execute("DELETE FROM backup_catalog.backups WHERE data_class = 'hot'")
