@@ -13,7 +13,7 @@ Versions (`format_version` in the manifest; restores read all of them):
   (or anyone who can list it) cannot confirm that a known file is stored; no plaintext hash or path
   leaves the encrypted asset index. Every manifest lists **every** blob its backup needs, with its key,
   wrapped data key, sizes and checksums (`blobs`): each manifest restores its backup on its own.
-- 4: a table object of a class with `dedup` is stored as content-defined **chunks** (FastCDC over its binary
+- 4: a table object of a class with `dedup_chunk_kib` is stored as content-defined **chunks** (FastCDC over its binary
   COPY stream), each chunk a blob like an asset file's (keyed content id, sealed alone, stored once per cloud
   under `<prefix>/chunks/`): the manifest's object lists its chunks in order (`chunks`) and every chunk is in
   `blobs`. A backup stores only the chunks no earlier backup stored; its manifest alone still restores it.
