@@ -1,0 +1,263 @@
+"""Benchmark: deduplicated `client_data` backups (format 4) over three days against restic, in one run, as ratios
+(not a test).
+
+    .venv/bin/python bench/bench_dedup.py [--gb 1] [--chunk-kib 1024] [--skip-load]
+
+Uses the local stack of `make run` (started if needed) with demo data sized so that `client_data` holds about
+`--gb` GB (40,000 weddings per GB); it CHANGES that database (day 2's changes stay: `make run` reloads the demo).
+Day 1: a full backup. Day 2: 2 % of the weddings see activity -- every row of 1 % of them updated, the guests and
+tasks of 0.5 % deleted, new guests for 0.5 % inserted -- then VACUUM, as a live day would; backed up again.
+Day 3: no change. Each step of a backup runs in its own process, as its Airflow task does (peak RSS = VmHWM).
+restic (Debian's package) backs up `pg_dump -Fp` of the same tables on the same days with `--stdin` into a local
+repository. Goals (issue #16): day 2 <= 10 % of day 1 uploaded per cloud and <= 1.2x what restic added, day 3
+<= 1 %; day-1 extract+encrypt >= 1.0x `pg_dump -Fp | zstd -3`; day-2 backup <= restic's day 2; restore of day 2
+<= 1.0x `pg_restore -j1`, byte-identical; peak RSS <= 200 MB per step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import REPO, WEDDINGS_PER_GB, local_stack, stack_with_data
+
+PREFIX = "wedsync-dr-bench-dedup"
+STEP = """
+import dataclasses, datetime as dt, json, sys, time
+sys.path.insert(0, {include!r})
+from wedsync_dr import backup, catalog, crypto, restore
+from wedsync_dr.policy import load_policy
+from wedsync_dr.requests import check_request
+import airflow.sdk  # a task process has Airflow loaded before its body runs: imports stay out of the timing
+import airflow.providers.postgres.hooks.postgres
+base = load_policy()
+step, arg = sys.argv[1], json.loads(sys.argv[2])
+data_class = dataclasses.replace(base.data_classes["client_data"], dedup_chunk_kib=arg["chunk_kib"])
+policy = base.with_overrides(prefix={prefix!r}, data_classes={{"client_data": data_class}})
+key_ring = crypto.KeyRing.from_connection(policy.key_ring_conn_id)
+t0 = time.perf_counter()
+if step == "extract":
+    with catalog.connect() as conn:
+        out = backup.run_extract(policy, data_class, connect=catalog.db_connector("wedsync_db"), catalog_conn=conn,
+                                 key_ring=key_ring, started_at=dt.datetime.fromisoformat(arg["started_at"]))
+elif step == "encrypt":
+    out = backup.run_encrypt(policy, arg["summary"], key_ring)
+elif step == "upload":
+    out = backup.run_upload(policy, arg["cloud"], arg["summary"])
+elif step == "validate":
+    with catalog.connect() as conn:
+        out = backup.run_validate(policy, arg["summary"], arg["uploads"], key_ring, conn)
+elif step == "restore":
+    report = restore.run_restore(policy, check_request(policy, {{"data_class": "client_data",
+                                                                "backup_id": arg["backup_id"]}}),
+                                 stores=backup.stores(policy), key_ring=key_ring,
+                                 db_connect=catalog.db_connector("wedsync_db_owner"))
+    out = {{"target": report.target}}
+else:
+    out = backup.cleanup(policy, arg["summary"]["backup_id"])
+seconds = time.perf_counter() - t0
+hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))
+print(json.dumps({{"out": out, "seconds": seconds, "rss_mb": hwm / 1024}}, default=str))
+"""
+
+
+def step(name: str, arg: dict, env: dict[str, str]) -> dict:
+    proc = subprocess.run([sys.executable, "-c", STEP.format(include=str(REPO / "include"), prefix=PREFIX), name,
+                           json.dumps(arg, default=str)], env=env, capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(f"{name} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def backup_once(env: dict[str, str], chunk_kib: int, day: int) -> dict:
+    started = f"2026-01-0{day + 1}T02:00:00+00:00"
+    rss: dict[str, float] = {}
+    t0 = time.perf_counter()
+    extracted = step("extract", {"chunk_kib": chunk_kib, "started_at": started}, env)
+    encrypted = step("encrypt", {"chunk_kib": chunk_kib, "summary": extracted["out"]}, env)
+    clouds = ("aws", "azure", "gcp")
+    with ThreadPoolExecutor(3) as pool:  # the three upload tasks run at once
+        uploads = dict(zip(clouds, pool.map(lambda c: step("upload", {"chunk_kib": chunk_kib, "cloud": c,
+                                                                      "summary": encrypted["out"]}, env), clouds),
+                           strict=True))
+    validated = step("validate", {"chunk_kib": chunk_kib, "summary": encrypted["out"],
+                                  "uploads": {c: u["out"] for c, u in uploads.items()}}, env)
+    seconds = time.perf_counter() - t0
+    step("cleanup", {"chunk_kib": chunk_kib, "summary": encrypted["out"]}, env)
+    assert validated["out"]["status"] == "validated", validated["out"]
+    rss = {"extract": extracted["rss_mb"], "encrypt": encrypted["rss_mb"],
+           **{f"upload_to_{c}": u["rss_mb"] for c, u in uploads.items()}, "validate": validated["rss_mb"]}
+    return {"seconds": seconds, "extract_encrypt": extracted["seconds"] + encrypted["seconds"], "rss": rss,
+            "backup_id": extracted["out"]["backup_id"], "totals": validated["out"]["totals"],
+            "uploaded": {c: u["out"]["bytes"] for c, u in uploads.items()},
+            "objects": {c: u["out"]["objects"] for c, u in uploads.items()}}
+
+
+def tables() -> list[str]:
+    sys.path.insert(0, str(REPO / "include"))
+    from wedsync_dr.policy import load_policy
+
+    return list(load_policy().data_classes["client_data"].tables)
+
+
+def pg_args(state) -> list[str]:
+    return ["-d", state.admin_url(local_stack.SOURCE_DB), *[a for t in tables() for a in ("-t", f"wedsync.{t}")]]
+
+
+def pg_dump_zstd_seconds(state) -> float:
+    t0 = time.perf_counter()
+    subprocess.run(f"pg_dump -Fp {' '.join(pg_args(state))} | zstd -3 -q > /dev/null", shell=True, check=True)
+    return time.perf_counter() - t0
+
+
+def restic_backup(state, repo: Path, env: dict[str, str]) -> tuple[float, int]:
+    """`pg_dump -Fp | restic backup --stdin`: (seconds, bytes added to the repository)."""
+    t0 = time.perf_counter()
+    dump = subprocess.Popen(["pg_dump", "-Fp", *pg_args(state)], stdout=subprocess.PIPE)
+    out = subprocess.run(["restic", "-r", str(repo), "backup", "--stdin", "--stdin-filename", "client_data.sql",
+                          "--json", "-q"], stdin=dump.stdout, env=env, capture_output=True, text=True, check=True)
+    dump.wait()
+    seconds = time.perf_counter() - t0
+    summary = next(json.loads(line) for line in out.stdout.splitlines() if '"message_type":"summary"' in line)
+    return seconds, summary["data_added"]
+
+
+def change_two_percent(state) -> None:
+    import psycopg
+
+    with psycopg.connect(state.admin_url(local_stack.SOURCE_DB), autocommit=True) as conn:
+        conn.execute("SELECT setseed(0.16)")
+        ids = [r[0] for r in conn.execute(
+            "SELECT wedding_id FROM wedsync.weddings ORDER BY random() LIMIT (SELECT count(*) / 50 FROM "
+            "wedsync.weddings)").fetchall()]
+        updated, deleted, added = ids[: len(ids) // 2], ids[len(ids) // 2: 3 * len(ids) // 4], ids[3 * len(ids) // 4:]
+        for table in tables():
+            columns = {r[0] for r in conn.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_schema = 'wedsync' "
+                "AND table_name = %s", (table,)).fetchall()}
+            if "wedding_id" in columns and "updated_at" in columns:
+                conn.execute(f"UPDATE wedsync.{table} SET updated_at = now() WHERE wedding_id = ANY(%s)", (updated,))
+        for table in ("guests", "tasks"):
+            conn.execute(f"DELETE FROM wedsync.{table} WHERE wedding_id = ANY(%s)", (deleted,))
+        conn.execute("INSERT INTO wedsync.guests (wedding_id, first_name, last_name, side, rsvp_status) "
+                     "SELECT w, 'New', 'Guest ' || g, 'both', 'pending' FROM unnest(%s::bigint[]) w, "
+                     "generate_series(1, 20) g", (added,))
+        conn.execute("VACUUM (ANALYZE)")
+        conn.execute("CHECKPOINT")
+
+
+def restore_comparison(state, env: dict[str, str], chunk_kib: int, backup_id: str) -> dict:
+    import psycopg
+
+    restored = step("restore", {"chunk_kib": chunk_kib, "backup_id": backup_id}, env)
+    with tempfile.TemporaryDirectory(prefix="bench-dedup-dump-") as tmp:
+        dump = Path(tmp) / "client_data.dump"
+        subprocess.run(["pg_dump", "-Fc", "-Z0", "-f", str(dump), *pg_args(state)], check=True)
+        with psycopg.connect(state.admin_url("postgres"), autocommit=True) as conn:
+            conn.execute("DROP DATABASE IF EXISTS bench_dedup_restore")
+            conn.execute("CREATE DATABASE bench_dedup_restore")
+        with psycopg.connect(state.admin_url("bench_dedup_restore"), autocommit=True) as conn:
+            conn.execute("CREATE SCHEMA wedsync")  # `pg_dump -t` dumps the tables, not their schema
+        t0 = time.perf_counter()
+        subprocess.run(["pg_restore", "-j1", "--no-owner", "-d", state.admin_url("bench_dedup_restore"), str(dump)],
+                       check=False, capture_output=True)  # FKs to other classes' tables fail by design
+        pg_restore = time.perf_counter() - t0
+        with psycopg.connect(state.admin_url("bench_dedup_restore")) as conn:
+            restored_rows = conn.execute("SELECT count(*) FROM wedsync.guests").fetchone()[0]
+        assert restored_rows > 0, "pg_restore restored nothing: its timing would mean nothing"
+    with psycopg.connect(state.admin_url(local_stack.SOURCE_DB), autocommit=True) as conn:
+        identical = all(_sorted_copy(conn, "wedsync", t) == _sorted_copy(conn, restored["out"]["target"], t)
+                        for t in tables())
+        conn.execute(f'DROP SCHEMA "{restored["out"]["target"]}" CASCADE')
+    with psycopg.connect(state.admin_url("postgres"), autocommit=True) as conn:
+        conn.execute("DROP DATABASE bench_dedup_restore")
+    return {"seconds": restored["seconds"], "rss": restored["rss_mb"], "pg_restore": pg_restore,
+            "identical": identical}
+
+
+def _sorted_copy(conn, schema: str, table: str) -> list[bytes]:
+    import hashlib
+
+    digests = []
+    with conn.cursor() as cur, cur.copy(f'COPY "{schema}".{table} TO STDOUT') as copy:
+        tail = b""
+        for block in copy:
+            lines = (tail + bytes(block)).split(b"\n")
+            tail = lines.pop()
+            digests += [hashlib.sha1(line).digest() for line in lines]
+    return sorted(digests)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--gb", type=float, default=1.0)
+    parser.add_argument("--chunk-kib", type=int, default=1024)
+    parser.add_argument("--skip-load", action="store_true")
+    args = parser.parse_args()
+    if not shutil.which("restic"):
+        raise SystemExit("restic is not installed: apt-get install restic (Debian's package)")
+    state, env = stack_with_data(None if args.skip_load else int(args.gb * WEDDINGS_PER_GB))
+    sys.path.insert(0, str(REPO / "include"))
+    from wedsync_dr import backup, catalog
+    from wedsync_dr.policy import load_policy
+
+    with catalog.connect() as conn:  # a clean slate under the bench's prefix
+        conn.execute("DELETE FROM backup_catalog.backups WHERE starts_with(prefix, %s)", (f"{PREFIX}/",))
+        conn.execute("DELETE FROM backup_catalog.blobs WHERE starts_with(key, %s)", (f"{PREFIX}/",))
+    stores = backup.stores(load_policy().with_overrides(prefix=PREFIX))
+    for store in stores.values():
+        store.delete_prefix(f"{PREFIX}/")
+    days, restic = [], []
+    with tempfile.TemporaryDirectory(prefix="bench-dedup-restic-") as repo:
+        restic_env = {**os.environ, "RESTIC_PASSWORD": "bench", "RESTIC_CACHE_DIR": f"{repo}-cache"}
+        subprocess.run(["restic", "-r", repo, "init", "-q"], env=restic_env, check=True, capture_output=True)
+        zstd_seconds = pg_dump_zstd_seconds(state)
+        for day in range(3):
+            if day == 1:
+                change_two_percent(state)
+            days.append(backup_once(env, args.chunk_kib, day))
+            restic.append(restic_backup(state, Path(repo), restic_env))
+            d = days[-1]
+            print(f"day {day + 1}: ours {d['seconds']:.1f} s, uploaded per cloud {d['uploaded']['aws'] / 1e6:.1f} MB "
+                  f"in {d['objects']['aws']} objects (chunks {d['totals']['chunks']}, stored "
+                  f"{d['totals']['chunks_stored']}); restic {restic[-1][0]:.1f} s, added "
+                  f"{restic[-1][1] / 1e6:.1f} MB", flush=True)
+        restored = restore_comparison(state, env, args.chunk_kib, days[1]["backup_id"])
+    chunk_objects = sum(1 for _ in stores["aws"].list(f"{PREFIX}/chunks/"))
+    d1, d2, d3 = days
+    rows = [
+        ("uploaded per cloud, day 2 / day 1", f"{d2['uploaded']['aws'] / 1e6:.1f} / {d1['uploaded']['aws'] / 1e6:.1f}"
+         f" MB = {d2['uploaded']['aws'] / d1['uploaded']['aws']:.1%}", "<= 10 %"),
+        ("uploaded per cloud, day 3 / day 1", f"{d3['uploaded']['aws'] / 1e6:.2f} MB = "
+         f"{d3['uploaded']['aws'] / d1['uploaded']['aws']:.2%}", "<= 1 %"),
+        ("day 2 uploaded vs restic's day-2 data added", f"{d2['uploaded']['aws'] / 1e6:.1f} vs "
+         f"{restic[1][1] / 1e6:.1f} MB = {d2['uploaded']['aws'] / max(restic[1][1], 1):.2f}x", "<= 1.2x"),
+        ("day-1 extract+encrypt vs pg_dump -Fp \\| zstd -3", f"{d1['extract_encrypt']:.1f} vs {zstd_seconds:.1f} s = "
+         f"{zstd_seconds / d1['extract_encrypt']:.2f}x throughput", ">= 1.0x"),
+        ("day-2 backup vs restic day 2", f"{d2['seconds']:.1f} vs {restic[1][0]:.1f} s = "
+         f"{d2['seconds'] / restic[1][0]:.2f}x", "<= 1.0x"),
+        ("restore of day 2 vs pg_restore -j1", f"{restored['seconds']:.1f} vs {restored['pg_restore']:.1f} s = "
+         f"{restored['seconds'] / restored['pg_restore']:.2f}x, identical: {restored['identical']}", "<= 1.0x"),
+        ("objects per cloud per backup (day 1 / 2 / 3)", " / ".join(str(d["objects"]["aws"]) for d in days)
+         + f"; chunk objects in the bucket: {chunk_objects}", ""),
+        ("peak RSS per step, MB (day 1)", ", ".join(f"{k} {v:.0f}" for k, v in d1["rss"].items())
+         + f", restore {restored['rss']:.0f}", "<= 200"),
+    ]
+    print(f"\nclient_data at --gb {args.gb}, chunks of {args.chunk_kib} KiB on average")
+    print("| measure | figure | goal |\n|---|---|---|")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+
+
+if __name__ == "__main__":
+    main()
