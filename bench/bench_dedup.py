@@ -1,7 +1,7 @@
 """Benchmark: deduplicated `client_data` backups (format 4) over three days against restic, in one run, as ratios
 (not a test).
 
-    .venv/bin/python bench/bench_dedup.py [--gb 1] [--chunk-kib 1024] [--skip-load]
+    .venv/bin/python bench/bench_dedup.py [--gb 1] [--chunk-kib 1024 | --chunk-kib 256,512,1024,2048] [--skip-load]
 
 Uses the local stack of `make run` (started if needed) with demo data sized so that `client_data` holds about
 `--gb` GB (40,000 weddings per GB); it CHANGES that database (day 2's changes stay: `make run` reloads the demo).
@@ -12,6 +12,12 @@ restic (Debian's package) backs up `pg_dump -Fp` of the same tables on the same 
 repository. Goals (issue #16): day 2 <= 10 % of day 1 uploaded per cloud and <= 1.2x what restic added, day 3
 <= 1 %; day-1 extract+encrypt >= 1.0x `pg_dump -Fp | zstd -3`; day-2 backup <= restic's day 2; restore of day 2
 <= 1.0x `pg_restore -j1`, byte-identical; peak RSS <= 200 MB per step.
+restic 0.14 creates a version-2 repository, which compresses; its `data_added` is the size BEFORE compression
+(checked: 124.6 MB of COPY-like text -> data_added 124.6 MB, 6.8 MB on disk), so what restic stored is measured as
+the growth of its repository on disk, and `data_added` is printed beside it.
+`--chunk-kib` takes a list (e.g. 256,512,1024,2048): every size backs up day 1 and day 2 of the same database
+states, each under its own key prefix (`wedsync-dr-bench-dedup-<kib>`), and a table of the day-2 ratio and object
+counts per size is printed; day 3, the restore and the full table are of the first size.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import REPO, WEDDINGS_PER_GB, local_stack, stack_with_data
 
-PREFIX = "wedsync-dr-bench-dedup"
+PREFIX = "wedsync-dr-bench-dedup"  # + "-<chunk KiB>"
 STEP = """
 import dataclasses, datetime as dt, json, sys, time
 sys.path.insert(0, {include!r})
@@ -43,7 +49,8 @@ import airflow.providers.postgres.hooks.postgres
 base = load_policy()
 step, arg = sys.argv[1], json.loads(sys.argv[2])
 data_class = dataclasses.replace(base.data_classes["client_data"], dedup_chunk_kib=arg["chunk_kib"])
-policy = base.with_overrides(prefix={prefix!r}, data_classes={{"client_data": data_class}})
+policy = base.with_overrides(prefix={prefix!r} + "-" + str(arg["chunk_kib"]),
+                             data_classes={{"client_data": data_class}})
 key_ring = crypto.KeyRing.from_connection(policy.key_ring_conn_id)
 t0 = time.perf_counter()
 if step == "extract":
@@ -120,8 +127,14 @@ def pg_dump_zstd_seconds(state) -> float:
     return time.perf_counter() - t0
 
 
-def restic_backup(state, repo: Path, env: dict[str, str]) -> tuple[float, int]:
-    """`pg_dump -Fp | restic backup --stdin`: (seconds, bytes added to the repository)."""
+def _tree_bytes(root: Path) -> int:
+    return sum(f.stat().st_size for f in root.rglob("*") if f.is_file())
+
+
+def restic_backup(state, repo: Path, env: dict[str, str]) -> tuple[float, int, int]:
+    """`pg_dump -Fp | restic backup --stdin`: (seconds, bytes the repository grew on disk -- compressed and
+    encrypted, what restic would upload --, `data_added` -- new data before compression)."""
+    before = _tree_bytes(repo)
     t0 = time.perf_counter()
     dump = subprocess.Popen(["pg_dump", "-Fp", *pg_args(state)], stdout=subprocess.PIPE)
     out = subprocess.run(["restic", "-r", str(repo), "backup", "--stdin", "--stdin-filename", "client_data.sql",
@@ -129,7 +142,7 @@ def restic_backup(state, repo: Path, env: dict[str, str]) -> tuple[float, int]:
     dump.wait()
     seconds = time.perf_counter() - t0
     summary = next(json.loads(line) for line in out.stdout.splitlines() if '"message_type":"summary"' in line)
-    return seconds, summary["data_added"]
+    return seconds, _tree_bytes(repo) - before, summary["data_added"]
 
 
 def change_two_percent(state) -> None:
@@ -198,65 +211,105 @@ def _sorted_copy(conn, schema: str, table: str) -> list[bytes]:
     return sorted(digests)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--gb", type=float, default=1.0)
-    parser.add_argument("--chunk-kib", type=int, default=1024)
-    parser.add_argument("--skip-load", action="store_true")
-    args = parser.parse_args()
-    if not shutil.which("restic"):
-        raise SystemExit("restic is not installed: apt-get install restic (Debian's package)")
-    state, env = stack_with_data(None if args.skip_load else int(args.gb * WEDDINGS_PER_GB))
+def _chunk_sizes(text: str | None) -> list[int]:
+    if text:
+        return [int(k) for k in text.split(",")]
     sys.path.insert(0, str(REPO / "include"))
+    from wedsync_dr.policy import load_policy
+
+    return [load_policy().data_classes["client_data"].dedup_chunk_kib or 1024]
+
+
+def _clean_slate(prefix: str) -> None:
     from wedsync_dr import backup, catalog
     from wedsync_dr.policy import load_policy
 
-    with catalog.connect() as conn:  # a clean slate under the bench's prefix
-        conn.execute("DELETE FROM backup_catalog.backups WHERE starts_with(prefix, %s)", (f"{PREFIX}/",))
-        conn.execute("DELETE FROM backup_catalog.blobs WHERE starts_with(key, %s)", (f"{PREFIX}/",))
-    stores = backup.stores(load_policy().with_overrides(prefix=PREFIX))
-    for store in stores.values():
-        store.delete_prefix(f"{PREFIX}/")
-    days, restic = [], []
-    with tempfile.TemporaryDirectory(prefix="bench-dedup-restic-") as repo:
-        restic_env = {**os.environ, "RESTIC_PASSWORD": "bench", "RESTIC_CACHE_DIR": f"{repo}-cache"}
+    with catalog.connect() as conn:
+        conn.execute("DELETE FROM backup_catalog.backups WHERE starts_with(prefix, %s)", (f"{prefix}/",))
+        conn.execute("DELETE FROM backup_catalog.blobs WHERE starts_with(key, %s)", (f"{prefix}/",))
+    for store in backup.stores(load_policy().with_overrides(prefix=prefix)).values():
+        store.delete_prefix(f"{prefix}/")
+
+
+def _chunk_objects(prefix: str) -> int:
+    from wedsync_dr import backup
+    from wedsync_dr.policy import load_policy
+
+    return sum(1 for _ in backup.stores(load_policy().with_overrides(prefix=prefix))["aws"].list(f"{prefix}/chunks/"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--gb", type=float, default=1.0)
+    parser.add_argument("--chunk-kib", help="average chunk size, or a comma-separated list to sweep (default: the "
+                                            "policy's dedup_chunk_kib, or 1024 when it is 0)")
+    parser.add_argument("--skip-load", action="store_true")
+    args = parser.parse_args()
+    sizes = _chunk_sizes(args.chunk_kib)
+    if not shutil.which("restic"):
+        raise SystemExit("restic is not installed: `apt-get install -y restic` (Debian's package, 0.14); "
+                         "the comparison needs it")
+    state, env = stack_with_data(None if args.skip_load else int(args.gb * WEDDINGS_PER_GB))
+    sys.path.insert(0, str(REPO / "include"))
+    for kib in sizes:  # a clean slate under each size's prefix
+        _clean_slate(f"{PREFIX}-{kib}")
+    first = sizes[0]
+    days: dict[int, list[dict]] = {kib: [] for kib in sizes}
+    restic = []
+    with tempfile.TemporaryDirectory(prefix="bench-dedup-restic-") as tmp:  # the repository and its cache
+        repo = f"{tmp}/repo"
+        restic_env = {**os.environ, "RESTIC_PASSWORD": "bench", "RESTIC_CACHE_DIR": f"{tmp}/cache"}
         subprocess.run(["restic", "-r", repo, "init", "-q"], env=restic_env, check=True, capture_output=True)
         zstd_seconds = pg_dump_zstd_seconds(state)
         for day in range(3):
             if day == 1:
                 change_two_percent(state)
-            days.append(backup_once(env, args.chunk_kib, day))
+            for kib in sizes if day < 2 else [first]:  # every size on the same database states
+                days[kib].append(backup_once(env, kib, day))
+                d = days[kib][-1]
+                print(f"day {day + 1}, {kib} KiB: ours {d['seconds']:.1f} s, uploaded per cloud "
+                      f"{d['uploaded']['aws'] / 1e6:.1f} MB in {d['objects']['aws']} objects (chunks "
+                      f"{d['totals']['chunks']}, stored {d['totals']['chunks_stored']})", flush=True)
             restic.append(restic_backup(state, Path(repo), restic_env))
-            d = days[-1]
-            print(f"day {day + 1}: ours {d['seconds']:.1f} s, uploaded per cloud {d['uploaded']['aws'] / 1e6:.1f} MB "
-                  f"in {d['objects']['aws']} objects (chunks {d['totals']['chunks']}, stored "
-                  f"{d['totals']['chunks_stored']}); restic {restic[-1][0]:.1f} s, added "
-                  f"{restic[-1][1] / 1e6:.1f} MB", flush=True)
-        restored = restore_comparison(state, env, args.chunk_kib, days[1]["backup_id"])
-    chunk_objects = sum(1 for _ in stores["aws"].list(f"{PREFIX}/chunks/"))
-    d1, d2, d3 = days
+            print(f"day {day + 1}, restic: {restic[-1][0]:.1f} s, repository grew {restic[-1][1] / 1e6:.1f} MB "
+                  f"(data_added {restic[-1][2] / 1e6:.1f} MB before compression)", flush=True)
+        restored = restore_comparison(state, env, first, days[first][1]["backup_id"])
+    d1, d2, d3 = days[first]
+    r1, r2, r3 = restic
+    peak = {k: max(d["rss"][k] for d in days[first]) for k in d1["rss"]} | {"restore": restored["rss"]}
     rows = [
         ("uploaded per cloud, day 2 / day 1", f"{d2['uploaded']['aws'] / 1e6:.1f} / {d1['uploaded']['aws'] / 1e6:.1f}"
          f" MB = {d2['uploaded']['aws'] / d1['uploaded']['aws']:.1%}", "<= 10 %"),
         ("uploaded per cloud, day 3 / day 1", f"{d3['uploaded']['aws'] / 1e6:.2f} MB = "
          f"{d3['uploaded']['aws'] / d1['uploaded']['aws']:.2%}", "<= 1 %"),
-        ("day 2 uploaded vs restic's day-2 data added", f"{d2['uploaded']['aws'] / 1e6:.1f} vs "
-         f"{restic[1][1] / 1e6:.1f} MB = {d2['uploaded']['aws'] / max(restic[1][1], 1):.2f}x", "<= 1.2x"),
+        ("restic repository growth, day 1 / 2 / 3 (data_added before compression)",
+         " / ".join(f"{r[1] / 1e6:.1f}" for r in restic) + " MB (" + " / ".join(f"{r[2] / 1e6:.1f}" for r in restic)
+         + f" MB); day 2 / day 1 = {r2[1] / r1[1]:.1%}", ""),
+        ("day 2 uploaded per cloud vs restic's day-2 repository growth", f"{d2['uploaded']['aws'] / 1e6:.1f} vs "
+         f"{r2[1] / 1e6:.1f} MB = {d2['uploaded']['aws'] / max(r2[1], 1):.2f}x", "<= 1.2x"),
         ("day-1 extract+encrypt vs pg_dump -Fp \\| zstd -3", f"{d1['extract_encrypt']:.1f} vs {zstd_seconds:.1f} s = "
          f"{zstd_seconds / d1['extract_encrypt']:.2f}x throughput", ">= 1.0x"),
-        ("day-2 backup vs restic day 2", f"{d2['seconds']:.1f} vs {restic[1][0]:.1f} s = "
-         f"{d2['seconds'] / restic[1][0]:.2f}x", "<= 1.0x"),
+        ("day-2 backup vs restic day 2", f"{d2['seconds']:.1f} vs {r2[0]:.1f} s = {d2['seconds'] / r2[0]:.2f}x",
+         "<= 1.0x"),
         ("restore of day 2 vs pg_restore -j1", f"{restored['seconds']:.1f} vs {restored['pg_restore']:.1f} s = "
          f"{restored['seconds'] / restored['pg_restore']:.2f}x, identical: {restored['identical']}", "<= 1.0x"),
-        ("objects per cloud per backup (day 1 / 2 / 3)", " / ".join(str(d["objects"]["aws"]) for d in days)
-         + f"; chunk objects in the bucket: {chunk_objects}", ""),
-        ("peak RSS per step, MB (day 1)", ", ".join(f"{k} {v:.0f}" for k, v in d1["rss"].items())
-         + f", restore {restored['rss']:.0f}", "<= 200"),
+        ("objects per cloud per backup (day 1 / 2 / 3)", " / ".join(str(d["objects"]["aws"]) for d in days[first])
+         + f"; chunk objects in the bucket: {_chunk_objects(f'{PREFIX}-{first}')}", ""),
+        ("peak RSS per step over the three days, MB", ", ".join(f"{k} {v:.0f}" for k, v in peak.items()), "<= 200"),
     ]
-    print(f"\nclient_data at --gb {args.gb}, chunks of {args.chunk_kib} KiB on average")
+    print(f"\nclient_data at --gb {args.gb:g}, chunks of {first} KiB on average")
     print("| measure | figure | goal |\n|---|---|---|")
     for row in rows:
         print("| " + " | ".join(row) + " |")
+    if len(sizes) > 1:
+        print("\n| chunk KiB | day 1 MB / objects per cloud | day 2 MB / objects | day 2 / day 1 | "
+              "vs restic day 2 | day-2 backup s | chunk objects in the bucket |\n|---|---|---|---|---|---|---|")
+        for kib in sizes:
+            a, b = days[kib][:2]
+            print(f"| {kib} | {a['uploaded']['aws'] / 1e6:.1f} / {a['objects']['aws']} | "
+                  f"{b['uploaded']['aws'] / 1e6:.1f} / {b['objects']['aws']} | "
+                  f"{b['uploaded']['aws'] / a['uploaded']['aws']:.1%} | {b['uploaded']['aws'] / max(r2[1], 1):.2f}x | "
+                  f"{b['seconds']:.1f} | {_chunk_objects(f'{PREFIX}-{kib}')} |")
 
 
 if __name__ == "__main__":
