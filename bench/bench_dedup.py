@@ -35,55 +35,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import REPO, WEDDINGS_PER_GB, local_stack, stack_with_data
+from common import REPO, WEDDINGS_PER_GB, local_stack, stack_with_data, task_step
 
 PREFIX = "wedsync-dr-bench-dedup"  # + "-<chunk KiB>"
-STEP = """
-import dataclasses, datetime as dt, json, sys, time
-sys.path.insert(0, {include!r})
-from wedsync_dr import backup, catalog, crypto, restore
-from wedsync_dr.policy import load_policy
-from wedsync_dr.requests import check_request
-import airflow.sdk  # a task process has Airflow loaded before its body runs: imports stay out of the timing
-import airflow.providers.postgres.hooks.postgres
-base = load_policy()
-step, arg = sys.argv[1], json.loads(sys.argv[2])
-data_class = dataclasses.replace(base.data_classes["client_data"], dedup_chunk_kib=arg["chunk_kib"])
-policy = base.with_overrides(prefix={prefix!r} + "-" + str(arg["chunk_kib"]),
-                             data_classes={{"client_data": data_class}})
-key_ring = crypto.KeyRing.from_connection(policy.key_ring_conn_id)
-t0 = time.perf_counter()
-if step == "extract":
-    with catalog.connect() as conn:
-        out = backup.run_extract(policy, data_class, connect=catalog.db_connector("wedsync_db"), catalog_conn=conn,
-                                 key_ring=key_ring, started_at=dt.datetime.fromisoformat(arg["started_at"]))
-elif step == "encrypt":
-    out = backup.run_encrypt(policy, arg["summary"], key_ring)
-elif step == "upload":
-    out = backup.run_upload(policy, arg["cloud"], arg["summary"])
-elif step == "validate":
-    with catalog.connect() as conn:
-        out = backup.run_validate(policy, arg["summary"], arg["uploads"], key_ring, conn)
-elif step == "restore":
-    report = restore.run_restore(policy, check_request(policy, {{"data_class": "client_data",
-                                                                "backup_id": arg["backup_id"]}}),
-                                 stores=backup.stores(policy), key_ring=key_ring,
-                                 db_connect=catalog.db_connector("wedsync_db_owner"))
-    out = {{"target": report.target}}
-else:
-    out = backup.cleanup(policy, arg["summary"]["backup_id"])
-seconds = time.perf_counter() - t0
-hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))
-print(json.dumps({{"out": out, "seconds": seconds, "rss_mb": hwm / 1024}}, default=str))
-"""
-
-
 def step(name: str, arg: dict, env: dict[str, str]) -> dict:
-    proc = subprocess.run([sys.executable, "-c", STEP.format(include=str(REPO / "include"), prefix=PREFIX), name,
-                           json.dumps(arg, default=str)], env=env, capture_output=True, text=True)
-    if proc.returncode:
-        raise SystemExit(f"{name} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    """A step of the `chunk_kib` policy variant, under that size's own prefix."""
+    return task_step(name, {**arg, "prefix": f"{PREFIX}-{arg['chunk_kib']}"}, env)
 
 
 def backup_once(env: dict[str, str], chunk_kib: int, day: int) -> dict:

@@ -15,10 +15,8 @@ The emulators share this machine's 2 cores with the pipeline: compare the ratio,
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,45 +25,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import REPO, WEDDINGS_PER_GB, local_stack, stack_with_data
-
-STEP = """
-import json, sys, time
-sys.path.insert(0, {include!r})
-from wedsync_dr import backup, catalog, crypto
-from wedsync_dr.policy import load_policy
-import airflow.sdk  # a task process has Airflow loaded before its body runs: imports stay out of the timing
-import airflow.providers.postgres.hooks.postgres
-policy = load_policy()
-step, arg = sys.argv[1], json.loads(sys.argv[2])
-key_ring = crypto.KeyRing.from_connection(policy.key_ring_conn_id)
-t0 = time.perf_counter()
-if step == "extract":
-    with catalog.connect() as conn:
-        out = backup.run_extract(policy, policy.data_classes["client_data"], connect=catalog.db_connector("wedsync_db"),
-                                 catalog_conn=conn, key_ring=key_ring)
-elif step == "encrypt":
-    out = backup.run_encrypt(policy, arg["summary"], key_ring)
-elif step == "upload":
-    out = backup.run_upload(policy, arg["cloud"], arg["summary"])
-elif step == "validate":
-    with catalog.connect() as conn:
-        out = backup.run_validate(policy, arg["summary"], arg["uploads"], key_ring, conn)
-else:
-    out = backup.cleanup(policy, arg["summary"]["backup_id"])
-seconds = time.perf_counter() - t0
-hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))
-print(json.dumps({{"out": out, "seconds": seconds, "rss_mb": hwm / 1024}}, default=str))
-"""
+from common import WEDDINGS_PER_GB, local_stack, stack_with_data, task_step
 
 
 def step(name: str, arg: dict, env: dict[str, str], scratch: Path) -> dict:
-    proc = subprocess.run([sys.executable, "-c", STEP.format(include=str(REPO / "include")), name,
-                           json.dumps(arg, default=str)], env={**env, "WEDSYNC_STAGING_DIR": str(scratch)},
-                          capture_output=True, text=True)
-    if proc.returncode:
-        raise SystemExit(f"{name} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return task_step(name, arg, {**env, "WEDSYNC_STAGING_DIR": str(scratch)})
 
 
 def backup_once(env: dict[str, str], remote: bool, root: Path) -> dict:

@@ -42,3 +42,14 @@ def load(env: dict[str, str], weddings: int) -> None:
     with psycopg.connect(state.admin_url(local_stack.SOURCE_DB), autocommit=True) as conn:
         conn.execute("VACUUM (FREEZE, ANALYZE)")
         conn.execute("CHECKPOINT")
+
+
+def task_step(name: str, arg: dict, env: dict[str, str]) -> dict:
+    """Run one step in its own process (`bench/task_step.py`); returns its output, seconds and peak RSS."""
+    import json
+
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "task_step.py"), name, json.dumps(arg, default=str)],
+                          env=env, capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(f"{name} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])

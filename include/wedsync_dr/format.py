@@ -27,6 +27,7 @@ import json
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -323,12 +324,14 @@ class Manifest:
         chunked object is its chunks, which are blobs)."""
         return [*(o for o in self.objects if isinstance(o, DataObject)), *self.blobs]
 
-    def blobs_by_content_id(self) -> dict[str, Blob]:
+    @cached_property
+    def _blobs_by_content_id(self) -> dict[str, Blob]:
+        # once per manifest: a restore of a class of bundles asks for the chunks of thousands of objects
         return {b.content_id: b for b in self.blobs if b.content_id}
 
     def chunks_of(self, obj: ChunkedObject) -> list[Blob]:
         """The blobs of a chunked object, in order (FormatError when the manifest lacks one)."""
-        blobs = self.blobs_by_content_id()
+        blobs = self._blobs_by_content_id
         missing = [c.content_id for c in obj.chunks if c.content_id not in blobs]
         if missing:
             raise FormatError(f"manifest of backup {self.backup_id} lists no blob for chunk {missing[0]} of "

@@ -1,0 +1,66 @@
+"""One step of a client_data backup, or its restore, in its own process, as its Airflow task runs it (used by
+bench_staging.py and bench_dedup.py through `common.task_step`).
+
+    python bench/task_step.py STEP 'ARG as JSON'
+
+STEP: extract, encrypt, upload, validate, restore or cleanup. ARG holds what the step needs (`summary`,
+`cloud`, `uploads`, `backup_id`, `started_at` for extract) and may change the policy: `prefix`, and `chunk_kib`
+(client_data's `dedup_chunk_kib`). Prints one JSON line: the step's output, its seconds, its peak RSS (VmHWM).
+"""
+
+import dataclasses
+import datetime as dt
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "include"))
+
+# An Airflow task process has Airflow loaded before its body runs: imports stay out of the timing
+import airflow.providers.postgres.hooks.postgres  # noqa: F401
+import airflow.sdk  # noqa: F401
+
+from wedsync_dr import backup, catalog, crypto, restore
+from wedsync_dr.policy import load_policy
+from wedsync_dr.requests import check_request
+
+
+def main(step: str, arg: dict) -> None:
+    policy = load_policy()
+    data_class = policy.data_classes["client_data"]
+    if "chunk_kib" in arg:
+        data_class = dataclasses.replace(data_class, dedup_chunk_kib=arg["chunk_kib"])
+        policy = policy.with_overrides(data_classes={"client_data": data_class})
+    if "prefix" in arg:
+        policy = policy.with_overrides(prefix=arg["prefix"])
+    key_ring = crypto.KeyRing.from_connection(policy.key_ring_conn_id)
+    t0 = time.perf_counter()
+    if step == "extract":
+        started = dt.datetime.fromisoformat(arg["started_at"]) if arg.get("started_at") else None
+        with catalog.connect() as conn:
+            out = backup.run_extract(policy, data_class, connect=catalog.db_connector("wedsync_db"),
+                                     catalog_conn=conn, key_ring=key_ring, started_at=started)
+    elif step == "encrypt":
+        out = backup.run_encrypt(policy, arg["summary"], key_ring)
+    elif step == "upload":
+        out = backup.run_upload(policy, arg["cloud"], arg["summary"])
+    elif step == "validate":
+        with catalog.connect() as conn:
+            out = backup.run_validate(policy, arg["summary"], arg["uploads"], key_ring, conn)
+    elif step == "restore":
+        report = restore.run_restore(policy, check_request(policy, {"data_class": "client_data",
+                                                                    "backup_id": arg["backup_id"]}),
+                                     stores=backup.stores(policy), key_ring=key_ring,
+                                     db_connect=catalog.db_connector("wedsync_db_owner"))
+        out = {"target": report.target}
+    else:
+        out = backup.cleanup(policy, arg["summary"]["backup_id"])
+    seconds = time.perf_counter() - t0
+    with open("/proc/self/status") as status:
+        hwm = next(int(line.split()[1]) for line in status if line.startswith("VmHWM"))
+    print(json.dumps({"out": out, "seconds": seconds, "rss_mb": hwm / 1024}, default=str))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], json.loads(sys.argv[2]))
