@@ -43,8 +43,11 @@ def main(step: str, arg: dict) -> None:
                                      catalog_conn=conn, key_ring=key_ring, started_at=started)
     elif step == "encrypt":
         out = backup.run_encrypt(policy, arg["summary"], key_ring)
-    elif step == "upload":
-        out = backup.run_upload(policy, arg["cloud"], arg["summary"])
+    elif step == "upload":  # as the upload task: send, then prove this copy and commit once the quorum's are
+        store = backup.stores(policy, [arg["cloud"]])[arg["cloud"]]
+        out = backup.run_upload(policy, arg["cloud"], arg["summary"], store)
+        with catalog.connect() as conn:
+            out |= backup.check_and_commit(policy, arg["cloud"], arg["summary"], key_ring, conn, store)
     elif step == "validate":
         with catalog.connect() as conn:
             out = backup.run_validate(policy, arg["summary"], arg["uploads"], key_ring, conn)
