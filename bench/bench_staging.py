@@ -54,6 +54,9 @@ def backup_once(env: dict[str, str], remote: bool, root: Path) -> dict:
         uploads = dict(zip(clouds, pool.map(lambda c: step("upload", {"cloud": c, "summary": encrypted["out"]}, env,
                                                            scratch(f"upload-{c}")), clouds), strict=True))
     rss |= {f"upload_to_{c}": u["rss_mb"] for c, u in uploads.items()}
+    committer = next((c for c, u in uploads.items() if u["out"].get("committed_now")), "none")
+    print("  uploads: " + ", ".join(f"{c} {u['out']['rss_sent_mb']:.0f} MB once sent" for c, u in uploads.items())
+          + f"; committed by {committer}", flush=True)
     validated = step("validate", {"summary": encrypted["out"], "uploads": {c: u["out"] for c, u in uploads.items()}},
                      env, scratch("validate"))
     rss["validate"] = validated["rss_mb"]

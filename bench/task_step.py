@@ -46,8 +46,11 @@ def main(step: str, arg: dict) -> None:
     elif step == "upload":  # as the upload task: send, then prove this copy and commit once the quorum's are
         store = backup.stores(policy, [arg["cloud"]])[arg["cloud"]]
         out = backup.run_upload(policy, arg["cloud"], arg["summary"], store)
+        out["rss_sent_mb"] = _peak_rss_mb()  # before the proof and the commit (which may write manifests elsewhere)
         with catalog.connect() as conn:
+            before = catalog.is_committed(conn, arg["summary"]["backup_id"])
             out |= backup.check_and_commit(policy, arg["cloud"], arg["summary"], key_ring, conn, store)
+            out["committed_now"] = out["committed"] and not before
     elif step == "validate":
         with catalog.connect() as conn:
             out = backup.run_validate(policy, arg["summary"], arg["uploads"], key_ring, conn)
@@ -60,9 +63,12 @@ def main(step: str, arg: dict) -> None:
     else:
         out = backup.cleanup(policy, arg["summary"]["backup_id"])
     seconds = time.perf_counter() - t0
+    print(json.dumps({"out": out, "seconds": seconds, "rss_mb": _peak_rss_mb()}, default=str))
+
+
+def _peak_rss_mb() -> float:
     with open("/proc/self/status") as status:
-        hwm = next(int(line.split()[1]) for line in status if line.startswith("VmHWM"))
-    print(json.dumps({"out": out, "seconds": seconds, "rss_mb": hwm / 1024}, default=str))
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) / 1024
 
 
 if __name__ == "__main__":
