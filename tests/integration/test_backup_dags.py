@@ -68,15 +68,26 @@ def test_backup_dag_copies_decrypt_to_the_source(stack, backup_env, key_ring, na
     for cloud in ("aws", "azure", "gcp"):
         stored_manifest = json.loads(sdk_get(stack, cloud, f"{manifest['prefix']}/manifest.json"))
         assert stored_manifest == json.loads(json.dumps(manifest)), cloud
-        for entry in [*stored_manifest["objects"], *stored_manifest["blobs"]]:  # every object it needs
+        by_content_id = {}
+        stored = [o for o in stored_manifest["objects"] if "chunks" not in o] + stored_manifest["blobs"]
+        for entry in stored:  # every stored object it needs
             ciphertext = sdk_get(stack, cloud, entry["key"])
             assert hashlib.sha256(ciphertext).hexdigest() == entry["ciphertext_sha256"]
             plaintext = _decrypt(entry, ciphertext, key_ring)
             if "content_id" in entry:  # a blob: its keyed content id is the only name of its plaintext
                 assert key_ring.content_id(hashlib.sha256(plaintext).hexdigest()) == entry["content_id"]
+                by_content_id[entry["content_id"]] = plaintext
+                if name == "assets":
+                    _assert_matches_source(stack, name, entry, plaintext)
             else:
                 assert hashlib.sha256(plaintext).hexdigest() == entry["plaintext_sha256"]
-            _assert_matches_source(stack, name, entry, plaintext)
+                _assert_matches_source(stack, name, entry, plaintext)
+        for entry in stored_manifest["objects"]:  # a chunked object (format 4) is its chunks' plaintexts in order
+            if "chunks" in entry:
+                plaintext = b"".join(by_content_id[cid] for cid, _size in entry["chunks"])
+                assert [len(by_content_id[cid]) for cid, _ in entry["chunks"]] == [s for _, s in entry["chunks"]]
+                assert hashlib.sha256(plaintext).hexdigest() == entry["plaintext_sha256"]
+                _assert_matches_source(stack, name, entry, plaintext)
     if name == "assets":  # every file of the source is in a blob this one manifest describes
         assert len(manifest["blobs"]) == len({key_ring.content_id(hashlib.sha256(p.read_bytes()).hexdigest())
                                               for p in Path(os.environ["WEDSYNC_ASSET_SOURCE"]).rglob("*")

@@ -210,7 +210,7 @@ def test_a_second_trigger_for_a_covered_scope_is_coalesced(api):
 
 
 def test_a_stale_critical_wedding_triggers_an_emergency_by_itself(api):
-    with catalog.connect() as conn:  # every critical wedding's last backup is now 3 hours old (RPO 1 h)
+    with catalog.connect() as conn:  # every critical wedding's last backup is now 3 hours old (RPO 15 min)
         conn.execute("UPDATE backup_catalog.backups SET started_at = started_at - interval '3 hours' "
                      "WHERE data_class = 'critical_weddings'")
     before = {r["dag_run_id"] for r in _runs(api)}
