@@ -1,11 +1,12 @@
-"""One step of a client_data backup, or its restore, in its own process, as its Airflow task runs it (used by
-bench_staging.py and bench_dedup.py through `common.task_step`).
+"""One step of a backup (client_data unless ARG names `data_class`), or its restore, in its own process, as its
+Airflow task runs it (used by bench_staging.py, bench_dedup.py and bench_bundles.py through `common.task_step`).
 
     python bench/task_step.py STEP 'ARG as JSON'
 
 STEP: extract, encrypt, upload, validate, restore or cleanup. ARG holds what the step needs (`summary`,
-`cloud`, `uploads`, `backup_id`, `started_at` for extract) and may change the policy: `prefix`, and `chunk_kib`
-(client_data's `dedup_chunk_kib`). Prints one JSON line: the step's output, its seconds, its peak RSS (VmHWM).
+`cloud`, `uploads`, `backup_id`, `started_at` for extract) and may change the policy: `data_class`, `prefix`,
+`chunk_kib` (the class's `dedup_chunk_kib`) and `dedup_bundles`. Prints one JSON line: the step's output, its
+seconds, its peak RSS (VmHWM).
 """
 
 import dataclasses
@@ -28,10 +29,12 @@ from wedsync_dr.requests import check_request
 
 def main(step: str, arg: dict) -> None:
     policy = load_policy()
-    data_class = policy.data_classes["client_data"]
-    if "chunk_kib" in arg:
-        data_class = dataclasses.replace(data_class, dedup_chunk_kib=arg["chunk_kib"])
-        policy = policy.with_overrides(data_classes={"client_data": data_class})
+    data_class = policy.data_classes[arg.get("data_class", "client_data")]
+    changes = {field: arg[key] for key, field in (("chunk_kib", "dedup_chunk_kib"), ("dedup_bundles", "dedup_bundles"))
+               if key in arg}
+    if changes:
+        data_class = dataclasses.replace(data_class, **changes)
+        policy = policy.with_overrides(data_classes={**policy.data_classes, data_class.name: data_class})
     if "prefix" in arg:
         policy = policy.with_overrides(prefix=arg["prefix"])
     key_ring = crypto.KeyRing.from_connection(policy.key_ring_conn_id)
@@ -55,7 +58,7 @@ def main(step: str, arg: dict) -> None:
         with catalog.connect() as conn:
             out = backup.run_validate(policy, arg["summary"], arg["uploads"], key_ring, conn)
     elif step == "restore":
-        report = restore.run_restore(policy, check_request(policy, {"data_class": "client_data",
+        report = restore.run_restore(policy, check_request(policy, {"data_class": data_class.name,
                                                                     "backup_id": arg["backup_id"]}),
                                      stores=backup.stores(policy), key_ring=key_ring,
                                      db_connect=catalog.db_connector("wedsync_db_owner"))

@@ -195,6 +195,24 @@ def test_list_returns_every_object_under_the_prefix_across_pages(service, stack,
         assert len(requests) == 3
 
 
+def test_a_listing_that_claims_checksums_carries_what_head_does(service, store, prefix, tmp_path):
+    """Validate proves thousands of shared blobs from one listing where `listing_has_checksums`: its items must
+    be what HEAD answers (our sha256 claim, metadata, the cloud's checksums), else that shortcut is not sound."""
+    data = os.urandom(3000)
+    (tmp_path / "blob").write_bytes(data)
+    true = hashes(data)
+    store.put_file(f"{prefix}blob.tink", tmp_path / "blob", sha256=true["sha256"], md5=true["md5"],
+                   crc32c=true["crc32c"], metadata={"content-id": "c" * 64, "wrapped-key": "d3JhcA=="})
+    listed = next(iter(store.list(prefix)))
+    head = store.head(f"{prefix}blob.tink")
+    carried = (listed.key, listed.size, listed.sha256, listed.metadata, listed.native)
+    if store.listing_has_checksums:
+        assert carried == (head.key, head.size, head.sha256, head.metadata, head.native)
+        assert head.native and mismatches(listed, true) == []
+    else:  # S3: ListObjectsV2 has no user metadata and no checksum values; HEAD is asked instead
+        assert (listed.sha256, listed.native) == (None, {})
+
+
 def test_delete_and_delete_prefix(store, prefix):
     for name in ("x/1", "x/2", "x/3", "y/1"):
         store.put_bytes(f"{prefix}{name}", name.encode())

@@ -38,6 +38,7 @@ class AzureBlobStore(BaseStore):
     """A container in Azure Blob Storage. Files above `max_single_put_size` go up as blocks."""
 
     kind = "azure_blob"
+    listing_has_checksums = True  # List Blobs (metadata, immutability policy): Get Blob Properties' fields
 
     def __init__(self, cloud: str, conn_id: str, bucket: str, *, max_block_size: int = 8 * MiB,
                  max_single_put_size: int = 8 * MiB, read_chunk_size: int = 4 * MiB, max_concurrency: int = 2,
@@ -98,7 +99,7 @@ class AzureBlobStore(BaseStore):
         return _info(self._container.get_blob_client(key).get_blob_properties())
 
     def _list(self, prefix: str) -> Iterator[ObjectInfo]:
-        for blob in self._container.list_blobs(name_starts_with=prefix, include=["metadata"],
+        for blob in self._container.list_blobs(name_starts_with=prefix, include=["metadata", "immutabilitypolicy"],
                                                results_per_page=self.list_page_size):
             yield _info(blob)
 

@@ -196,6 +196,8 @@ class BaseStore:
     """The cloud-independent half of an adapter. Subclasses implement the `_`-prefixed SDK calls."""
 
     kind = ""
+    # whether a listing's items carry what `head` returns (checksums, our metadata, the lock): S3's do not
+    listing_has_checksums = False
 
     def __init__(self, cloud: str, conn_id: str, bucket: str, *, retention_mode: str = "governance",
                  limits: Mapping[str, int] | None = None) -> None:
@@ -204,6 +206,7 @@ class BaseStore:
         self.conn_id = conn_id
         self.bucket = bucket
         self.retention_mode = retention_mode
+        self._retention_unimplemented = False
         # the policy's `limits` (bytes_per_second, concurrent_requests): shared by every store of this cloud
         self.limits = shared_limits(cloud, **dict(limits or {}))
 
@@ -335,8 +338,12 @@ class BaseStore:
         check_retention(retain_until, self.retention_mode)
         if retain_until is None:
             raise ValueError("retain_until is required")
+        if self._retention_unimplemented:  # asked once per store: an emulator refuses every object alike
+            return False
         with self._calling(key):
-            return self._extend_retention(key, retain_until)
+            locked = self._extend_retention(key, retain_until)
+        self._retention_unimplemented = not locked
+        return locked
 
     # ------------------------------------------------------------------ errors
 

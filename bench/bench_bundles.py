@@ -1,0 +1,157 @@
+"""Benchmark: `critical_weddings` with content-addressed bundles (format 4) at scale: a run sends only the weddings
+that changed, against the same run re-sending every bundle, in one run, as ratios (not a test).
+
+    .venv/bin/python bench/bench_bundles.py [--weddings 40000] [--changed-percent 2] [--skip-load]
+
+Uses the local stack of `make run` (started if needed), loaded with `--weddings` demo weddings (about one in ten
+is within the 30-day critical window: ~4,000 at 40,000); it CHANGES that database (`make run` reloads the demo).
+Run 1 stores every critical wedding's bundle (deduplicated: each bundle a content-addressed chunk). Then
+`--changed-percent` of the critical weddings see activity -- a guest's RSVP and a timeline event's notes updated
+for half of them, a task added for a quarter, a guest removed for the rest -- VACUUM, as a live database would.
+Run 2 (deduplicated) must seal and send exactly the changed weddings' bundles; run 3, with no change, none.
+The anchor is the same run 2 with `dedup_bundles: false` (every bundle sealed and sent again, as before format 4),
+under its own prefix. Each step runs in its own process, as its Airflow task does (peak RSS = VmHWM); an upload
+task's time is what the task does: send, then prove its cloud's copy (every bundle the manifest references) and
+commit at the quorum. Goals (issue #16): only the changed bundles sent; each cloud's upload task <= 10 s here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import local_stack, stack_with_data, task_step
+
+PREFIX = "wedsync-dr-bench-bundles"  # + "-dedup" | "-full"
+CLOUDS = ("aws", "azure", "gcp")
+
+
+def backup_once(env: dict[str, str], dedup: bool) -> dict:
+    """One critical_weddings backup, step by step as its DAG runs it."""
+    arg = {"data_class": "critical_weddings", "dedup_bundles": dedup,
+           "prefix": f"{PREFIX}-{'dedup' if dedup else 'full'}"}
+    t0 = time.perf_counter()
+    extracted = task_step("extract", arg, env)
+    encrypted = task_step("encrypt", {**arg, "summary": extracted["out"]}, env)
+    with ThreadPoolExecutor(len(CLOUDS)) as pool:  # the three upload tasks run at once
+        uploads = dict(zip(CLOUDS, pool.map(lambda c: task_step("upload", {**arg, "cloud": c,
+                                                                           "summary": encrypted["out"]}, env),
+                                            CLOUDS), strict=True))
+    validated = task_step("validate", {**arg, "summary": encrypted["out"],
+                                       "uploads": {c: u["out"] for c, u in uploads.items()}}, env)
+    seconds = time.perf_counter() - t0
+    task_step("cleanup", {**arg, "summary": encrypted["out"]}, env)
+    assert validated["out"]["status"] == "validated", validated["out"]
+    return {"seconds": seconds, "totals": validated["out"]["totals"],
+            "steps": {"extract": extracted, "encrypt": encrypted, **{f"upload_to_{c}": u for c, u in uploads.items()},
+                      "validate": validated},
+            "sent": {c: u["out"]["objects"] for c, u in uploads.items()},
+            "bytes": {c: u["out"]["bytes"] for c, u in uploads.items()},
+            "upload_seconds": {c: u["seconds"] for c, u in uploads.items()},
+            "send_seconds": {c: u["out"]["seconds"] for c, u in uploads.items()}}
+
+
+def critical_wedding_ids(conn) -> list[int]:
+    return [r[0] for r in conn.execute(  # the extract's own window (extract._critical_weddings)
+        "SELECT wedding_id FROM wedsync.weddings WHERE wedding_date BETWEEN (now() AT TIME ZONE 'UTC')::date "
+        "AND (now() AT TIME ZONE 'UTC')::date + 30 AND status <> 'cancelled' ORDER BY wedding_id").fetchall()]
+
+
+def change_weddings(state, percent: float) -> tuple[int, list[int]]:
+    """Activity on `percent` of the critical weddings, each change to a row only that wedding's bundle holds.
+    Returns (critical weddings, the changed ones)."""
+    import psycopg
+
+    with psycopg.connect(state.admin_url(local_stack.SOURCE_DB), autocommit=True) as conn:
+        critical = critical_wedding_ids(conn)
+        conn.execute("SELECT setseed(0.16)")
+        ids = [r[0] for r in conn.execute("SELECT w FROM unnest(%s::bigint[]) w ORDER BY random() LIMIT %s",
+                                          (critical, max(1, round(len(critical) * percent / 100)))).fetchall()]
+        updated, added, removed = ids[: len(ids) // 2], ids[len(ids) // 2: 3 * len(ids) // 4], ids[3 * len(ids) // 4:]
+        conn.execute("UPDATE wedsync.guests SET updated_at = now(), rsvp_status = CASE rsvp_status "
+                     "WHEN 'attending' THEN 'declined' ELSE 'attending' END WHERE guest_id IN "
+                     "(SELECT min(guest_id) FROM wedsync.guests WHERE wedding_id = ANY(%s) GROUP BY wedding_id)",
+                     (updated,))
+        conn.execute("UPDATE wedsync.timeline_events SET notes = 'moved 30 minutes later', updated_at = now() "
+                     "WHERE event_id IN (SELECT min(event_id) FROM wedsync.timeline_events "
+                     "WHERE wedding_id = ANY(%s) GROUP BY wedding_id)", (updated,))
+        conn.execute("INSERT INTO wedsync.tasks (wedding_id, title, due_date, status) "
+                     "SELECT w, 'Confirm the final headcount', (now() + interval '7 days')::date, 'todo' "
+                     "FROM unnest(%s::bigint[]) w", (added,))
+        conn.execute("DELETE FROM wedsync.guests WHERE guest_id IN (SELECT max(guest_id) FROM wedsync.guests "
+                     "WHERE wedding_id = ANY(%s) GROUP BY wedding_id)", (removed,))
+        conn.execute("VACUUM (ANALYZE)")
+        conn.execute("CHECKPOINT")
+    return len(critical), sorted(ids)
+
+
+def _clean_slate(prefix: str) -> None:
+    from wedsync_dr import backup, catalog
+    from wedsync_dr.policy import load_policy
+
+    with catalog.connect() as conn:
+        conn.execute("DELETE FROM backup_catalog.backups WHERE starts_with(prefix, %s)", (f"{prefix}/",))
+        conn.execute("DELETE FROM backup_catalog.blobs WHERE starts_with(key, %s)", (f"{prefix}/",))
+    for store in backup.stores(load_policy().with_overrides(prefix=prefix)).values():
+        store.delete_prefix(f"{prefix}/")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--weddings", type=int, default=40_000)
+    parser.add_argument("--changed-percent", type=float, default=2.0)
+    parser.add_argument("--skip-load", action="store_true")
+    args = parser.parse_args()
+    state, env = stack_with_data(None if args.skip_load else args.weddings)
+    for variant in ("dedup", "full"):
+        _clean_slate(f"{PREFIX}-{variant}")
+    runs = {}
+    critical, changed = 0, []
+    # (the anchor needs no run 1: without deduplication every run seals and sends every bundle)
+    for label, dedup in (("run 1", True), ("change", None), ("run 2", True), ("run 2, not deduplicated", False),
+                         ("run 3 (no change)", True)):
+        if dedup is None:
+            critical, changed = change_weddings(state, args.changed_percent)
+            print(f"{len(changed)} of {critical} critical weddings changed", flush=True)
+            continue
+        runs[label] = backup_once(env, dedup)
+        print(f"{label}: {runs[label]['seconds']:.1f} s, sent per cloud {runs[label]['sent']['aws']} objects",
+              flush=True)
+    run2, full2, run3 = runs["run 2"], runs["run 2, not deduplicated"], runs["run 3 (no change)"]
+    only_changed = all(n == len(changed) for n in run2["sent"].values())
+    rows = [
+        ("critical weddings / changed", f"{critical} / {len(changed)} ({args.changed_percent:g} %)", ""),
+        ("bundles sent per cloud, run 1 / run 2 / run 3", " / ".join(
+            ", ".join(f"{c} {r['sent'][c]}" for c in CLOUDS) for r in (runs["run 1"], run2, run3))
+         + f"; only the changed: {only_changed}", "only the changed"),
+        ("MB sent per cloud, run 2 vs not deduplicated", f"{run2['bytes']['aws'] / 1e6:.2f} vs "
+         f"{full2['bytes']['aws'] / 1e6:.1f} MB = {run2['bytes']['aws'] / full2['bytes']['aws']:.1%}", ""),
+        ("upload task per cloud, run 2 (send + proof + commit)", ", ".join(
+            f"{c} {run2['upload_seconds'][c]:.1f} s (send {run2['send_seconds'][c]:.1f})" for c in CLOUDS), "<= 10 s"),
+        ("upload task per cloud, run 2 not deduplicated", ", ".join(
+            f"{c} {full2['upload_seconds'][c]:.1f} s" for c in CLOUDS), ""),
+        ("whole run 2 vs not deduplicated", f"{run2['seconds']:.1f} vs {full2['seconds']:.1f} s = "
+         f"{run2['seconds'] / full2['seconds']:.2f}x", ""),
+        ("run 2 steps, s", ", ".join(f"{k} {v['seconds']:.1f}" for k, v in run2["steps"].items()), ""),
+        ("run 3 (no change): whole run, sent per cloud", f"{run3['seconds']:.1f} s, {run3['sent']['aws']} objects", ""),
+        ("upload task per cloud, run 3 (no change, no lock to extend)", ", ".join(
+            f"{c} {run3['upload_seconds'][c]:.1f} s" for c in CLOUDS), "<= 10 s"),
+        ("objects per cloud per backup, run 2 (sent + manifest)", f"{run2['sent']['aws'] + 1} (not deduplicated: "
+         f"{full2['sent']['aws'] + 1})", ""),
+        ("peak RSS per step over the runs, MB", ", ".join(
+            f"{k} {max(r['steps'][k]['rss_mb'] for r in runs.values()):.0f}" for k in run2["steps"]), "<= 200"),
+    ]
+    print(f"\ncritical_weddings at {args.weddings:,} weddings, run 2 after {args.changed_percent:g} % of the "
+          "critical weddings changed")
+    print("| measure | figure | goal |\n|---|---|---|")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""One listing instead of a HEAD per blob, where that is cheaper (offline): which new blobs (asset files, table
+chunks) a cloud already holds, and the proof of the shared blobs a backup references -- a listing item may
+prove a copy good, never bad, and a failed listing falls back to HEADs."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+
+import pytest
+
+from wedsync_dr import backup, format
+from wedsync_dr.policy import load_policy
+from wedsync_dr.storage import CloudUnavailable, ObjectInfo
+
+PREFIX = "wedsync-dr-unit"
+
+
+class CountingStore:
+    """An object store of ObjectInfos that counts the requests it is asked."""
+
+    def __init__(self, cloud: str, infos: list[ObjectInfo], *, list_fails: bool = False):
+        self.cloud = cloud
+        self.list_page_size = 1000
+        self.infos = {i.key: i for i in infos}
+        self.list_fails = list_fails
+        self.heads: list[str] = []
+        self.listings: list[str] = []
+
+    def head(self, key: str) -> ObjectInfo | None:
+        self.heads.append(key)
+        return self.infos.get(key)
+
+    def list(self, prefix: str):
+        self.listings.append(prefix)
+        if self.list_fails:
+            raise CloudUnavailable(self.cloud, prefix, "listing refused")
+        yield from (i for k, i in sorted(self.infos.items()) if k.startswith(prefix))
+
+
+def _stored_chunk(cid: str) -> ObjectInfo:
+    return ObjectInfo(format.chunk_key(PREFIX, cid), 99, "ab" * 32,
+                      {"content-id": cid, "wrapped-key": "d3JhcHBlZA==", "kek-id": "kek-1"}, {"md5": "00" * 16}, None)
+
+
+def _candidates(n: int) -> dict[str, backup._Candidate]:
+    ids = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(n)]  # spread over the key shards
+    return {cid: backup._Candidate(format.chunk_key(PREFIX, cid), 10, "cd" * 32, "zstd") for cid in ids}
+
+
+@pytest.fixture
+def proves_everything(monkeypatch):
+    proved = []
+    monkeypatch.setattr(backup, "_proves", lambda store, entry, key_ring, sha: proved.append((store.cloud, entry.key))
+                        or True)
+    return proved
+
+
+def test_many_candidates_cost_one_listing_per_cloud_and_a_head_only_for_what_it_holds(proves_everything):
+    candidates = _candidates(40)
+    held = list(candidates)[7]
+    aws = CountingStore("aws", [_stored_chunk(held), _stored_chunk("e" * 64)])  # and one no candidate is
+    azure = CountingStore("azure", [])
+    adopted = backup._adopt_stored_blobs(load_policy(), {"aws": aws, "azure": azure}, None, candidates)
+    assert list(adopted) == [held] and adopted[held].key == format.chunk_key(PREFIX, held)
+    assert aws.listings == azure.listings == [format.chunks_prefix(PREFIX)]
+    assert aws.heads == [format.chunk_key(PREFIX, held)] and azure.heads == []
+    assert proves_everything == [("aws", format.chunk_key(PREFIX, held))]  # still proven to decrypt
+
+
+def test_few_candidates_or_a_large_listing_are_asked_for_by_head(proves_everything):
+    few = _candidates(8)
+    aws = CountingStore("aws", [_stored_chunk(next(iter(few)))])
+    assert len(backup._adopt_stored_blobs(load_policy(), {"aws": aws}, None, few)) == 1
+    assert aws.listings == [] and len(aws.heads) == 8
+    many = _candidates(40)  # but the prefix holds 100,000 objects (101 pages): 40 HEADs are cheaper
+    aws = CountingStore("aws", [])
+    backup._adopt_stored_blobs(load_policy(), {"aws": aws}, None, many, stored_estimate=100_000)
+    assert aws.listings == [] and len(aws.heads) == 40
+
+
+def test_a_failed_listing_falls_back_to_a_head_per_candidate(proves_everything):
+    candidates = _candidates(40)
+    held = list(candidates)[-1]
+    gcp = CountingStore("gcp", [_stored_chunk(held)], list_fails=True)
+    adopted = backup._adopt_stored_blobs(load_policy(), {"gcp": gcp}, None, candidates)
+    assert list(adopted) == [held] and gcp.listings and len(gcp.heads) == 40
+
+
+def _shared_blob(cid: str, size: int = 99) -> format.Blob:
+    return format.Blob(content_id=cid, key=format.chunk_key(PREFIX, cid), compression="zstd", plaintext_size=10,
+                       ciphertext_sha256="ab" * 32, ciphertext_size=size, ciphertext_md5="00" * 16,
+                       ciphertext_crc32c=None, encryption={})
+
+
+def test_a_listed_copy_that_matches_needs_no_head_and_one_that_does_not_is_asked_again():
+    good, stale, absent = (hashlib.sha256(w).hexdigest() for w in (b"good", b"stale", b"absent"))
+    store = CountingStore("gcp", [_stored_chunk(good), _stored_chunk(stale)])
+    listed = {**store.infos, format.chunk_key(PREFIX, stale): dataclasses.replace(_stored_chunk(stale), size=1)}
+    check = {cid: backup._check_and_lock(store, _shared_blob(cid), shared=True, lock_until=None, lock_days=1,
+                                         listed=listed) for cid in (good, stale, absent)}
+    assert check[good] is None and check[stale] is None  # the listing was stale: the object itself is fine
+    assert check[absent].startswith("missing")
+    assert store.heads == [format.chunk_key(PREFIX, stale), format.chunk_key(PREFIX, absent)]
