@@ -2,6 +2,7 @@
 (not a test).
 
     .venv/bin/python bench/bench_dedup.py [--gb 1] [--chunk-kib 1024 | --chunk-kib 256,512,1024,2048] [--skip-load]
+    .venv/bin/python bench/bench_dedup.py --extract-turns 3 [--skip-load]   (day-1 extract + encrypt only)
 
 Uses the local stack of `make run` (started if needed) with demo data sized so that `client_data` holds about
 `--gb` GB (40,000 weddings per GB); it CHANGES that database (day 2's changes stay: `make run` reloads the demo).
@@ -195,19 +196,49 @@ def _chunk_objects(prefix: str) -> int:
     return sum(1 for _ in backup.stores(load_policy().with_overrides(prefix=prefix))["aws"].list(f"{prefix}/chunks/"))
 
 
+def extract_turns(state, env: dict[str, str], chunk_kib: int, turns: int) -> None:
+    """Day-1 extract + encrypt only, `turns` times, alternating with `pg_dump -Fp | zstd -3` and the full-copy
+    path. Nothing is uploaded or committed, so every turn is a day 1 (every chunk new, the clouds asked)."""
+    prefix = f"{PREFIX}-extract-{chunk_kib}"
+    rows = []
+    for turn in range(turns):
+        zstd = pg_dump_zstd_seconds(state)
+        steps = {}
+        for label, arg in (("chunked", {"chunk_kib": chunk_kib, "prefix": prefix}),
+                           ("full copy", {"chunk_kib": 0, "prefix": f"{prefix}-full"})):
+            extracted = task_step("extract", arg, env)
+            encrypted = task_step("encrypt", {**arg, "summary": extracted["out"]}, env)
+            task_step("cleanup", {**arg, "summary": encrypted["out"]}, env)
+            steps[label] = (extracted["seconds"] + encrypted["seconds"], extracted["rss_mb"])
+        rows.append((zstd, steps))
+        print(f"turn {turn + 1}: pg_dump|zstd {zstd:.1f} s, chunked {steps['chunked'][0]:.1f} s, "
+              f"full copy {steps['full copy'][0]:.1f} s", flush=True)
+    print(f"\nday-1 extract + encrypt of client_data, {chunk_kib} KiB chunks, vs `pg_dump -Fp | zstd -3`")
+    print("| turn | pg_dump \\| zstd -3 | chunked (ratio, extract RSS) | full copy (ratio) |\n|---|---|---|---|")
+    for i, (zstd, steps) in enumerate(rows, 1):
+        (chunked, rss), (full, _) = steps["chunked"], steps["full copy"]
+        print(f"| {i} | {zstd:.1f} s | {chunked:.1f} s = {zstd / chunked:.2f}x, {rss:.0f} MB | "
+              f"{full:.1f} s = {zstd / full:.2f}x |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--gb", type=float, default=1.0)
+    parser.add_argument("--extract-turns", type=int, metavar="N",
+                        help="only day-1 extract + encrypt, N turns against pg_dump | zstd -3 (no upload, no change)")
     parser.add_argument("--chunk-kib", help="average chunk size, or a comma-separated list to sweep (default: the "
                                             "policy's dedup_chunk_kib, or 1024 when it is 0)")
     parser.add_argument("--skip-load", action="store_true")
     args = parser.parse_args()
     sizes = _chunk_sizes(args.chunk_kib)
-    if not shutil.which("restic"):
+    if not shutil.which("restic") and not args.extract_turns:
         raise SystemExit("restic is not installed: `apt-get install -y restic` (Debian's package, 0.14); "
                          "the comparison needs it")
     state, env = stack_with_data(None if args.skip_load else int(args.gb * WEDDINGS_PER_GB))
     sys.path.insert(0, str(REPO / "include"))
+    if args.extract_turns:
+        extract_turns(state, env, sizes[0], args.extract_turns)
+        return
     for kib in sizes:  # a clean slate under each size's prefix
         _clean_slate(f"{PREFIX}-{kib}")
     first = sizes[0]
