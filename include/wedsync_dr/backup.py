@@ -339,20 +339,34 @@ HEADS_PER_LISTING_PAGE = 8  # a listing page costs about what this many HEADs do
 
 
 def _listing(store: ObjectStore, keys: list[str], stored_estimate: int) -> dict[str, ObjectInfo] | None:
-    """What one cloud holds under the common prefix of `keys`, when one listing is a cheaper question than a
-    HEAD per key (`stored_estimate`: how many objects are there); None when it is not, or when the listing
-    failed -- then each key is asked for by HEAD."""
+    """What one cloud holds of `keys`, from one listing of their common prefix, when that is a cheaper question
+    than a HEAD per key; None when it is not, or when the listing failed -- then each key is asked by HEAD.
+
+    `stored_estimate` (how many objects the prefix holds) decides whether to list at all; the listing stops,
+    and HEADs take over, once it has cost what the HEADs would have (the prefix may hold far more than
+    estimated: other classes' chunks, older versions kept by retention, a lost catalog's). Only the items
+    asked for are kept."""
     if not keys:
         return None
-    pages = stored_estimate // getattr(store, "list_page_size", 1000) + 1
-    if len(keys) <= pages * HEADS_PER_LISTING_PAGE:
+    page_size = max(1, min(getattr(store, "list_page_size", 1000), 1000))  # no cloud pages more than 1,000
+    budget = len(keys) // HEADS_PER_LISTING_PAGE  # pages that cost what the HEADs would
+    if stored_estimate // page_size + 1 >= budget:
         return None
     prefix = os.path.commonprefix(keys).rpartition("/")[0] + "/"
+    wanted = set(keys)
+    found: dict[str, ObjectInfo] = {}
     try:
-        return {info.key: info for info in store.list(prefix)}
+        for seen, info in enumerate(store.list(prefix), 1):
+            if seen > budget * page_size:
+                log.info("%s holds more under %s than listing is worth: asking for each object", store.cloud,
+                         prefix)
+                return None
+            if info.key in wanted:
+                found[info.key] = info
     except StorageError as err:
         log.warning("cannot list %s in %s (%s): asking for each object instead", prefix, store.cloud, err)
         return None
+    return found
 
 
 def _proves(store: ObjectStore, entry: Blob, key_ring: crypto.KeyRing, plaintext_sha256: str) -> bool:

@@ -5,6 +5,7 @@ prove a copy good, never bad, and a failed listing falls back to HEADs."""
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import hashlib
 
 import pytest
@@ -26,6 +27,8 @@ class CountingStore:
         self.list_fails = list_fails
         self.heads: list[str] = []
         self.listings: list[str] = []
+        self.relocked: list[str] = []
+        self.listed_items = 0
 
     def head(self, key: str) -> ObjectInfo | None:
         self.heads.append(key)
@@ -35,12 +38,20 @@ class CountingStore:
         self.listings.append(prefix)
         if self.list_fails:
             raise CloudUnavailable(self.cloud, prefix, "listing refused")
-        yield from (i for k, i in sorted(self.infos.items()) if k.startswith(prefix))
+        for key, info in sorted(self.infos.items()):
+            if key.startswith(prefix):
+                self.listed_items += 1
+                yield info
+
+    def extend_retention(self, key: str, retain_until) -> bool:
+        self.relocked.append(key)
+        return True
 
 
-def _stored_chunk(cid: str) -> ObjectInfo:
+def _stored_chunk(cid: str, retain_until: dt.datetime | None = None) -> ObjectInfo:
     return ObjectInfo(format.chunk_key(PREFIX, cid), 99, "ab" * 32,
-                      {"content-id": cid, "wrapped-key": "d3JhcHBlZA==", "kek-id": "kek-1"}, {"md5": "00" * 16}, None)
+                      {"content-id": cid, "wrapped-key": "d3JhcHBlZA==", "kek-id": "kek-1"}, {"md5": "00" * 16}, None,
+                      retain_until)
 
 
 def _candidates(n: int) -> dict[str, backup._Candidate]:
@@ -102,3 +113,27 @@ def test_a_listed_copy_that_matches_needs_no_head_and_one_that_does_not_is_asked
     assert check[good] is None and check[stale] is None  # the listing was stale: the object itself is fine
     assert check[absent].startswith("missing")
     assert store.heads == [format.chunk_key(PREFIX, stale), format.chunk_key(PREFIX, absent)]
+
+
+def test_a_listing_that_runs_past_what_the_heads_would_cost_is_abandoned_for_heads(proves_everything):
+    """The catalog's estimate can be far too low (it was lost; retention keeps old versions; other classes share
+    the prefix): the listing stops once it has cost what a HEAD per candidate would, and HEADs answer."""
+    candidates = _candidates(40)  # worth at most 5 pages
+    held = list(candidates)[3]
+    crowd = [_stored_chunk(hashlib.sha256(f"other {i}".encode()).hexdigest()) for i in range(6_000)]
+    aws = CountingStore("aws", [_stored_chunk(held), *crowd])
+    adopted = backup._adopt_stored_blobs(load_policy(), {"aws": aws}, None, candidates, stored_estimate=0)
+    assert list(adopted) == [held]
+    assert aws.listings and aws.listed_items <= 5 * 1000 + 1 and len(aws.heads) == 40
+
+
+def test_a_listed_copy_locked_for_less_than_the_backup_is_relocked():
+    now = dt.datetime.now(dt.UTC)
+    short, long_enough, unlocked = (hashlib.sha256(w).hexdigest() for w in (b"short", b"long", b"unlocked"))
+    infos = [_stored_chunk(short, now + dt.timedelta(days=1)), _stored_chunk(long_enough, now + dt.timedelta(days=90)),
+             _stored_chunk(unlocked)]
+    store = CountingStore("gcp", infos)
+    for cid in (short, long_enough, unlocked):
+        assert backup._check_and_lock(store, _shared_blob(cid), shared=True, lock_until=now + dt.timedelta(days=35),
+                                      lock_days=35, listed=dict(store.infos)) is None
+    assert store.heads == [] and store.relocked == [format.chunk_key(PREFIX, short), format.chunk_key(PREFIX, unlocked)]

@@ -300,3 +300,26 @@ def test_importing_the_package_loads_no_sdk():
             " if m in sys.modules]\n"
             "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_service_that_refuses_retention_is_asked_once_per_store_and_says_so(caplog):
+    """An emulator answers every re-lock as unimplemented: the store stops sending them (thousands of shared
+    blobs per run) and warns once; a service that locks keeps being asked."""
+    class Unlocking(MemoryStore):
+        def __init__(self, locks: bool) -> None:
+            super().__init__()
+            self.locks, self.asked = locks, 0
+
+        def _extend_retention(self, key, retain_until) -> bool:
+            self.asked += 1
+            return self.locks
+
+    until = dt.datetime.now(dt.UTC) + dt.timedelta(days=2)
+    refusing, locking = Unlocking(False), Unlocking(True)
+    with caplog.at_level("WARNING", logger="wedsync_dr.storage.base"):
+        assert [refusing.extend_retention(f"k{i}", until) for i in range(3)] == [False] * 3
+    assert refusing.asked == 1
+    assert [r.getMessage() for r in caplog.records].count(
+        "mem does not implement object retention (refused for k0): this store stops asking to extend locks; "
+        "a real cloud never answers so") == 1
+    assert [locking.extend_retention(f"k{i}", until) for i in range(3)] == [True] * 3 and locking.asked == 3

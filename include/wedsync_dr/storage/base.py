@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import logging
 import re
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -23,6 +24,8 @@ from typing import BinaryIO, Protocol
 
 from wedsync_dr.storage.errors import ObjectNotFound, StorageError
 from wedsync_dr.storage.limits import TransferLimits, shared_limits
+
+log = logging.getLogger(__name__)
 
 MiB = 1 << 20
 Progress = Callable[[int, int], None]
@@ -342,7 +345,10 @@ class BaseStore:
             return False
         with self._calling(key):
             locked = self._extend_retention(key, retain_until)
-        self._retention_unimplemented = not locked
+        if not locked:
+            log.warning("%s does not implement object retention (refused for %s): this store stops asking to "
+                        "extend locks; a real cloud never answers so", self.cloud, key)
+            self._retention_unimplemented = True
         return locked
 
     # ------------------------------------------------------------------ errors
