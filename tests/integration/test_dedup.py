@@ -288,6 +288,29 @@ def test_a_chunk_the_catalog_knows_but_two_clouds_lack_is_copied_to_them_by_the_
         assert store.head(lost["key"]).sha256 == lost["ciphertext_sha256"], cloud
 
 
+def test_the_chunks_a_backup_references_are_proven_from_one_listing_where_listings_carry_checksums(backups,
+                                                                                                   key_ring):
+    """Azure's and GCS's listings carry what HEAD does: a backup that references every chunk it needs proves them
+    from one listing there, and asks S3, whose listing cannot prove them, with a HEAD each."""
+    store_map = backup.stores(DEDUP)
+    chunk_heads = dict.fromkeys(store_map, 0)
+    for cloud, store in store_map.items():
+        def head(key, _cloud=cloud, _inner=store.head):
+            chunk_heads[_cloud] += key.startswith(format.chunks_prefix(PREFIX))
+            return _inner(key)
+
+        store.head = head
+    with catalog.connect() as conn:
+        result = run_backup_steps(DEDUP, LEDGER, catalog_conn=conn, key_ring=key_ring,
+                                  started_at=backups["t0"] + dt.timedelta(days=5), store_map=store_map)
+        manifest = catalog.backup(conn, result["backup_id"])["manifest"]
+    referenced = len(manifest["blobs"])
+    assert result["status"] == "validated" and manifest["totals"]["chunks_stored"] == 0, result
+    assert referenced >= 2 * backup.HEADS_PER_LISTING_PAGE  # enough for one listing to be the cheaper question
+    assert chunk_heads["aws"] >= referenced
+    assert chunk_heads["azure"] == chunk_heads["gcp"] == 0, chunk_heads
+
+
 HOT = dataclasses.replace(POLICY.data_classes["critical_weddings"], name="hot", dedup_bundles=True)
 HOT_POLICY = POLICY.with_overrides(prefix=PREFIX, data_classes={"hot": HOT})
 
