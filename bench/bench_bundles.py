@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import local_stack, stack_with_data, task_step
+from common import clean_slate, local_stack, stack_with_data, task_step
 
 PREFIX = "wedsync-dr-bench-bundles"  # + "-dedup" | "-full"
 CLOUDS = ("aws", "azure", "gcp")
@@ -90,17 +90,6 @@ def change_weddings(state, percent: float) -> tuple[int, list[int]]:
     return len(critical), sorted(ids)
 
 
-def _clean_slate(prefix: str) -> None:
-    from wedsync_dr import backup, catalog
-    from wedsync_dr.policy import load_policy
-
-    with catalog.connect() as conn:
-        conn.execute("DELETE FROM backup_catalog.backups WHERE starts_with(prefix, %s)", (f"{prefix}/",))
-        conn.execute("DELETE FROM backup_catalog.blobs WHERE starts_with(key, %s)", (f"{prefix}/",))
-    for store in backup.stores(load_policy().with_overrides(prefix=prefix)).values():
-        store.delete_prefix(f"{prefix}/")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--weddings", type=int, default=40_000)
@@ -109,7 +98,7 @@ def main() -> None:
     args = parser.parse_args()
     state, env = stack_with_data(None if args.skip_load else args.weddings)
     for variant in ("dedup", "full"):
-        _clean_slate(f"{PREFIX}-{variant}")
+        clean_slate(f"{PREFIX}-{variant}")
     runs = {}
     critical, changed = 0, []
     # (the anchor needs no run 1: without deduplication every run seals and sends every bundle)

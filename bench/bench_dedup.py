@@ -36,7 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import REPO, WEDDINGS_PER_GB, local_stack, stack_with_data, task_step
+from common import REPO, WEDDINGS_PER_GB, clean_slate, local_stack, stack_with_data, task_step
 
 PREFIX = "wedsync-dr-bench-dedup"  # + "-<chunk KiB>"
 def step(name: str, arg: dict, env: dict[str, str]) -> dict:
@@ -178,17 +178,6 @@ def _chunk_sizes(text: str | None) -> list[int]:
     return [load_policy().data_classes["client_data"].dedup_chunk_kib or 1024]
 
 
-def _clean_slate(prefix: str) -> None:
-    from wedsync_dr import backup, catalog
-    from wedsync_dr.policy import load_policy
-
-    with catalog.connect() as conn:
-        conn.execute("DELETE FROM backup_catalog.backups WHERE starts_with(prefix, %s)", (f"{prefix}/",))
-        conn.execute("DELETE FROM backup_catalog.blobs WHERE starts_with(key, %s)", (f"{prefix}/",))
-    for store in backup.stores(load_policy().with_overrides(prefix=prefix)).values():
-        store.delete_prefix(f"{prefix}/")
-
-
 def _chunk_objects(prefix: str) -> int:
     from wedsync_dr import backup
     from wedsync_dr.policy import load_policy
@@ -240,7 +229,7 @@ def main() -> None:
         extract_turns(state, env, sizes[0], args.extract_turns)
         return
     for kib in sizes:  # a clean slate under each size's prefix
-        _clean_slate(f"{PREFIX}-{kib}")
+        clean_slate(f"{PREFIX}-{kib}")
     first = sizes[0]
     days: dict[int, list[dict]] = {kib: [] for kib in sizes}
     restic = []

@@ -53,3 +53,15 @@ def task_step(name: str, arg: dict, env: dict[str, str]) -> dict:
     if proc.returncode:
         raise SystemExit(f"{name} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def clean_slate(prefix: str) -> None:
+    """Forget and delete every backup and blob a benchmark stored under `prefix`, in the catalog and the clouds."""
+    from wedsync_dr import backup, catalog
+    from wedsync_dr.policy import load_policy
+
+    with catalog.connect() as conn:
+        conn.execute("DELETE FROM backup_catalog.backups WHERE starts_with(prefix, %s)", (f"{prefix}/",))
+        conn.execute("DELETE FROM backup_catalog.blobs WHERE starts_with(key, %s)", (f"{prefix}/",))
+    for store in backup.stores(load_policy().with_overrides(prefix=prefix)).values():
+        store.delete_prefix(f"{prefix}/")

@@ -569,9 +569,10 @@ def _check_and_lock(store: ObjectStore, entry: Entry, *, shared: bool, lock_unti
     metadata, lock): an item that matches is proof enough; one that is absent or does not match is asked for
     again by HEAD, so a listing can save requests but never decide that a copy is bad."""
     info = listed.get(entry.key) if listed else None
-    if info is None or format.check_copy(info, entry) is not None:
+    problem = format.check_copy(info, entry) if info is not None else "not listed"
+    if problem:
         info = store.head(entry.key)
-    problem = format.check_copy(info, entry)
+        problem = format.check_copy(info, entry)
     if problem:
         return f"{'missing' if info is None else 'corrupt'}: {entry.key} {problem}"
     if shared and format.lock_needs_extending(info, lock_until):
