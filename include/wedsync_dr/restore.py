@@ -194,7 +194,7 @@ def _consume_and_verify(entry: Entry, consume, checked: HashingReader, verifier:
     if entry.plaintext_sha256 is not None:  # data objects; a blob read for a file of the (decrypted) asset index
         if checked.sha256.hexdigest() != entry.plaintext_sha256:
             raise IntegrityError("plaintext sha256 differs from the manifest")
-    elif key_ring.has_dedup_key and key_ring.content_id(checked.sha256.hexdigest()) != entry.content_id:
+    elif key_ring.has_dedup_key and not key_ring.content_id_matches(checked.sha256.hexdigest(), entry.content_id):
         raise IntegrityError("plaintext does not match the blob's content id")
     return result
 

@@ -21,7 +21,7 @@ from tests.helpers import fresh_copy, run_backup_steps
 from wedsync_dr import backup, catalog, crypto, format, repair, retention
 from wedsync_dr.policy import load_policy
 from wedsync_dr.requests import check_request
-from wedsync_dr.restore import run_restore
+from wedsync_dr.restore import RestoreError, run_restore
 
 POLICY = load_policy()
 PREFIX = "wedsync-dr-dedup"
@@ -360,3 +360,32 @@ def test_an_unchanged_wedding_bundle_is_not_sent_again(backups, key_ring):  # `b
             owner.execute("UPDATE wedsync.guests SET dietary = %s WHERE guest_id = %s", (dietary, guest_id))
         with catalog.connect() as conn:
             conn.execute("DELETE FROM backup_catalog.backups WHERE data_class = 'hot'")
+
+
+def test_a_new_dedup_key_stores_every_chunk_anew_and_every_older_backup_still_restores(backups, key_ring):
+    """Replacing the dedup key (`with_new_dedup_key`) gives new content ids and new chunk boundaries: the next
+    backup stores every chunk again. The older backups' chunks carry ids only the old key computes, and restore
+    checks every chunk against its id: they restore with the old key listed as a previous one, not without."""
+    store_map = backups["stores"]
+    day3, source = backups["days"][2], backups["sources"][2]
+    rotated = key_ring.with_new_dedup_key()
+    report = _restore(DEDUP, day3["backup_id"], store_map, rotated)
+    try:
+        assert _restored_tables(report.target) == source
+    finally:
+        _drop(report.target)
+    forgotten = crypto.KeyRing.from_json({**json.loads(rotated.to_json()), "previous_dedup_keys": []})
+    with pytest.raises(RestoreError, match="content id"):
+        _restore(DEDUP, day3["backup_id"], store_map, forgotten)
+    with catalog.connect() as conn:
+        result = run_backup_steps(DEDUP, LEDGER, catalog_conn=conn, key_ring=rotated,
+                                  started_at=backups["t0"] + dt.timedelta(days=6), store_map=store_map)
+        record = catalog.backup(conn, result["backup_id"])
+    totals = record["manifest"]["totals"]
+    assert result["status"] == "validated" and totals["chunks_stored"] == totals["chunks"] > 0, totals
+    assert not {b["key"] for b in record["manifest"]["blobs"]} & {b["key"] for b in day3["manifest"]["blobs"]}
+    report = _restore(DEDUP, record["backup_id"], store_map, rotated)
+    try:
+        assert _restored_tables(report.target) == source
+    finally:
+        _drop(report.target)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import hashlib
 import io
 import json
 import logging
@@ -55,6 +56,10 @@ def test_key_ring_json_round_trip():
     _ring_json(retired=["k2026a"]),  # the primary cannot be retired
     _ring_json(retired=["k-unknown"]),
     _ring_json(retired="k2026a"),
+    _ring_json(previous_dedup_keys=[base64.b64encode(os.urandom(32)).decode()]),  # no dedup_key to replace it
+    _ring_json(dedup_key=base64.b64encode(os.urandom(32)).decode(), previous_dedup_keys="not a list"),
+    _ring_json(dedup_key=base64.b64encode(os.urandom(32)).decode(),
+               previous_dedup_keys=[base64.b64encode(os.urandom(16)).decode()]),
 ])
 def test_malformed_key_rings_are_refused_without_echoing_them(document):
     with pytest.raises(crypto.KeyUnavailableError) as caught:
@@ -85,6 +90,26 @@ def test_rotation_old_objects_still_open_new_ones_use_the_new_primary():
     with pytest.raises(crypto.KeyUnavailableError, match="guests.copy.zst.tink: .*'k2025a' is retired"):
         retired.unwrap(old_wrapped, object_name="guests.copy.zst.tink")
     assert retired.unwrap(rotated.wrap(new_key)) == new_key  # the primary's objects are unaffected
+
+
+def test_a_new_dedup_key_names_new_blobs_and_still_recognises_the_old_ones():
+    """The dedup key keys content ids and the chunker: a new one shares no id or boundary with the old, and
+    the old stays as a previous key, which checks the ids of older backups' blobs but names nothing new."""
+    ring = crypto.KeyRing.generate(["k1"])
+    sha = hashlib.sha256(b"a wedding contract").hexdigest()
+    old_id = ring.content_id(sha)
+    rotated = crypto.KeyRing.from_json(ring.with_new_dedup_key().with_new_key("k2").to_json())  # as stored
+    assert rotated.content_id(sha) != old_id and rotated.chunker_seed() != ring.chunker_seed()
+    assert rotated.content_id_matches(sha, old_id) and rotated.content_id_matches(sha, rotated.content_id(sha))
+    assert not ring.content_id_matches(sha, rotated.content_id(sha))  # the old ring knows no newer key
+    assert not rotated.content_id_matches(hashlib.sha256(b"another file").hexdigest(), old_id)
+    twice = rotated.with_new_dedup_key()
+    assert twice.content_id_matches(sha, old_id) and twice.content_id_matches(sha, rotated.content_id(sha))
+    forgotten = crypto.KeyRing.from_json({**json.loads(rotated.to_json()), "previous_dedup_keys": []})
+    assert not forgotten.content_id_matches(sha, old_id)
+    assert not crypto.KeyRing.generate(["k1"]).with_new_dedup_key().content_id_matches(sha, old_id)
+    with pytest.raises(ValueError, match="no dedup key"):
+        crypto.KeyRing.from_json(_ring_json()).with_new_dedup_key()
 
 
 def test_rotation_and_retirement_refuse_mistakes():

@@ -7,12 +7,16 @@ the same JSON; any secrets backend that serves that connection works), or by `Ke
     {"primary": "k2026b",
      "keys": {"k2026a": "<base64 of 32 bytes>", "k2026b": "<base64 of 32 bytes>"},
      "retired": ["k2025a"],                        (optional)
-     "dedup_key": "<base64 of 32 bytes>"}          (needed by the assets class)
+     "dedup_key": "<base64 of 32 bytes>",          (needed by the assets class and deduplicated tables)
+     "previous_dedup_keys": ["<base64>", ...]}     (optional: dedup keys that named older backups' blobs)
 
 The dedup key is not a KEK: it keys the HMAC-SHA256 content ids of shared, content-addressed objects (asset
-blobs), so that a cloud holding them cannot confirm which known file one holds. It must stay the same across
-KEK rotations (a new dedup key only costs one full re-upload of the blobs) and, like the KEKs, never goes
-into a cloud.
+blobs, table chunks), so that a cloud holding them cannot confirm which known file one holds. It stays the
+same across KEK rotations and, like the KEKs, never goes into a cloud. Replacing it (`with_new_dedup_key`)
+costs one full upload of every blob -- new content ids, and new chunk boundaries, share nothing with the old
+ones -- and the old key moves to `previous_dedup_keys`: a restore checks every blob against its content id,
+and the blobs of backups taken before the change carry ids only the old key computes. Drop a previous key
+only once no kept backup is older than the change.
 
 The primary KEK wraps new data keys; every listed KEK unwraps, so rotation is: add a key, make it primary,
 and old backups still open. Retiring a KEK is an explicit step: listed under `retired` it stays in the
@@ -124,7 +128,7 @@ class KeyRing:
     """KEKs by id: the primary wraps, every key that is not retired unwraps."""
 
     def __init__(self, keys: Mapping[str, KeyEncryptionKey], primary: str, retired: Iterable[str] = (),
-                 dedup_key: DedupKey | None = None):
+                 dedup_key: DedupKey | None = None, previous_dedup_keys: Iterable[DedupKey] = ()):
         retired = frozenset(retired)
         if not keys:
             raise KeyUnavailableError("the key ring holds no key-encryption key")
@@ -142,6 +146,9 @@ class KeyRing:
         self.primary_id = primary
         self.retired_ids = sorted(retired)
         self._dedup_key = dedup_key
+        self._previous_dedup_keys = tuple(previous_dedup_keys)
+        if self._previous_dedup_keys and dedup_key is None:
+            raise KeyUnavailableError("the key ring lists previous dedup keys but no dedup_key")
 
     def __repr__(self) -> str:
         return f"<KeyRing primary={self.primary_id!r} keys={self.key_ids!r} retired={self.retired_ids!r}>"
@@ -177,10 +184,13 @@ class KeyRing:
         if self._dedup_key is None:
             raise KeyUnavailableError("the key ring has no dedup_key: content-addressed objects (assets) need "
                                       "one; add \"dedup_key\": <base64 of 32 random bytes> to the key ring")
-        digest = bytes.fromhex(plaintext_sha256)
-        if len(digest) != 32:
-            raise ValueError("a sha256 digest is 32 bytes")
-        return hmac.new(self._dedup_key.material(), CONTENT_ID_DOMAIN + digest, hashlib.sha256).hexdigest()
+        return _content_id(self._dedup_key, plaintext_sha256)
+
+    def content_id_matches(self, plaintext_sha256: str, content_id: str) -> bool:
+        """Whether `content_id` is the content id of that plaintext under the dedup key or a previous one (a
+        blob stored before the dedup key was replaced). False without any dedup key."""
+        keys = (self._dedup_key, *self._previous_dedup_keys) if self._dedup_key is not None else ()
+        return any(hmac.compare_digest(_content_id(key, plaintext_sha256), content_id) for key in keys)
 
     def chunker_seed(self) -> int:
         """The 64-bit seed of the content-defined chunker's gear table, from the dedup key: chunk boundaries
@@ -218,7 +228,15 @@ class KeyRing:
         if kek_id in self._keys:
             raise ValueError(f"key id {kek_id!r} is already in the key ring")
         new_key = KeyEncryptionKey(os.urandom(KEY_BYTES))
-        return KeyRing({**self._keys, kek_id: new_key}, kek_id, self.retired_ids, self._dedup_key)
+        return KeyRing({**self._keys, kek_id: new_key}, kek_id, self.retired_ids, self._dedup_key,
+                       self._previous_dedup_keys)
+
+    def with_new_dedup_key(self) -> KeyRing:
+        """A fresh random dedup key; the current one becomes a previous key (it still checks older blobs)."""
+        if self._dedup_key is None:
+            raise ValueError("the key ring has no dedup key to replace")
+        return KeyRing(self._keys, self.primary_id, self.retired_ids, DedupKey(os.urandom(KEY_BYTES)),
+                       (self._dedup_key, *self._previous_dedup_keys))
 
     def retire(self, kek_id: str) -> KeyRing:
         """Backups whose data keys `kek_id` wrapped can no longer be opened (until it is taken back)."""
@@ -226,7 +244,8 @@ class KeyRing:
             raise ValueError(f"key id {kek_id!r} is not in the key ring")
         if kek_id == self.primary_id:
             raise ValueError("the primary key cannot be retired: rotate to a new primary first")
-        return KeyRing(self._keys, self.primary_id, [*self.retired_ids, kek_id], self._dedup_key)
+        return KeyRing(self._keys, self.primary_id, [*self.retired_ids, kek_id], self._dedup_key,
+                       self._previous_dedup_keys)
 
     # ------------------------------------------------------------------ loading and saving
 
@@ -294,10 +313,20 @@ class KeyRing:
             document["retired"] = self.retired_ids
         if self._dedup_key is not None:
             document["dedup_key"] = base64.b64encode(self._dedup_key.material()).decode()
+        if self._previous_dedup_keys:
+            document["previous_dedup_keys"] = [base64.b64encode(k.material()).decode()
+                                               for k in self._previous_dedup_keys]
         return json.dumps(document)
 
 
-ParsedKeyRing = tuple[dict[str, KeyEncryptionKey], str, list[str], DedupKey | None]
+ParsedKeyRing = tuple[dict[str, KeyEncryptionKey], str, list[str], DedupKey | None, list[DedupKey]]
+
+
+def _content_id(key: DedupKey, plaintext_sha256: str) -> str:
+    digest = bytes.fromhex(plaintext_sha256)
+    if len(digest) != 32:
+        raise ValueError("a sha256 digest is 32 bytes")
+    return hmac.new(key.material(), CONTENT_ID_DOMAIN + digest, hashlib.sha256).hexdigest()
 
 
 def _parse_key_ring(document: str | Mapping[str, Any]) -> ParsedKeyRing | None:
@@ -310,6 +339,10 @@ def _parse_key_ring(document: str | Mapping[str, Any]) -> ParsedKeyRing | None:
             return None
         dedup = raw.get("dedup_key")
         dedup_key = DedupKey(base64.b64decode(dedup, validate=True)) if dedup is not None else None
-        return keys, str(raw["primary"]), [str(i) for i in retired], dedup_key
+        previous = raw.get("previous_dedup_keys", [])
+        if not isinstance(previous, list):
+            return None
+        previous_keys = [DedupKey(base64.b64decode(k, validate=True)) for k in previous]
+        return keys, str(raw["primary"]), [str(i) for i in retired], dedup_key, previous_keys
     except (ValueError, KeyError, TypeError, AttributeError):  # binascii.Error is a ValueError
         return None
