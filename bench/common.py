@@ -62,6 +62,6 @@ def clean_slate(prefix: str) -> None:
 
     with catalog.connect() as conn:
         conn.execute("DELETE FROM backup_catalog.backups WHERE starts_with(prefix, %s)", (f"{prefix}/",))
-        conn.execute("DELETE FROM backup_catalog.blobs WHERE starts_with(key, %s)", (f"{prefix}/",))
+        catalog.forget_blobs_under(conn, prefix)
     for store in backup.stores(load_policy().with_overrides(prefix=prefix)).values():
         store.delete_prefix(f"{prefix}/")

@@ -234,11 +234,22 @@ ALTER TABLE backup_objects ALTER COLUMN key DROP NOT NULL,
     ALTER COLUMN ciphertext_size DROP NOT NULL,
     ADD COLUMN IF NOT EXISTS chunks integer;
 
+-- Version 6: the date each shared blob (asset blob, chunk) was last seen or made write-once until in each cloud,
+-- for the clouds whose listings do not carry locks (S3's ListObjectsV2): a listing proves such a blob's bytes,
+-- and a HEAD is asked only when the lock recorded here is shorter than a backup needs. A cache of what the
+-- clouds answered, not in the manifests: a lost row costs a HEAD, and rebuild-catalog does not recreate it.
+CREATE TABLE IF NOT EXISTS blob_locks (
+    cloud            text NOT NULL,
+    key              text NOT NULL,
+    locked_until     timestamptz NOT NULL,
+    PRIMARY KEY (cloud, key)
+);
+
 -- The schema's version: catalog.connect() refuses a catalog older than the release needs (not migrated since an
 -- upgrade) instead of failing later on a missing table or column. Raise it with every change above.
 CREATE TABLE IF NOT EXISTS schema_version (
     singleton        boolean PRIMARY KEY DEFAULT true CHECK (singleton),
     version          integer NOT NULL
 );
-INSERT INTO schema_version (singleton, version) VALUES (true, 5)
+INSERT INTO schema_version (singleton, version) VALUES (true, 6)
     ON CONFLICT (singleton) DO UPDATE SET version = GREATEST(schema_version.version, EXCLUDED.version);

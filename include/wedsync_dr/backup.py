@@ -18,6 +18,7 @@ Guarantees:
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -27,7 +28,7 @@ import shutil
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -563,23 +564,47 @@ class CopyCheck:
     missing_shared: frozenset[str] = frozenset()  # keys of shared blobs this cloud does not hold
 
 
+@dataclass
+class _Locks:
+    """Until when one cloud's blobs are write-once, where its listings do not say (S3): the dates the catalog
+    recorded when each was last seen by HEAD or locked by us (`recorded`), and those this check saw or set
+    (`seen`, recorded after it)."""
+
+    recorded: dict[str, dt.datetime]
+    seen: dict[str, dt.datetime] = field(default_factory=dict)
+
+
 def _check_and_lock(store: ObjectStore, entry: Entry, *, shared: bool, lock_until: dt.datetime | None,
-                    lock_days: int, listed: dict[str, ObjectInfo] | None = None) -> str | None:
+                    lock_days: int, listed: dict[str, ObjectInfo] | None = None,
+                    locks: _Locks | None = None) -> str | None:
     """None when the cloud's copy matches the entry (and, for a blob stored by an earlier backup, is locked at
     least as long as this backup); otherwise what is wrong, prefixed by its status.
 
-    `listed`: the cloud's listing of the shared blobs, where its items carry what a HEAD does (checksums,
-    metadata, lock): an item that matches is proof enough; one that is absent or does not match is asked for
-    again by HEAD, so a listing can save requests but never decide that a copy is bad."""
+    `listed`: the cloud's listing of the shared blobs. An item whose checksums match proves the bytes (a listing
+    can save requests but never decide that a copy is bad: anything else is asked again by HEAD). Where listings
+    carry no lock (S3), the lock is the date `locks` recorded: a HEAD is asked only when that falls short of
+    this backup's lock. The date is the cloud's own answer or what we set, and no cloud shortens a compliance
+    lock; a governance lock only whoever may bypass it -- and may as well delete the object."""
     info = listed.get(entry.key) if listed else None
-    problem = format.check_copy(info, entry) if info is not None else "not listed"
+    problem = format.check_listed(info, entry) if info is not None else "not listed"
+    if problem is None and lock_until is not None and not getattr(store, "listing_has_checksums", False):
+        recorded = locks.recorded.get(entry.key) if locks else None
+        if recorded is not None and recorded >= lock_until:
+            info = dataclasses.replace(info, retain_until=recorded)
+        else:
+            problem = "its lock is not listed"
+    asked = bool(problem)
     if problem:
         info = store.head(entry.key)
         problem = format.check_copy(info, entry)
     if problem:
         return f"{'missing' if info is None else 'corrupt'}: {entry.key} {problem}"
     if shared and format.lock_needs_extending(info, lock_until):
-        store.extend_retention(entry.key, format.extended_lock(lock_until, lock_days))
+        until = format.extended_lock(lock_until, lock_days)
+        if store.extend_retention(entry.key, until):
+            info, asked = dataclasses.replace(info, retain_until=until), True
+    if locks is not None and asked and info.retain_until is not None and isinstance(entry, Blob):
+        locks.seen[entry.key] = info.retain_until
     return None
 
 
@@ -624,14 +649,18 @@ class _Run:
 
 
 def check_copy_in(policy: Policy, summary: dict[str, Any], cloud: str, store: ObjectStore, key_ring: crypto.KeyRing,
-                  run: _Run | None = None, others: dict[str, ObjectStore] | None = None) -> CopyCheck:
+                  run: _Run | None = None, others: dict[str, ObjectStore] | None = None,
+                  catalog_conn=None) -> CopyCheck:
     """Prove one cloud's copy: every object of this run and every shared blob the backup references is there
     and matches (shared blobs locked for less time than this backup get their lock extended first, so nothing
     a committed backup needs can be deleted before the backup's own lock ends), and one object decrypts.
 
     A shared blob (asset blob, chunk) this cloud lacks -- the catalog knew it from a degraded backup, or it was
     adopted from another cloud -- is copied here from one of `others` whose copy checks out (its ciphertext as it
-    is, like repair), so the catalog is never trusted alone and a missing chunk costs one copy, not a backup."""
+    is, like repair), so the catalog is never trusted alone and a missing chunk costs one copy, not a backup.
+
+    With `catalog_conn`, the locks of blobs in a cloud whose listings show none (S3) are read from and recorded
+    in the catalog (`_Locks`); without it every such blob is asked by HEAD."""
     run = run or _Run.load(policy, summary)
     lock_days = policy.lock_days(run.data_class)
     stored = _stored(run.encrypted)
@@ -639,11 +668,18 @@ def check_copy_in(policy: Policy, summary: dict[str, Any], cloud: str, store: Ob
     missing_shared: frozenset[str] = frozenset()
     try:
         # (thousands of shared bundles or chunks: one listing instead of a HEAD each, where listings carry checksums)
-        listed = (_listing(store, [b.key for b in run.shared], len(run.shared))
-                  if getattr(store, "listing_has_checksums", False) else None)
+        shared_keys = [b.key for b in run.shared]
+        listed = (_listing(store, shared_keys, len(run.shared)) if getattr(store, "listing_has_checksums", False)
+                  or getattr(store, "listing_has_md5", False) else None)
+        locks = (_Locks(catalog.recorded_locks(catalog_conn, cloud, shared_keys) if listed else {})
+                 if catalog_conn is not None and run.lock_until is not None
+                 and not getattr(store, "listing_has_checksums", False) else None)
         found = in_parallel(lambda item: _check_and_lock(store, item[0], shared=item[1], lock_until=run.lock_until,
-                                                         lock_days=lock_days, listed=listed if item[1] else None),
+                                                         lock_days=lock_days, listed=listed if item[1] else None,
+                                                         locks=locks),
                             entries, policy.upload_concurrency, f"validate-{cloud}")
+        if locks is not None:
+            catalog.record_locks(catalog_conn, cloud, locks.seen)
         missing = [i for i, ((_entry, is_shared), p) in enumerate(zip(entries, found, strict=True))
                    if is_shared and p and p.startswith("missing")]
         if missing and others:
@@ -755,7 +791,8 @@ def check_and_commit(policy: Policy, cloud: str, summary: dict[str, Any], key_ri
     store_map = stores(policy)
     if store is not None:
         store_map[cloud] = store
-    check = check_copy_in(policy, summary, cloud, store_map[cloud], key_ring, run, others=store_map)
+    check = check_copy_in(policy, summary, cloud, store_map[cloud], key_ring, run, others=store_map,
+                          catalog_conn=catalog_conn)
     committed = commit_copy(policy, summary, check, catalog_conn, store_map, key_ring, run)
     return {"cloud": cloud, "copy": check.status, "detail": check.detail, "committed": committed}
 
@@ -772,7 +809,7 @@ def run_validate(policy: Policy, summary: dict[str, Any], upload_results: dict[s
     unchecked = [c for c in store_map if upload_results.get(c) is not None and c not in recorded]
     # The clouds are checked at the same time: a slow or unreachable one costs its own time, not the sum.
     checks = dict(zip(unchecked, in_parallel(lambda c: check_copy_in(policy, summary, c, store_map[c], key_ring, run,
-                                                                     others=store_map),
+                                                                     others=store_map, catalog_conn=catalog_conn),
                                              unchecked, len(store_map), "validate"), strict=True))
     for cloud in store_map:
         if upload_results.get(cloud) is None and recorded.get(cloud, ("",))[0] != "validated":

@@ -73,8 +73,9 @@ def _instant(value: str | None) -> dt.datetime | None:
     return dt.datetime.fromisoformat(value) if value else None
 
 
-SCHEMA_VERSION = 5  # include/sql/backup_catalog.sql's schema_version: 2 added blobs, verifications,
-# acknowledgements; 3 the `abandoned` backup status; 4 backup_steps (metrics); 5 chunked objects (format 4)
+SCHEMA_VERSION = 6  # include/sql/backup_catalog.sql's schema_version: 2 added blobs, verifications,
+# acknowledgements; 3 the `abandoned` backup status; 4 backup_steps (metrics); 5 chunked objects (format 4);
+# 6 blob_locks
 
 
 class CatalogNotReady(RuntimeError):
@@ -286,7 +287,34 @@ def record_blobs(conn, entries: Iterable[Blob], backup_id: str) -> None:
 
 def forget_blobs(conn, keys: Iterable[str]) -> None:
     """Blobs found in no cloud: the next backup that needs them stores them again."""
-    conn.execute("DELETE FROM backup_catalog.blobs WHERE key = ANY(%s)", (list(keys),))
+    keys = list(keys)
+    conn.execute("DELETE FROM backup_catalog.blobs WHERE key = ANY(%s)", (keys,))
+    conn.execute("DELETE FROM backup_catalog.blob_locks WHERE key = ANY(%s)", (keys,))
+
+
+def forget_blobs_under(conn, prefix: str) -> None:
+    """Every blob (and its recorded locks) under a key prefix: what a test or a benchmark stored there is gone."""
+    conn.execute("DELETE FROM backup_catalog.blobs WHERE starts_with(key, %s)", (f"{prefix}/",))
+    conn.execute("DELETE FROM backup_catalog.blob_locks WHERE starts_with(key, %s)", (f"{prefix}/",))
+
+
+def recorded_locks(conn, cloud: str, keys: Iterable[str]) -> dict[str, dt.datetime]:
+    """Until when each of `keys` was last seen or made write-once in `cloud` (keys never recorded are absent)."""
+    rows = conn.execute("SELECT key, locked_until FROM backup_catalog.blob_locks WHERE cloud = %s AND key = ANY(%s)",
+                        (cloud, list(keys)))
+    return dict(rows)
+
+
+def record_locks(conn, cloud: str, locks: dict[str, dt.datetime]) -> None:
+    """What a check saw (HEAD) or set: the cloud's answer replaces what was recorded, even an earlier date (a
+    governance lock can be shortened by whoever may bypass it); a too-early date costs only a HEAD later."""
+    if not locks:
+        return
+    with conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO backup_catalog.blob_locks (cloud, key, locked_until) VALUES (%s, %s, %s) "
+            "ON CONFLICT (cloud, key) DO UPDATE SET locked_until = EXCLUDED.locked_until",
+            [(cloud, key, until) for key, until in locks.items()])
 
 
 def forget_unreferenced_blobs(conn, prefix: str, referenced_keys: Iterable[str], older_than: dt.datetime) -> None:
@@ -295,6 +323,8 @@ def forget_unreferenced_blobs(conn, prefix: str, referenced_keys: Iterable[str],
     for table in ("blobs", "asset_blobs"):
         conn.execute(f"DELETE FROM backup_catalog.{table} WHERE starts_with(key, %s) AND NOT (key = ANY(%s)) "
                      "AND created_at < %s", (f"{prefix}/", keys, older_than))
+    conn.execute("DELETE FROM backup_catalog.blob_locks l WHERE starts_with(key, %s) AND NOT (key = ANY(%s)) AND NOT "
+                 "EXISTS (SELECT 1 FROM backup_catalog.blobs b WHERE b.key = l.key)", (f"{prefix}/", keys))
 
 
 def legacy_blob_entries(conn, manifest: Manifest) -> list[Blob]:

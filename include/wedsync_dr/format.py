@@ -461,6 +461,26 @@ def check_copy(info: ObjectInfo | None, entry: Entry) -> str | None:
     return None
 
 
+def check_listed(info: ObjectInfo, entry: Entry) -> str | None:
+    """None when a listing's item proves the copy matches the entry: its size, and every checksum the listing
+    carries that the manifest recorded -- at least one (S3's ETag-MD5; Azure's and GCS's whole properties, our
+    sha256 claim too). Otherwise why not; the caller then asks by HEAD (`check_copy`): a listing can prove a
+    copy good, never bad."""
+    if info.size != entry.ciphertext_size:
+        return f"size {info.size} != {entry.ciphertext_size}"
+    if info.sha256 is not None and info.sha256 != entry.ciphertext_sha256:
+        return f"sha256 metadata {info.sha256} != {entry.ciphertext_sha256}"
+    checked = 0
+    for algorithm, value in info.native.items():
+        expected = entry.native(algorithm)
+        if expected is None:
+            continue
+        if value != expected:
+            return f"native {algorithm} {value} != {expected}"
+        checked += 1
+    return None if checked else "the listing carries no checksum the manifest recorded"
+
+
 def lock_needs_extending(info: ObjectInfo, lock_until: dt.datetime | None) -> bool:
     """True when the cloud's copy is not write-once for at least as long as a backup that needs it."""
     return lock_until is not None and (info.retain_until is None or info.retain_until < lock_until)

@@ -90,7 +90,7 @@ def backups(stack, demo_data, airflow_db, key_ring):
             yield {"t0": t0, "stores": store_map, "days": days, "sources": sources}
         finally:
             conn.execute("DELETE FROM backup_catalog.backups WHERE starts_with(prefix, %s)", (f"{PREFIX}/",))
-            conn.execute("DELETE FROM backup_catalog.blobs WHERE starts_with(key, %s)", (f"{PREFIX}/",))
+            catalog.forget_blobs_under(conn, PREFIX)
             for store in store_map.values():
                 store.delete_prefix(f"{PREFIX}/")
             with _owner() as owner:
@@ -291,7 +291,9 @@ def test_a_chunk_the_catalog_knows_but_two_clouds_lack_is_copied_to_them_by_the_
 def test_the_chunks_a_backup_references_are_proven_from_one_listing_where_listings_carry_checksums(backups,
                                                                                                    key_ring):
     """Azure's and GCS's listings carry what HEAD does: a backup that references every chunk it needs proves them
-    from one listing there, and asks S3, whose listing cannot prove them, with a HEAD each."""
+    from one listing there. S3's listing proves their bytes (ETag = MD5) but not their locks: it is asked by HEAD
+    only for a chunk whose lock, as the catalog recorded it, is shorter than this backup's (none here: the earlier
+    backups locked every chunk for a lock period beyond their own), and with a HEAD each once that is forgotten."""
     store_map = backup.stores(DEDUP)
     chunk_heads = dict.fromkeys(store_map, 0)
     for cloud, store in store_map.items():
@@ -307,8 +309,17 @@ def test_the_chunks_a_backup_references_are_proven_from_one_listing_where_listin
     referenced = len(manifest["blobs"])
     assert result["status"] == "validated" and manifest["totals"]["chunks_stored"] == 0, result
     assert referenced >= 2 * backup.HEADS_PER_LISTING_PAGE  # enough for one listing to be the cheaper question
-    assert chunk_heads["aws"] >= referenced
+    assert chunk_heads == dict.fromkeys(store_map, 0), chunk_heads
+    with catalog.connect() as conn:  # the recorded locks lost: S3 asks for each chunk again, and records them
+        conn.execute("DELETE FROM backup_catalog.blob_locks WHERE cloud = 'aws' AND starts_with(key, %s)",
+                     (f"{PREFIX}/",))
+        result = run_backup_steps(DEDUP, LEDGER, catalog_conn=conn, key_ring=key_ring,
+                                  started_at=backups["t0"] + dt.timedelta(days=5, hours=1), store_map=store_map)
+        recorded = catalog.recorded_locks(conn, "aws", [b["key"] for b in manifest["blobs"]])
+    assert result["status"] == "validated" and chunk_heads["aws"] >= referenced, chunk_heads
     assert chunk_heads["azure"] == chunk_heads["gcp"] == 0, chunk_heads
+    lock_until = backups["t0"] + dt.timedelta(days=5, hours=1) + dt.timedelta(days=DEDUP.lock_days(LEDGER))
+    assert len(recorded) == referenced and min(recorded.values()) >= lock_until
 
 
 HOT = dataclasses.replace(POLICY.data_classes["critical_weddings"], name="hot", dedup_bundles=True)

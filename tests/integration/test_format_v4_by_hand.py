@@ -55,7 +55,7 @@ def second_backup(stack, demo_data, airflow_db, key_ring):
             yield second
         finally:
             conn.execute("DELETE FROM backup_catalog.backups WHERE starts_with(prefix, %s)", (f"{PREFIX}/",))
-            conn.execute("DELETE FROM backup_catalog.blobs WHERE starts_with(key, %s)", (f"{PREFIX}/",))
+            catalog.forget_blobs_under(conn, PREFIX)
             for store in store_map.values():
                 store.delete_prefix(f"{PREFIX}/")
 

@@ -89,7 +89,7 @@ def two_backups(stack, demo_data, airflow_db, key_ring):
             changed.write_bytes(original)
             added.unlink(missing_ok=True)
             conn.execute("DELETE FROM backup_catalog.backups WHERE starts_with(prefix, %s)", (f"{PREFIX}/",))
-            conn.execute("DELETE FROM backup_catalog.blobs WHERE starts_with(key, %s)", (f"{PREFIX}/",))
+            catalog.forget_blobs_under(conn, PREFIX)
 
 
 def test_a_later_backup_extends_the_lock_of_every_blob_it_references(stack, two_backups):
@@ -350,7 +350,7 @@ def test_blobs_a_cloud_holds_but_the_catalog_forgot_are_adopted_never_re_encrypt
     before = {b["key"]: s3.head_object(Bucket=local_stack.BUCKET, Key=b["key"])["ETag"]
               for b in two_backups["second"]["manifest"]["blobs"]}
     with catalog.connect() as conn:
-        conn.execute("DELETE FROM backup_catalog.blobs WHERE starts_with(key, %s)", (f"{PREFIX}/",))
+        catalog.forget_blobs_under(conn, PREFIX)
         third = run_backup_steps(AUDIT, MEDIA, catalog_conn=conn, key_ring=key_ring,
                                  started_at=two_backups["t0"] + dt.timedelta(days=2), store_map=store_map)
         manifest = catalog.backup(conn, third["backup_id"])["manifest"]

@@ -209,8 +209,10 @@ def test_a_listing_that_claims_checksums_carries_what_head_does(service, store, 
     if store.listing_has_checksums:  # (retain_until: None on the emulators; on a cloud, the lock HEAD shows)
         assert carried == (head.key, head.size, head.sha256, head.metadata, head.native, head.retain_until)
         assert head.native and mismatches(listed, true) == []
-    else:  # S3: ListObjectsV2 has no user metadata and no checksum values; HEAD is asked instead
-        assert (listed.sha256, listed.native) == (None, {})
+    else:  # S3: ListObjectsV2 has no user metadata, checksum values or lock; the ETag of one PUT is the MD5
+        assert store.listing_has_md5
+        assert (listed.sha256, listed.metadata, listed.native, listed.retain_until) == (None, {}, {"md5": true["md5"]},
+                                                                                        None)
 
 
 def test_delete_and_delete_prefix(store, prefix):

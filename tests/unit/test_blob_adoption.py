@@ -18,7 +18,10 @@ PREFIX = "wedsync-dr-unit"
 
 
 class CountingStore:
-    """An object store of ObjectInfos that counts the requests it is asked."""
+    """An object store of ObjectInfos that counts the requests it is asked; its listing items are what HEAD
+    answers, locks included (as Azure's and GCS's)."""
+
+    listing_has_checksums = True
 
     def __init__(self, cloud: str, infos: list[ObjectInfo], *, list_fails: bool = False):
         self.cloud = cloud
@@ -45,7 +48,20 @@ class CountingStore:
 
     def extend_retention(self, key: str, retain_until) -> bool:
         self.relocked.append(key)
+        if key in self.infos:
+            self.infos[key] = dataclasses.replace(self.infos[key], retain_until=retain_until)
         return True
+
+
+class S3LikeStore(CountingStore):
+    """Listing items carry size and the MD5 of the bytes only: no metadata, no lock (S3's ListObjectsV2)."""
+
+    listing_has_checksums = False
+    listing_has_md5 = True
+
+    def list(self, prefix: str):
+        for info in super().list(prefix):
+            yield dataclasses.replace(info, sha256=None, metadata={}, retain_until=None)
 
 
 def _stored_chunk(cid: str, retain_until: dt.datetime | None = None) -> ObjectInfo:
@@ -137,3 +153,31 @@ def test_a_listed_copy_locked_for_less_than_the_backup_is_relocked():
         assert backup._check_and_lock(store, _shared_blob(cid), shared=True, lock_until=now + dt.timedelta(days=35),
                                       lock_days=35, listed=dict(store.infos)) is None
     assert store.heads == [] and store.relocked == [format.chunk_key(PREFIX, short), format.chunk_key(PREFIX, unlocked)]
+
+
+def test_where_listings_show_no_lock_a_head_is_asked_only_for_a_lock_recorded_too_short():
+    """S3: the listing proves each chunk's bytes (its MD5); the lock is the date the catalog recorded when the chunk
+    was last seen by HEAD or locked. A chunk recorded as locked long enough costs no request; one recorded too
+    short, or not at all, is asked by HEAD and re-locked if need be, and what was seen or set is to be recorded.
+    A listed MD5 that does not match is asked by HEAD too (a listing never decides that a copy is bad)."""
+    now = dt.datetime.now(dt.UTC)
+    lock_until = now + dt.timedelta(days=7)
+    ids = {name: hashlib.sha256(name.encode()).hexdigest() for name in ("long", "short", "unrecorded", "stale")}
+    days = {"long": 14, "short": 3, "unrecorded": 10, "stale": 30}
+    store = S3LikeStore("aws", [_stored_chunk(ids[n], now + dt.timedelta(days=d)) for n, d in days.items()])
+    key = {name: format.chunk_key(PREFIX, cid) for name, cid in ids.items()}
+    listed = {i.key: i for i in store.list(PREFIX)}
+    listed[key["stale"]] = dataclasses.replace(listed[key["stale"]], native={"md5": "11" * 16})
+    locks = backup._Locks({key["long"]: now + dt.timedelta(days=14), key["short"]: now + dt.timedelta(days=3),
+                           key["stale"]: now + dt.timedelta(days=30)})
+    for cid in ids.values():
+        assert backup._check_and_lock(store, _shared_blob(cid), shared=True, lock_until=lock_until, lock_days=7,
+                                      listed=listed, locks=locks) is None
+    assert sorted(store.heads) == sorted([key["short"], key["unrecorded"], key["stale"]])
+    assert store.relocked == [key["short"]]  # the only one the cloud showed locked for less than the backup
+    assert locks.seen == {key["short"]: lock_until + dt.timedelta(days=7),
+                          key["unrecorded"]: now + dt.timedelta(days=10), key["stale"]: now + dt.timedelta(days=30)}
+    store.heads.clear()  # without a lock to keep, the listing alone proves the copy
+    assert backup._check_and_lock(store, _shared_blob(ids["unrecorded"]), shared=True, lock_until=None, lock_days=7,
+                                  listed=listed, locks=None) is None
+    assert store.heads == []

@@ -201,6 +201,9 @@ class BaseStore:
     kind = ""
     # whether a listing's items carry what `head` returns (checksums, our metadata, the lock): S3's do not
     listing_has_checksums = False
+    # whether they carry at least the cloud's own MD5 of the bytes (S3: the ETag of a single-request upload), so
+    # that a listing can prove an object's content -- but not, without `listing_has_checksums`, its lock
+    listing_has_md5 = False
 
     def __init__(self, cloud: str, conn_id: str, bucket: str, *, retention_mode: str = "governance",
                  limits: Mapping[str, int] | None = None) -> None:
