@@ -242,8 +242,12 @@ CREATE TABLE IF NOT EXISTS blob_locks (
     cloud            text NOT NULL,
     key              text NOT NULL,
     locked_until     timestamptz NOT NULL,
+    -- when it was seen or set: a copy the cloud says was written later (a fill, repair, any re-write) is
+    -- not the copy this date is about, and is asked by HEAD again
+    recorded_at      timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (cloud, key)
 );
+ALTER TABLE blob_locks ADD COLUMN IF NOT EXISTS recorded_at timestamptz NOT NULL DEFAULT now();
 
 -- The schema's version: catalog.connect() refuses a catalog older than the release needs (not migrated since an
 -- upgrade) instead of failing later on a missing table or column. Raise it with every change above.

@@ -466,7 +466,7 @@ def _prove_staged(area: staging.Staging, backup_id: str, entry: Entry, key_ring:
     if source.sha256.hexdigest() != entry.ciphertext_sha256 or source.size != entry.ciphertext_size:
         raise crypto.DecryptionError(f"staged {name} is not the ciphertext extract sealed")
     if stats.plaintext_size != entry.plaintext_size or (
-            key_ring.content_id(stats.plaintext_sha256) != entry.content_id if isinstance(entry, Blob)
+            not key_ring.content_id_matches(stats.plaintext_sha256, entry.content_id) if isinstance(entry, Blob)
             else stats.plaintext_sha256 != entry.plaintext_sha256):
         raise crypto.DecryptionError(f"staged {name} does not open to the plaintext extract read")
 
@@ -570,8 +570,37 @@ class _Locks:
     recorded when each was last seen by HEAD or locked by us (`recorded`), and those this check saw or set
     (`seen`, recorded after it)."""
 
-    recorded: dict[str, dt.datetime]
+    recorded: dict[str, tuple[dt.datetime, dt.datetime]]  # key -> (locked until, recorded at)
     seen: dict[str, dt.datetime] = field(default_factory=dict)
+
+    def covers(self, info: ObjectInfo, lock_until: dt.datetime) -> dt.datetime | None:
+        """The recorded lock of the listed copy when it lasts until `lock_until`, and the copy is the one it was
+        recorded for: written (per the cloud) well before the record -- a copy re-written since (a fill, repair,
+        an overwrite) may carry a shorter lock. None: ask by HEAD."""
+        until, recorded_at = self.recorded.get(info.key, (None, None))
+        if until is None or until < lock_until or info.updated is None:
+            return None
+        return until if info.updated < recorded_at - LOCK_RECORD_MARGIN else None
+
+
+LOCK_RECORD_MARGIN = dt.timedelta(minutes=1)  # the catalog's and the cloud's clocks may disagree by this much
+
+
+def _recorded_locks(catalog_conn, cloud: str, keys: list[str]) -> _Locks | None:
+    """The catalog's lock dates for `keys` in `cloud`; None (a HEAD each) when the catalog cannot answer: the
+    record saves requests, it never decides a check."""
+    try:
+        return _Locks(catalog.recorded_locks(catalog_conn, cloud, keys) if keys else {})
+    except Exception as err:  # noqa: BLE001 - any catalog error: fall back to asking the cloud
+        log.warning("cannot read the recorded locks of %s (%s): asking for each blob", cloud, err)
+        return None
+
+
+def _record_locks(catalog_conn, cloud: str, seen: dict[str, dt.datetime]) -> None:
+    try:
+        catalog.record_locks(catalog_conn, cloud, seen)
+    except Exception as err:  # noqa: BLE001 - a lost record costs a HEAD next time, not this backup
+        log.warning("cannot record the locks of %d blobs in %s (%s)", len(seen), cloud, err)
 
 
 def _check_and_lock(store: ObjectStore, entry: Entry, *, shared: bool, lock_until: dt.datetime | None,
@@ -588,8 +617,8 @@ def _check_and_lock(store: ObjectStore, entry: Entry, *, shared: bool, lock_unti
     info = listed.get(entry.key) if listed else None
     problem = format.check_listed(info, entry) if info is not None else "not listed"
     if problem is None and lock_until is not None and not getattr(store, "listing_has_checksums", False):
-        recorded = locks.recorded.get(entry.key) if locks else None
-        if recorded is not None and recorded >= lock_until:
+        recorded = locks.covers(info, lock_until) if locks else None
+        if recorded is not None:
             info = dataclasses.replace(info, retain_until=recorded)
         else:
             problem = "its lock is not listed"
@@ -671,15 +700,13 @@ def check_copy_in(policy: Policy, summary: dict[str, Any], cloud: str, store: Ob
         shared_keys = [b.key for b in run.shared]
         listed = (_listing(store, shared_keys, len(run.shared)) if getattr(store, "listing_has_checksums", False)
                   or getattr(store, "listing_has_md5", False) else None)
-        locks = (_Locks(catalog.recorded_locks(catalog_conn, cloud, shared_keys) if listed else {})
+        locks = (_recorded_locks(catalog_conn, cloud, shared_keys if listed else [])
                  if catalog_conn is not None and run.lock_until is not None
                  and not getattr(store, "listing_has_checksums", False) else None)
         found = in_parallel(lambda item: _check_and_lock(store, item[0], shared=item[1], lock_until=run.lock_until,
                                                          lock_days=lock_days, listed=listed if item[1] else None,
                                                          locks=locks),
                             entries, policy.upload_concurrency, f"validate-{cloud}")
-        if locks is not None:
-            catalog.record_locks(catalog_conn, cloud, locks.seen)
         missing = [i for i, ((_entry, is_shared), p) in enumerate(zip(entries, found, strict=True))
                    if is_shared and p and p.startswith("missing")]
         if missing and others:
@@ -690,6 +717,10 @@ def check_copy_in(policy: Policy, summary: dict[str, Any], cloud: str, store: Ob
             for i, ok in zip(missing, filled, strict=True):
                 if ok:
                     found[i] = None
+                    if locks is not None:  # copied with this backup's lock
+                        locks.seen[entries[i][0].key] = run.lock_until
+        if locks is not None:
+            _record_locks(catalog_conn, cloud, locks.seen)
         missing_shared = frozenset(entry.key for (entry, is_shared), p in zip(entries, found, strict=True)
                                    if is_shared and p and p.startswith("missing"))
         problems = [p for p in found if p]

@@ -298,11 +298,12 @@ def forget_blobs_under(conn, prefix: str) -> None:
     conn.execute("DELETE FROM backup_catalog.blob_locks WHERE starts_with(key, %s)", (f"{prefix}/",))
 
 
-def recorded_locks(conn, cloud: str, keys: Iterable[str]) -> dict[str, dt.datetime]:
-    """Until when each of `keys` was last seen or made write-once in `cloud` (keys never recorded are absent)."""
-    rows = conn.execute("SELECT key, locked_until FROM backup_catalog.blob_locks WHERE cloud = %s AND key = ANY(%s)",
-                        (cloud, list(keys)))
-    return dict(rows)
+def recorded_locks(conn, cloud: str, keys: Iterable[str]) -> dict[str, tuple[dt.datetime, dt.datetime]]:
+    """Until when each of `keys` was last seen or made write-once in `cloud`, and when that was recorded (keys
+    never recorded are absent)."""
+    rows = conn.execute("SELECT key, locked_until, recorded_at FROM backup_catalog.blob_locks WHERE cloud = %s "
+                        "AND key = ANY(%s)", (cloud, list(keys)))
+    return {key: (until, at) for key, until, at in rows}
 
 
 def record_locks(conn, cloud: str, locks: dict[str, dt.datetime]) -> None:
@@ -312,8 +313,8 @@ def record_locks(conn, cloud: str, locks: dict[str, dt.datetime]) -> None:
         return
     with conn.cursor() as cur:
         cur.executemany(
-            "INSERT INTO backup_catalog.blob_locks (cloud, key, locked_until) VALUES (%s, %s, %s) "
-            "ON CONFLICT (cloud, key) DO UPDATE SET locked_until = EXCLUDED.locked_until",
+            "INSERT INTO backup_catalog.blob_locks (cloud, key, locked_until, recorded_at) VALUES (%s, %s, %s, now()) "
+            "ON CONFLICT (cloud, key) DO UPDATE SET locked_until = EXCLUDED.locked_until, recorded_at = now()",
             [(cloud, key, until) for key, until in locks.items()])
 
 

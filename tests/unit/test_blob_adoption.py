@@ -59,9 +59,11 @@ class S3LikeStore(CountingStore):
     listing_has_checksums = False
     listing_has_md5 = True
 
+    written = dt.datetime.now(dt.UTC) - dt.timedelta(days=1)
+
     def list(self, prefix: str):
         for info in super().list(prefix):
-            yield dataclasses.replace(info, sha256=None, metadata={}, retain_until=None)
+            yield dataclasses.replace(info, sha256=None, metadata={}, retain_until=None, updated=self.written)
 
 
 def _stored_chunk(cid: str, retain_until: dt.datetime | None = None) -> ObjectInfo:
@@ -159,25 +161,46 @@ def test_where_listings_show_no_lock_a_head_is_asked_only_for_a_lock_recorded_to
     """S3: the listing proves each chunk's bytes (its MD5); the lock is the date the catalog recorded when the chunk
     was last seen by HEAD or locked. A chunk recorded as locked long enough costs no request; one recorded too
     short, or not at all, is asked by HEAD and re-locked if need be, and what was seen or set is to be recorded.
-    A listed MD5 that does not match is asked by HEAD too (a listing never decides that a copy is bad)."""
+    A listed MD5 that does not match is asked by HEAD too (a listing never decides that a copy is bad), and so is
+    a copy written after its lock was recorded (a fill or repair re-writes a copy, with a lock of its own)."""
     now = dt.datetime.now(dt.UTC)
     lock_until = now + dt.timedelta(days=7)
-    ids = {name: hashlib.sha256(name.encode()).hexdigest() for name in ("long", "short", "unrecorded", "stale")}
-    days = {"long": 14, "short": 3, "unrecorded": 10, "stale": 30}
+    names = ("long", "short", "unrecorded", "stale", "rewritten")
+    ids = {name: hashlib.sha256(name.encode()).hexdigest() for name in names}
+    days = {"long": 14, "short": 3, "unrecorded": 10, "stale": 30, "rewritten": 8}
     store = S3LikeStore("aws", [_stored_chunk(ids[n], now + dt.timedelta(days=d)) for n, d in days.items()])
     key = {name: format.chunk_key(PREFIX, cid) for name, cid in ids.items()}
     listed = {i.key: i for i in store.list(PREFIX)}
     listed[key["stale"]] = dataclasses.replace(listed[key["stale"]], native={"md5": "11" * 16})
-    locks = backup._Locks({key["long"]: now + dt.timedelta(days=14), key["short"]: now + dt.timedelta(days=3),
-                           key["stale"]: now + dt.timedelta(days=30)})
+    listed[key["rewritten"]] = dataclasses.replace(listed[key["rewritten"]], updated=now - dt.timedelta(hours=1))
+    recorded_at = now - dt.timedelta(hours=2)  # after the copies were written (a day ago), before the re-write
+    locks = backup._Locks({key[n]: (now + dt.timedelta(days=d), recorded_at)
+                           for n, d in (("long", 14), ("short", 3), ("stale", 30), ("rewritten", 30))})
     for cid in ids.values():
         assert backup._check_and_lock(store, _shared_blob(cid), shared=True, lock_until=lock_until, lock_days=7,
                                       listed=listed, locks=locks) is None
-    assert sorted(store.heads) == sorted([key["short"], key["unrecorded"], key["stale"]])
+    assert sorted(store.heads) == sorted([key["short"], key["unrecorded"], key["stale"], key["rewritten"]])
     assert store.relocked == [key["short"]]  # the only one the cloud showed locked for less than the backup
     assert locks.seen == {key["short"]: lock_until + dt.timedelta(days=7),
-                          key["unrecorded"]: now + dt.timedelta(days=10), key["stale"]: now + dt.timedelta(days=30)}
+                          key["unrecorded"]: now + dt.timedelta(days=10), key["stale"]: now + dt.timedelta(days=30),
+                          key["rewritten"]: now + dt.timedelta(days=8)}  # the HEAD's date, not the recorded 30
     store.heads.clear()  # without a lock to keep, the listing alone proves the copy
     assert backup._check_and_lock(store, _shared_blob(ids["unrecorded"]), shared=True, lock_until=None, lock_days=7,
                                   listed=listed, locks=None) is None
     assert store.heads == []
+
+
+def test_a_catalog_that_cannot_answer_about_locks_costs_heads_not_the_backup(caplog):
+    """The recorded lock dates save requests and never decide a check: a failing catalog means a HEAD for each
+    blob (None), and a record that cannot be written is only logged."""
+
+    class Broken:
+        def execute(self, *args, **kwargs):
+            raise OSError("catalog connection lost")
+
+        def cursor(self):
+            raise OSError("catalog connection lost")
+
+    assert backup._recorded_locks(Broken(), "aws", ["k"]) is None
+    backup._record_locks(Broken(), "aws", {"k": dt.datetime.now(dt.UTC)})
+    assert "cannot read the recorded locks of aws" in caplog.text and "cannot record the locks" in caplog.text

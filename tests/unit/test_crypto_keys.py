@@ -103,6 +103,7 @@ def test_a_new_dedup_key_names_new_blobs_and_still_recognises_the_old_ones():
     assert rotated.content_id_matches(sha, old_id) and rotated.content_id_matches(sha, rotated.content_id(sha))
     assert not ring.content_id_matches(sha, rotated.content_id(sha))  # the old ring knows no newer key
     assert not rotated.content_id_matches(hashlib.sha256(b"another file").hexdigest(), old_id)
+    assert not rotated.content_id_matches(sha, None) and not rotated.content_id_matches(sha, "é" * 64)
     twice = rotated.with_new_dedup_key()
     assert twice.content_id_matches(sha, old_id) and twice.content_id_matches(sha, rotated.content_id(sha))
     forgotten = crypto.KeyRing.from_json({**json.loads(rotated.to_json()), "previous_dedup_keys": []})

@@ -189,6 +189,8 @@ class KeyRing:
     def content_id_matches(self, plaintext_sha256: str, content_id: str) -> bool:
         """Whether `content_id` is the content id of that plaintext under the dedup key or a previous one (a
         blob stored before the dedup key was replaced). False without any dedup key."""
+        if not isinstance(content_id, str) or not content_id.isascii():  # a damaged manifest: no match
+            return False
         keys = (self._dedup_key, *self._previous_dedup_keys) if self._dedup_key is not None else ()
         return any(hmac.compare_digest(_content_id(key, plaintext_sha256), content_id) for key in keys)
 
