@@ -441,18 +441,11 @@ def check_copy(info: ObjectInfo | None, entry: Entry) -> str | None:
     """
     if info is None:
         return "missing"
-    if info.size != entry.ciphertext_size:
-        return f"size {info.size} != {entry.ciphertext_size}"
-    if info.sha256 != entry.ciphertext_sha256:
+    if info.sha256 != entry.ciphertext_sha256 and info.size == entry.ciphertext_size:  # a HEAD carries our claim
         return f"sha256 metadata {info.sha256} != {entry.ciphertext_sha256}"
-    checked = 0
-    for algorithm, value in info.native.items():
-        expected = entry.native(algorithm)
-        if expected is None:
-            continue
-        if value != expected:
-            return f"native {algorithm} {value} != {expected}"
-        checked += 1
+    problem, checked = _compare(info, entry)
+    if problem:
+        return problem
     # An entry written since the manifest records CRC32 and S3's composite knows every checksum a proper
     # upload leaves; older entries cannot tell, and are judged by what they can check.
     if info.native and not checked and entry.ciphertext_crc32 is not None:
@@ -466,19 +459,26 @@ def check_listed(info: ObjectInfo, entry: Entry) -> str | None:
     carries that the manifest recorded -- at least one (S3's ETag-MD5; Azure's and GCS's whole properties, our
     sha256 claim too). Otherwise why not; the caller then asks by HEAD (`check_copy`): a listing can prove a
     copy good, never bad."""
+    problem, checked = _compare(info, entry)
+    return problem or (None if checked else "the listing carries no checksum the manifest recorded")
+
+
+def _compare(info: ObjectInfo, entry: Entry) -> tuple[str | None, int]:
+    """What differs first -- size, our sha256 claim where the item carries one, each checksum the cloud computed
+    that the manifest recorded -- and how many of the cloud's checksums were compared."""
     if info.size != entry.ciphertext_size:
-        return f"size {info.size} != {entry.ciphertext_size}"
+        return f"size {info.size} != {entry.ciphertext_size}", 0
     if info.sha256 is not None and info.sha256 != entry.ciphertext_sha256:
-        return f"sha256 metadata {info.sha256} != {entry.ciphertext_sha256}"
+        return f"sha256 metadata {info.sha256} != {entry.ciphertext_sha256}", 0
     checked = 0
     for algorithm, value in info.native.items():
         expected = entry.native(algorithm)
         if expected is None:
             continue
         if value != expected:
-            return f"native {algorithm} {value} != {expected}"
+            return f"native {algorithm} {value} != {expected}", checked
         checked += 1
-    return None if checked else "the listing carries no checksum the manifest recorded"
+    return None, checked
 
 
 def lock_needs_extending(info: ObjectInfo, lock_until: dt.datetime | None) -> bool:
