@@ -81,20 +81,45 @@ def airflow_db(stack):
     ensure_pools(load_policy())
 
 
+@pytest.fixture(scope="session")
+def shared_airflow(stack):
+    """The Airflow components `airflow_api` started, kept for the session: starting them costs ~30 s, and the
+    modules that use them share the stack's metadata DB anyway. A fixture that needs other components (the
+    Celery deployment) calls `stop()` first; the next `airflow_api` then starts them again."""
+
+    class Shared:
+        api: tuple[str, str] | None = None
+
+        def stop(self) -> None:
+            self.api = None
+            for name in local_stack.AIRFLOW_COMPONENTS:
+                local_stack.stop_service(stack, name)
+
+    shared = Shared()
+    try:
+        yield shared
+    finally:
+        shared.stop()
+
+
 @pytest.fixture(scope="module")
-def airflow_api(stack, demo_data, airflow_db):
-    """Airflow's components against the test stack (metadata in its PostgreSQL), for this module only."""
+def airflow_api(stack, demo_data, airflow_db, shared_airflow):
+    """Airflow's components against the test stack (metadata in its PostgreSQL): (API URL, admin token)."""
     from tests.helpers import http_json, wait_for_dags  # here: helpers import the product, after Airflow's settings
 
-    # Scheduled backups stay paused: only the DAGs a test drives run, and nothing runs behind its back.
-    url = local_stack.start_airflow(stack, port=local_stack.free_port(), dags_paused=True)
-    status, body = http_json("POST", f"{url}/auth/token",
-                            {"username": "admin", "password": stack.passwords["airflow_admin"]})
-    assert status == 201, body
-    token = body["access_token"]
-    wait_for_dags(url, token, {"emergency_backup", "backup_health"}, timeout=180)
-    try:
-        yield url, token
-    finally:
-        for name in local_stack.AIRFLOW_COMPONENTS:
-            local_stack.stop_service(stack, name)
+    def answers(api: tuple[str, str]) -> bool:
+        try:
+            return http_json("GET", f"{api[0]}/api/v2/version", token=api[1])[0] == 200
+        except OSError:  # refused: the components were stopped
+            return False
+
+    if shared_airflow.api is None or not answers(shared_airflow.api):
+        shared_airflow.stop()
+        # Scheduled backups stay paused: only the DAGs a test drives run, and nothing runs behind its back.
+        url = local_stack.start_airflow(stack, port=local_stack.free_port(), dags_paused=True)
+        status, body = http_json("POST", f"{url}/auth/token",
+                                 {"username": "admin", "password": stack.passwords["airflow_admin"]})
+        assert status == 201, body
+        shared_airflow.api = (url, body["access_token"])
+    wait_for_dags(*shared_airflow.api, {"emergency_backup", "backup_health"}, timeout=180)
+    return shared_airflow.api

@@ -153,6 +153,14 @@ def test_critical_weddings_outrank_bulk_work(dagbag):
 def test_retry_backoff_is_exponential(dagbag):
     task = dagbag.dags.get("backup_vendor_data").get_task("extract")
     assert task.retry_exponential_backoff and task.max_retry_delay >= dt.timedelta(minutes=10)
+    assert task.retry_delay == dt.timedelta(minutes=1)
+
+
+def test_an_emergency_step_is_retried_within_seconds(dagbag):
+    dag = dagbag.dags["emergency_backup"]
+    for name in ("vendor_data", "client_data"):
+        extract = dag.get_task(f"{name}.extract")
+        assert extract.retries >= 1 and extract.retry_delay <= dt.timedelta(seconds=15), extract.retry_delay
 
 
 def test_verify_form_chooses_a_backup_a_cloud_and_a_sample(dagbag):

@@ -23,9 +23,10 @@ BACKUP_DAGS = ("backup_critical_weddings", "backup_vendor_data", "backup_client_
 
 
 @pytest.fixture(scope="module")
-def celery(stack, demo_data, airflow_db):
+def celery(stack, demo_data, airflow_db, shared_airflow):
     if not local_stack.redis_server_available():
         pytest.skip("no redis-server: `make test` installs Debian's redis-server (root + apt); install it elsewhere")
+    shared_airflow.stop()  # the LocalExecutor components another module left running
     url = local_stack.start_celery_airflow(stack, port=local_stack.free_port(), dags_paused=True)
     status, body = http_json("POST", f"{url}/auth/token",
                              {"username": "admin", "password": stack.passwords["airflow_admin"]})

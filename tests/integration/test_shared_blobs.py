@@ -77,13 +77,19 @@ def two_backups(stack, demo_data, airflow_db, key_ring):
             first = run_backup_steps(AUDIT, MEDIA, catalog_conn=conn, key_ring=key_ring, started_at=t0,
                                      store_map=store_map)
             relocked_by_first = {c: list(keys) for c, keys in store_map.relocked.items()}
+            first_locks = {b["key"]: local_stack.sdk_s3(stack).head_object(
+                Bucket=local_stack.BUCKET, Key=b["key"])["ObjectLockRetainUntilDate"]
+                for b in catalog.backup(conn, first["backup_id"])["manifest"]["blobs"]}
             changed.write_bytes(original + b"\n% revised by the audit test\n")
             added.parent.mkdir(parents=True, exist_ok=True)
             added.write_bytes(os.urandom(3000))
+            # new blobs are stored locked for a period beyond the first backup's lock: the second comes after it
             second = run_backup_steps(AUDIT, MEDIA, catalog_conn=conn, key_ring=key_ring,
-                                      started_at=t0 + dt.timedelta(days=1), store_map=store_map)
+                                      started_at=t0 + dt.timedelta(days=AUDIT.lock_days(MEDIA) + 1),
+                                      store_map=store_map)
             yield {"t0": t0, "stores": store_map, "first": catalog.backup(conn, first["backup_id"]),
                    "second": catalog.backup(conn, second["backup_id"]), "relocked_by_first": relocked_by_first,
+                   "first_locks": first_locks,
                    "files": _source_files(), "changed": changed.relative_to(_source()).as_posix()}
         finally:
             changed.write_bytes(original)
@@ -99,7 +105,12 @@ def test_a_later_backup_extends_the_lock_of_every_blob_it_references(stack, two_
     assert second["totals"]["blobs_stored"] == 2  # the changed file and the added one: nothing else again
     assert len(referenced - stored_by_first) == 2 and len(stored_by_first & referenced) == len(stored_by_first) - 1
     locked_until = dt.datetime.fromisoformat(second["locked_until"]).replace(microsecond=0)
-    assert locked_until > dt.datetime.fromisoformat(first["locked_until"])
+    first_locked_until = dt.datetime.fromisoformat(first["locked_until"]).replace(microsecond=0)
+    assert locked_until > first_locked_until
+    # the first backup stored its blobs locked one period longer than itself
+    period = dt.timedelta(days=AUDIT.lock_days(MEDIA))
+    assert set(two_backups["first_locks"]) == stored_by_first
+    assert all(until >= first_locked_until + period for until in two_backups["first_locks"].values())
     s3 = local_stack.sdk_s3(stack)
     for key in referenced:
         head = s3.head_object(Bucket=local_stack.BUCKET, Key=key)
