@@ -93,7 +93,8 @@ def shared_airflow(stack):
         def stop(self) -> None:
             self.api = None
             for name in local_stack.AIRFLOW_COMPONENTS:
-                local_stack.stop_service(stack, name)
+                if name in stack.services:  # (never started in this session: nothing to stop)
+                    local_stack.stop_service(stack, name)
 
     shared = Shared()
     try:
