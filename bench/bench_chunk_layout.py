@@ -9,7 +9,8 @@ by primary key) --, on day 1 and again after bench_dedup's day-2 change (2 % of 
 updated, guests and tasks of 0.5 % deleted, 20 new guests for 0.5 %; VACUUM). Printed per order and size:
 the share of day 2's bytes in chunks day 1 did not have (plaintext, and zstd -3 of each new chunk against zstd
 -3 of each day-1 chunk: what a cloud would receive, before packing), the chunks per backup, and the seconds
-each order's COPY took on day 1 (the cost of the sort). It CHANGES the bench stack's database like bench_dedup.
+each order's COPY took (with the chunkers attached; and alone, alternating: the cost of the sort). It CHANGES
+the bench stack's database like bench_dedup.
 """
 
 from __future__ import annotations
@@ -87,6 +88,29 @@ def one_day(state, key_ring, sizes: list[int]) -> dict[tuple[str, int], Tally]:
     return tallies
 
 
+def copy_seconds(state, turns: int = 2) -> dict[str, list[float]]:
+    """The COPY alone (read and dropped, nothing attached), in heap order and clustered by wedding, alternating:
+    what the clustered order itself costs the extract."""
+    import psycopg
+
+    from wedsync_dr_dev import local_stack
+
+    seconds: dict[str, list[float]] = {"heap": [], "wedding": []}
+    with psycopg.connect(state.admin_url(local_stack.SOURCE_DB)) as conn:
+        orders = {t: order_by(conn, t) for t in tables()}
+        for _turn in range(turns):
+            for order in ("heap", "wedding"):
+                t0 = time.perf_counter()
+                for table in tables():
+                    query = (f"COPY wedsync.{table} TO STDOUT (FORMAT binary)" if order == "heap" else
+                             f"COPY (SELECT * FROM wedsync.{table} ORDER BY {orders[table]}) TO STDOUT (FORMAT binary)")
+                    with conn.cursor() as cur, cur.copy(query) as copy:
+                        for _block in copy:
+                            pass
+                seconds[order].append(time.perf_counter() - t0)
+    return seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--gb", type=float, default=1.0)
@@ -98,6 +122,9 @@ def main() -> None:
     from wedsync_dr import crypto
 
     ring = crypto.KeyRing.generate()  # one chunker seed for both days
+    alone = copy_seconds(state)
+    print("COPY alone, all tables, s: " + "; ".join(f"{k} " + " / ".join(f"{v:.1f}" for v in vs)
+                                                     for k, vs in alone.items()), flush=True)
     day1 = one_day(state, ring, sizes)
     change_two_percent(state)
     day2 = one_day(state, ring, sizes)
