@@ -81,26 +81,40 @@ def airflow_db(stack):
     ensure_pools(load_policy())
 
 
+class _SharedAirflow:
+    """The Airflow components `airflow_api` started: kept from one module that uses them to the next (starting
+    them costs ~30 s, and those modules share the stack's metadata DB anyway), stopped before any test that
+    does not use them (`pytest_runtest_teardown`), so nothing scheduled runs behind that test's back."""
+
+    def __init__(self):
+        self.api: tuple[str, str] | None = None
+        self.stack = None
+
+    def stop(self) -> None:
+        self.api = None
+        for name in local_stack.AIRFLOW_COMPONENTS:
+            if self.stack is not None and name in self.stack.services:  # (never started: nothing to stop)
+                local_stack.stop_service(self.stack, name)
+
+
+_SHARED_AIRFLOW = _SharedAirflow()
+
+
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    if _SHARED_AIRFLOW.api is not None and (nextitem is None
+                                            or "airflow_api" not in getattr(nextitem, "fixturenames", ())):
+        _SHARED_AIRFLOW.stop()
+
+
 @pytest.fixture(scope="session")
 def shared_airflow(stack):
-    """The Airflow components `airflow_api` started, kept for the session: starting them costs ~30 s, and the
-    modules that use them share the stack's metadata DB anyway. A fixture that needs other components (the
-    Celery deployment) calls `stop()` first; the next `airflow_api` then starts them again."""
-
-    class Shared:
-        api: tuple[str, str] | None = None
-
-        def stop(self) -> None:
-            self.api = None
-            for name in local_stack.AIRFLOW_COMPONENTS:
-                if name in stack.services:  # (never started in this session: nothing to stop)
-                    local_stack.stop_service(stack, name)
-
-    shared = Shared()
+    """`_SharedAirflow` for this session's stack. A fixture that needs other components (the Celery deployment)
+    calls `stop()` first; the next `airflow_api` then starts them again."""
+    _SHARED_AIRFLOW.stack = stack
     try:
-        yield shared
+        yield _SHARED_AIRFLOW
     finally:
-        shared.stop()
+        _SHARED_AIRFLOW.stop()
 
 
 @pytest.fixture(scope="module")

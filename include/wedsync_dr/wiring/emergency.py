@@ -42,8 +42,8 @@ def build_emergency_dag(policy: Policy, doc_md: str):
     # Do not wait on a cloud that is down: one quick retry, then quorum decides.
     urgent = policy.with_overrides(upload_retries=1, upload_retry_delay_seconds=5, upload_max_retry_delay_seconds=5)
     common = {"pool": policy.emergency_pool, "priority_weight": policy.emergency_priority_weight}
-    # A step lost with its worker, or failed on a database blip, is retried after seconds, not a minute: the
-    # backup is wanted now (the routine DAGs keep the minute, with its backoff, for what a minute may heal).
+    # A failed step (a database blip; a worker lost, once its heartbeat timeout has noticed) is retried after
+    # seconds, not a minute: the backup is wanted now (the routine DAGs keep the minute, with its backoff).
     retried_soon = {**default_args(), "retry_delay": dt.timedelta(seconds=10)}
 
     @dag(dag_id=DAG_ID, schedule=None, start_date=START_DATE, catchup=False, default_args=retried_soon,
