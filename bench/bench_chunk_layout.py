@@ -42,14 +42,14 @@ def order_by(conn, table: str) -> str:
     return ", ".join(lead + key) or "ctid"
 
 
-class Tally:
-    """Chunks of one order and size on one day: content id -> (plaintext bytes, zstd -3 bytes)."""
+def copy_query(table: str, order: str, orders: dict[str, str]) -> str:
+    """The binary COPY of a table in heap order, or clustered by wedding (`orders`: table -> `order_by`)."""
+    source = f"wedsync.{table}" if order == "heap" else f"(SELECT * FROM wedsync.{table} ORDER BY {orders[table]})"
+    return f"COPY {source} TO STDOUT (FORMAT binary)"
 
-    def __init__(self):
-        self.chunks: dict[bytes, tuple[int, int]] = {}
 
-
-def one_day(state, key_ring, sizes: list[int]) -> dict[tuple[str, int], Tally]:
+def one_day(state, key_ring, sizes: list[int]) -> dict[tuple[str, int], dict[bytes, tuple[int, int]]]:
+    """Per order and chunk size, the day's chunks: digest -> (plaintext bytes, zstd -3 bytes)."""
     import psycopg
     import zstandard
 
@@ -57,26 +57,25 @@ def one_day(state, key_ring, sizes: list[int]) -> dict[tuple[str, int], Tally]:
     from wedsync_dr_dev import local_stack
 
     compressor = zstandard.ZstdCompressor(level=3)
-    tallies = {(order, kib): Tally() for order in ("heap", "wedding") for kib in sizes}
+    tallies: dict[tuple[str, int], dict[bytes, tuple[int, int]]] = {
+        (order, kib): {} for order in ("heap", "wedding") for kib in sizes}
     seconds = {"heap": 0.0, "wedding": 0.0}
     with psycopg.connect(state.admin_url(local_stack.SOURCE_DB)) as conn:
+        orders = {t: order_by(conn, t) for t in tables()}
         for table in tables():
             for order in ("heap", "wedding"):
-                query = (f"COPY wedsync.{table} TO STDOUT (FORMAT binary)" if order == "heap" else
-                         f"COPY (SELECT * FROM wedsync.{table} ORDER BY {order_by(conn, table)}) "
-                         "TO STDOUT (FORMAT binary)")
                 writers = []
                 for kib in sizes:
                     tally = tallies[order, kib]
 
                     def keep(view, tally=tally):
                         digest = hashlib.blake2b(view, digest_size=16).digest()
-                        if digest not in tally.chunks:
-                            tally.chunks[digest] = (len(view), len(compressor.compress(view)))
+                        if digest not in tally:
+                            tally[digest] = (len(view), len(compressor.compress(view)))
 
                     writers.append(chunking.ChunkingWriter(chunking.chunker(key_ring, kib << 10), keep))
                 t0 = time.perf_counter()
-                with conn.cursor() as cur, cur.copy(query) as copy:
+                with conn.cursor() as cur, cur.copy(copy_query(table, order, orders)) as copy:
                     for block in copy:
                         for writer in writers:
                             writer.write(block)
@@ -102,9 +101,7 @@ def copy_seconds(state, turns: int = 2) -> dict[str, list[float]]:
             for order in ("heap", "wedding"):
                 t0 = time.perf_counter()
                 for table in tables():
-                    query = (f"COPY wedsync.{table} TO STDOUT (FORMAT binary)" if order == "heap" else
-                             f"COPY (SELECT * FROM wedsync.{table} ORDER BY {orders[table]}) TO STDOUT (FORMAT binary)")
-                    with conn.cursor() as cur, cur.copy(query) as copy:
+                    with conn.cursor() as cur, cur.copy(copy_query(table, order, orders)) as copy:
                         for _block in copy:
                             pass
                 seconds[order].append(time.perf_counter() - t0)
@@ -131,11 +128,11 @@ def main() -> None:
     print("\n| order | chunk KiB | chunks day 1 / day 2 | day 2 new / all, plaintext | day 2 new / day 1, zstd -3 |"
           "\n|---|---|---|---|---|")
     for (order, kib), second in day2.items():
-        first = day1[order, kib].chunks
-        new = [v for k, v in second.chunks.items() if k not in first]
-        plain_all = sum(v[0] for v in second.chunks.values())
+        first = day1[order, kib]
+        new = [v for k, v in second.items() if k not in first]
+        plain_all = sum(v[0] for v in second.values())
         zstd_day1 = sum(v[1] for v in first.values())
-        print(f"| {order} | {kib} | {len(first)} / {len(second.chunks)} | "
+        print(f"| {order} | {kib} | {len(first)} / {len(second)} | "
               f"{sum(v[0] for v in new) / plain_all:.1%} | {sum(v[1] for v in new) / zstd_day1:.1%} |")
 
 

@@ -189,13 +189,6 @@ def _instant(value: str | None) -> dt.datetime | None:
     return dt.datetime.fromisoformat(value) if value else None
 
 
-def _shared_lock(policy: Policy, summary: dict[str, Any], lock_until: dt.datetime | None) -> dt.datetime | None:
-    """The lock a shared blob is stored with: the backup's own plus one lock period (`format.extended_lock`)."""
-    if lock_until is None:
-        return None
-    return format.extended_lock(lock_until, policy.lock_days(policy.data_classes[summary["data_class"]]))
-
-
 def _extract_deduplicated(policy: Policy, data_class: DataClass, backup_id: str, area: staging.Staging, work: Path,
                           connect, catalog_conn, key_ring: crypto.KeyRing, store_map: dict[str, ObjectStore],
                           workers: int, wedding_ids: list[int] | None) -> extract.Extraction:
@@ -530,10 +523,7 @@ def run_upload(policy: Policy, cloud: str, summary: dict[str, Any], store: Objec
     area = staging.for_policy(policy)
     encrypted = _stored(_read_entries(area, summary["backup_id"], "encrypt.json"))
     lock_until = _instant(summary.get("lock_until"))
-    # A shared blob is written with the lock an extension would give it (one more lock period): the next runs
-    # reference it within that period, and a run every 10 minutes would otherwise re-lock every blob the
-    # previous one stored.
-    blob_lock = _shared_lock(policy, summary, lock_until)
+    lock_days = policy.lock_days(policy.data_classes[summary["data_class"]])
     t0 = time.perf_counter()
 
     def send(obj: Entry) -> int | None:
@@ -546,7 +536,7 @@ def run_upload(policy: Policy, cloud: str, summary: dict[str, Any], store: Objec
         # (object-store staging: fetched to this worker's scratch for the upload, removed right after)
         with area.local_copy(summary["backup_id"], _ciphertext_name(obj)) as path:
             format.write_object(store, obj, path, backup_id=summary["backup_id"],
-                                lock_until=blob_lock if isinstance(obj, Blob) else lock_until,
+                                lock_until=format.write_lock(obj, lock_until, lock_days),
                                 progress=_progress_logger(cloud, obj.key.rsplit("/", 1)[-1], obj.ciphertext_size)
                                 if obj.ciphertext_size > 64 << 20 else None)
         return obj.ciphertext_size
@@ -723,15 +713,15 @@ def check_copy_in(policy: Policy, summary: dict[str, Any], cloud: str, store: Ob
                    if is_shared and p and p.startswith("missing")]
         if missing and others:
             scratch = staging.for_policy(policy).scratch(summary["backup_id"]) / f"fill-{cloud}"
-            blob_lock = _shared_lock(policy, summary, run.lock_until)
+            copy_locks = {i: format.write_lock(entries[i][0], run.lock_until, lock_days) for i in missing}
             filled = in_parallel(lambda i: _fill_from_others(store, cloud, entries[i][0], others, scratch,
-                                                             summary["backup_id"], blob_lock),
+                                                             summary["backup_id"], copy_locks[i]),
                                  missing, policy.upload_concurrency, f"fill-{cloud}")
             for i, ok in zip(missing, filled, strict=True):
                 if ok:
                     found[i] = None
-                    if locks is not None:  # copied with the lock of a newly stored blob
-                        locks.seen[entries[i][0].key] = blob_lock
+                    if locks is not None:  # copied with the lock it was written with
+                        locks.seen[entries[i][0].key] = copy_locks[i]
         if locks is not None:
             _record_locks(catalog_conn, cloud, locks.seen)
         missing_shared = frozenset(entry.key for (entry, is_shared), p in zip(entries, found, strict=True)

@@ -490,3 +490,11 @@ def extended_lock(lock_until: dt.datetime, lock_days: int) -> dt.datetime:
     """How far a shared object's lock is pushed when a backup needs it longer: one more lock period beyond the
     backup's own, so that a daily class re-locks each shared blob once a period, not once a day."""
     return lock_until + dt.timedelta(days=lock_days)
+
+
+def write_lock(entry: Entry, lock_until: dt.datetime | None, lock_days: int) -> dt.datetime | None:
+    """The lock a copy of `entry` is written with (upload, fill, repair): the backup's own; a shared blob's is
+    extended from the start, so the backups that reference it within the next period re-lock none of it."""
+    if lock_until is None or not isinstance(entry, Blob):
+        return lock_until
+    return extended_lock(lock_until, lock_days)

@@ -120,13 +120,10 @@ def repair_backup(manifest: Manifest, stores: dict[str, ObjectStore], staging: P
                                            "blob, which other backups may need: not overwritten")
                 continue
             after, source = "no good source", good[0]
-            # a shared blob is written as an upload writes it: one lock period beyond the backup's own
-            copy_lock = (format.extended_lock(lock_until, lock_days)
-                         if isinstance(entry, Blob) and lock_until is not None and lock_days else lock_until)
             for source in good:  # each source is proven by its bytes, not its HEAD
                 try:
                     copy_object(stores[source], stores[cloud], entry, staging, backup_id=manifest.backup_id,
-                                lock_until=copy_lock)
+                                lock_until=format.write_lock(entry, lock_until, lock_days))
                     after = format.check_copy(stores[cloud].head(entry.key), entry)
                     break
                 except SourceCopyBad as err:

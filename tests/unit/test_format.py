@@ -68,6 +68,13 @@ def test_a_lock_shorter_than_the_backup_needs_is_extended_by_a_whole_period():
     assert format.extended_lock(until, 7) == until + dt.timedelta(days=7)
 
 
+def test_a_shared_blob_is_written_locked_a_period_beyond_its_backup_and_anything_else_for_the_backup():
+    until = dt.datetime(2026, 12, 9, tzinfo=dt.UTC)
+    assert format.write_lock(_blob(), until, 7) == until + dt.timedelta(days=7)
+    assert format.write_lock(_entry(), until, 7) == until
+    assert format.write_lock(_blob(), None, 7) is None  # an unlocked backup locks nothing
+
+
 def test_blobs_are_bound_to_their_content_id_and_data_objects_to_their_backup():
     assert _blob().associated_data("b-1") == crypto.associated_data("assets-blob", "f" * 64)
     legacy = format.entry_from_json({"blob": True, "plaintext_sha256": SHA, "name": "blob-x", **_json(_blob()),
