@@ -523,7 +523,7 @@ def run_upload(policy: Policy, cloud: str, summary: dict[str, Any], store: Objec
     area = staging.for_policy(policy)
     encrypted = _stored(_read_entries(area, summary["backup_id"], "encrypt.json"))
     lock_until = _instant(summary.get("lock_until"))
-    lock_days = policy.lock_days(policy.data_classes[summary["data_class"]])
+    lock_days = policy.lock_days(policy.data_classes[summary["data_class"]]) if lock_until is not None else 0
     t0 = time.perf_counter()
 
     def send(obj: Entry) -> int | None:
