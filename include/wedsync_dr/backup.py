@@ -192,23 +192,20 @@ def _instant(value: str | None) -> dt.datetime | None:
 def _extract_deduplicated(policy: Policy, data_class: DataClass, backup_id: str, area: staging.Staging, work: Path,
                           connect, catalog_conn, key_ring: crypto.KeyRing, store_map: dict[str, ObjectStore],
                           workers: int, wedding_ids: list[int] | None) -> extract.Extraction:
-    """The class's tables cut into content-defined chunks, or its wedding bundles each one chunk (format 4): only
-    chunks no earlier backup stored are staged. Which are stored: the catalog first, then the clouds (a chunk a
-    failed or concurrent run stored, or one the catalog forgot, is adopted once it is proven to decrypt to the
-    chunk); every chunk the backup reuses is described in full in `referenced-blobs.json`, and validate proves
-    each in every cloud."""
+    """The class's tables cut into content-defined chunks in packs (`_extract_packed`), or its wedding bundles
+    each one chunk (format 4): only chunks no earlier backup stored are staged. Which bundles are stored: the
+    catalog first, then the clouds (a bundle a failed or concurrent run stored, or one the catalog forgot, is
+    adopted once it is proven to decrypt to it); every bundle the backup reuses is described in full in
+    `referenced-blobs.json`, and validate proves each in every cloud."""
+    if data_class.kind == "tables":
+        return _extract_packed(policy, data_class, backup_id, area, work, connect, catalog_conn, key_ring, workers)
     known = {cid: entry for cid, entry in catalog.known_blobs(catalog_conn, policy.prefix).items()
              if entry.key.startswith(format.chunks_prefix(policy.prefix))}
     stager = extract.ChunkStager(work, policy.zstd_level, key_ring.content_id,
                                  lambda cid: format.chunk_key(policy.prefix, cid), known)
-    if data_class.kind == "wedding_bundles":
-        extraction = extract.extract_wedding_bundles(connect, policy, data_class, backup_id, work, wedding_ids,
-                                                     chunks=stager)
-        extraction.notes["chunks"] = len(extraction.objects)
-    else:
-        cdc = chunking.chunker(key_ring, data_class.dedup_chunk_kib << 10)
-        extraction = extract.extract_tables(connect, policy, data_class, backup_id, work, workers=workers,
-                                            chunks=stager, cdc=cdc)
+    extraction = extract.extract_wedding_bundles(connect, policy, data_class, backup_id, work, wedding_ids,
+                                                 chunks=stager)
+    extraction.notes["chunks"] = len(extraction.objects)
     candidates = {s.extra["content_id"]: _Candidate(s.extra["key"], s.plaintext_size, s.plaintext_sha256, "zstd")
                   for s in stager.new}
     asked = time.perf_counter()
@@ -222,6 +219,41 @@ def _extract_deduplicated(policy: Policy, data_class: DataClass, backup_id: str,
     extraction.notes["new_chunks"] = len(stager.new)
     log.info("%s: %d chunks, %d new to store, %d stored by earlier backups", data_class.name,
              extraction.notes["chunks"], len(stager.new), len(referenced))
+    return extraction
+
+
+def _extract_packed(policy: Policy, data_class: DataClass, backup_id: str, area: staging.Staging, work: Path,
+                    connect, catalog_conn, key_ring: crypto.KeyRing, workers: int) -> extract.Extraction:
+    """The class's tables cut into content-defined chunks, the new ones stored in packs (format 5).
+
+    Which chunks are stored already: those of the class's newest good packed backup, from its manifest in the
+    catalog (chunk -> pack and offset; the packs' full entries go to `referenced-blobs.json`). The clouds are asked
+    about those packs, not told: each upload task proves every referenced pack in its cloud (one listing where
+    it carries checksums) and validate copies one a cloud lacks from a cloud whose copy checks out, so the
+    catalog is never trusted alone. Unlike a format-4 chunk, a new chunk cannot be looked up in a cloud (its id
+    names no object there: packs are named by their own content), so the extract loads no cloud SDK and asks
+    no cloud; a chunk the catalog does not know (it was lost: `rebuild-catalog` brings the manifests back) is
+    stored again, once, in a new pack."""
+    chunks_prefix = format.chunks_prefix(policy.prefix)
+    previous = catalog.latest_packed_manifest(catalog_conn, data_class.name, policy.prefix)
+    packs = {b.content_id: b for b in previous.blobs if b.key.startswith(chunks_prefix)} if previous else {}
+    known = {c.content_id: (c.pack, c.offset) for o in (previous.objects if previous else ())
+             if isinstance(o, ChunkedObject) for c in o.chunks if c.pack in packs}
+    stager = extract.PackStager(work, policy.zstd_level, key_ring.content_id,
+                                lambda cid: format.chunk_key(policy.prefix, cid), known,
+                                pack_bytes=data_class.dedup_pack_kib << 10)
+    cdc = chunking.chunker(key_ring, data_class.dedup_chunk_kib << 10)
+    extraction = extract.extract_tables(connect, policy, data_class, backup_id, work, workers=workers,
+                                        chunks=stager, cdc=cdc)
+    _write_entries(area, backup_id, "referenced-blobs.json",
+                   sorted((packs[cid] for cid in stager.reused), key=lambda b: b.key))
+    new_packs = {s.extra["content_id"] for s in stager.new}
+    refs = [c for o in extraction.objects for c in o.extra.get("chunks", ())]
+    extraction.objects += stager.new
+    extraction.notes |= {"chunks": len({c[0] for c in refs}), "new_packs": len(new_packs), "clouds_asked_seconds": 0,
+                         "new_chunks": len({c[0] for c in refs if c[2] in new_packs})}
+    log.info("%s: %d chunks, %d new in %d packs, %d packs of earlier backups referenced", data_class.name,
+             extraction.notes["chunks"], extraction.notes["new_chunks"], len(new_packs), len(stager.reused))
     return extraction
 
 
@@ -430,8 +462,7 @@ def _seal(policy: Policy, backup_id: str, prefix: str, objects: list[extract.Sta
                                  columns=tuple(obj.columns) if obj.columns is not None else None,
                                  copy_format=obj.copy_format, plaintext_sha256=obj.plaintext_sha256,
                                  plaintext_size=obj.plaintext_size,
-                                 chunks=tuple(format.ChunkRef(content_id=cid, size=size)
-                                              for cid, size in obj.extra["chunks"]))
+                                 chunks=tuple(format.ChunkRef.from_staged(c) for c in obj.extra["chunks"]))
         content_id = obj.extra.get("content_id") if obj.extra.get("blob") else None
         sizes = {"compression": obj.compression, "plaintext_size": obj.plaintext_size,
                  "compressed_size": obj.compressed_size}

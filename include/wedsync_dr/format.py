@@ -17,6 +17,11 @@ Versions (`format_version` in the manifest; restores read all of them):
   COPY stream), each chunk a blob like an asset file's (keyed content id, sealed alone, stored once per cloud
   under `<prefix>/chunks/`): the manifest's object lists its chunks in order (`chunks`) and every chunk is in
   `blobs`. A backup stores only the chunks no earlier backup stored; its manifest alone still restores it.
+- 5: the chunks of a table object are stored in **packs**: a pack is a blob like a format-4 chunk (keyed content
+  id of its plaintext, sealed alone, stored once per cloud under `<prefix>/chunks/`) whose plaintext is the new
+  chunks of one run's object, one after another. The object lists its packs (`packs`) and, per chunk, its content
+  id, size, pack (an index into `packs`) and offset in the pack's plaintext; every pack is in `blobs`. Small
+  chunks (16 KiB: a changed row re-stores ~16 KiB, not ~1 MiB) without a request per chunk.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from wedsync_dr.storage import ObjectInfo, ObjectStore
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 MANIFEST_NAME = "manifest.json"
 BLOB_AD_SCOPE = "assets-blob"  # blobs are shared by many backups: their AD binds the content id instead
 
@@ -176,9 +181,34 @@ class Blob(StoredObject):
 
 @dataclass(frozen=True, kw_only=True)
 class ChunkRef:
-    """One chunk of a chunked object: the blob's content id and how many plaintext bytes it holds."""
+    """One chunk of a chunked object: its content id and how many plaintext bytes it holds; stored as a blob of
+    its own (format 4, `pack` None) or at `offset` in the plaintext of the pack blob whose content id is `pack`
+    (format 5)."""
 
     content_id: str
+    size: int
+    pack: str | None = None
+    offset: int = 0
+
+    @classmethod
+    def from_staged(cls, ref: tuple | list) -> ChunkRef:
+        """From extract's (content id, size) of a chunk blob, or (content id, size, pack, offset) of a packed one."""
+        cid, size, *where = ref
+        return cls(content_id=cid, size=size, pack=where[0], offset=where[1]) if where else cls(content_id=cid,
+                                                                                                size=size)
+
+    @property
+    def blob_id(self) -> str:
+        """The content id of the blob that holds the chunk."""
+        return self.pack or self.content_id
+
+
+@dataclass(frozen=True)
+class ChunkPiece:
+    """Where a chunk's plaintext is: `size` bytes at `offset` in the plaintext of `blob`."""
+
+    blob: Blob
+    offset: int
     size: int
 
 
@@ -204,7 +234,14 @@ class ChunkedObject:
                 "columns": list(self.columns) if self.columns is not None else None, "wedding_id": self.wedding_id,
                 "copy_format": self.copy_format, "compression": self.compression,
                 "plaintext_sha256": self.plaintext_sha256, "plaintext_size": self.plaintext_size,
-                "chunks": [[c.content_id, c.size] for c in self.chunks]}
+                **self._chunks_json()}
+
+    def _chunks_json(self) -> dict[str, Any]:
+        packs = list(dict.fromkeys(c.pack for c in self.chunks if c.pack))
+        if not packs:  # format 4: a blob per chunk
+            return {"chunks": [[c.content_id, c.size] for c in self.chunks]}
+        index = {pack: i for i, pack in enumerate(packs)}
+        return {"packs": packs, "chunks": [[c.content_id, c.size, index[c.pack], c.offset] for c in self.chunks]}
 
     @classmethod
     def from_json(cls, value: dict[str, Any]) -> ChunkedObject:
@@ -214,9 +251,17 @@ class ChunkedObject:
                        wedding_id=value.get("wedding_id"), copy_format=value.get("copy_format"),
                        compression=value.get("compression", "zstd"), plaintext_sha256=value["plaintext_sha256"],
                        plaintext_size=value["plaintext_size"],
-                       chunks=tuple(ChunkRef(content_id=cid, size=size) for cid, size in value["chunks"]))
-        except (KeyError, TypeError, ValueError) as err:
+                       chunks=_chunk_refs(value))
+        except (KeyError, IndexError, TypeError, ValueError) as err:
             raise FormatError(f"malformed chunked object {value.get('name')!r}: {err!r}") from None
+
+
+def _chunk_refs(value: dict[str, Any]) -> tuple[ChunkRef, ...]:
+    if "packs" not in value:  # format 4
+        return tuple(ChunkRef(content_id=cid, size=size) for cid, size in value["chunks"])
+    packs = value["packs"]
+    return tuple(ChunkRef(content_id=cid, size=size, pack=packs[i], offset=offset)
+                 for cid, size, i, offset in value["chunks"])
 
 
 Entry = DataObject | Blob
@@ -329,14 +374,20 @@ class Manifest:
         # once per manifest: a restore of a class of bundles asks for the chunks of thousands of objects
         return {b.content_id: b for b in self.blobs if b.content_id}
 
-    def chunks_of(self, obj: ChunkedObject) -> list[Blob]:
-        """The blobs of a chunked object, in order (FormatError when the manifest lacks one)."""
+    def chunks_of(self, obj: ChunkedObject) -> list[ChunkPiece]:
+        """Where each chunk of a chunked object is, in order: its own blob (format 4) or a range of a pack's
+        (format 5). FormatError when the manifest lacks a blob, or a range lies outside its pack."""
         blobs = self._blobs_by_content_id
-        missing = [c.content_id for c in obj.chunks if c.content_id not in blobs]
-        if missing:
-            raise FormatError(f"manifest of backup {self.backup_id} lists no blob for chunk {missing[0]} of "
-                              f"{obj.name}")
-        return [blobs[c.content_id] for c in obj.chunks]
+        pieces = []
+        for c in obj.chunks:
+            blob = blobs.get(c.blob_id)
+            if blob is None:
+                raise FormatError(f"manifest of backup {self.backup_id} lists no blob for chunk {c.content_id} of "
+                                  f"{obj.name}")
+            if c.offset < 0 or c.size < 0 or c.offset + c.size > blob.plaintext_size:
+                raise FormatError(f"chunk {c.content_id} of {obj.name} lies outside its pack {c.blob_id}")
+            pieces.append(ChunkPiece(blob, c.offset, c.size))
+        return pieces
 
     def referenced_blob_keys(self, prefix: str) -> set[str]:
         """Keys of every blob the backup needs (what mark-and-sweep must keep)."""
@@ -363,7 +414,10 @@ def build_manifest(*, backup_id: str, data_class: str, created_at: str, snapshot
     `ciphertext_bytes`, `stored_objects` -- what each cloud received)."""
     stored = set(stored_blob_keys)
     new_blobs = [b for b in blobs if b.key in stored]
-    chunk_ids = {c.content_id for o in objects if isinstance(o, ChunkedObject) for c in o.chunks}
+    refs = [c for o in objects if isinstance(o, ChunkedObject) for c in o.chunks]
+    chunk_ids = {c.content_id for c in refs}
+    holders = {c.blob_id for c in refs}  # the blobs that hold chunks (their plaintext is counted by the objects)
+    new_ids = {b.content_id for b in new_blobs}
     own = [*(o for o in objects if isinstance(o, DataObject)), *new_blobs]
     return Manifest(
         backup_id=backup_id, data_class=data_class, prefix=prefix, created_at=created_at,
@@ -371,11 +425,12 @@ def build_manifest(*, backup_id: str, data_class: str, created_at: str, snapshot
         locked_until=_instant(lock_until), retain_until=_instant(retain_until), objects=tuple(objects),
         blobs=tuple(sorted(blobs, key=lambda b: b.key)), tables=tables,
         totals={"objects": len(objects), "blobs": len(blobs), "blobs_stored": len(new_blobs),
-                "chunks": len(chunk_ids), "chunks_stored": sum(1 for b in new_blobs if b.content_id in chunk_ids),
+                "chunks": len(chunk_ids), "chunks_stored": len({c.content_id for c in refs if c.blob_id in new_ids}),
+                "packs_stored": len(new_ids & {c.pack for c in refs if c.pack}),
                 "stored_objects": len(own),
                 "rows": sum(o.rows or 0 for o in objects),
                 "plaintext_bytes": sum(o.plaintext_size for o in objects)
-                + sum(b.plaintext_size for b in new_blobs if b.content_id not in chunk_ids),
+                + sum(b.plaintext_size for b in new_blobs if b.content_id not in holders),
                 "compressed_bytes": sum(o.compressed_size or o.plaintext_size for o in own),
                 "ciphertext_bytes": sum(o.ciphertext_size for o in own)})
 

@@ -144,6 +144,7 @@ POLICY_SCHEMA: dict[str, Any] = {
                     "part_size_mb": {"type": "number", "minimum": 0},
                     "extract_workers": {"type": "integer", "minimum": 1, "maximum": 32},
                     "dedup_chunk_kib": {"anyOf": [{"const": 0}, {"type": "integer", "minimum": 16, "maximum": 4096}]},
+                    "dedup_pack_kib": {"type": "integer", "minimum": 16, "maximum": 262144},
                     "dedup_bundles": {"type": "boolean"},
                     "bundle_tables": {
                         "type": "object", "minProperties": 1, "propertyNames": {"pattern": _IDENT},
@@ -208,6 +209,9 @@ class DataClass:
     # tables classes: average content-defined chunk size (format 4: only changed chunks are stored); 0: one
     # object per table (part), every backup a full copy
     dedup_chunk_kib: int = 0
+    # ... and how much chunk plaintext one stored pack gathers (format 5): fewer, larger objects per backup;
+    # a restore holds a few packs in memory, and a pack is kept while any backup needs one of its chunks
+    dedup_pack_kib: int = 8192
     # wedding_bundles classes: each bundle content-addressed (format 4): an unchanged wedding is not sent again
     dedup_bundles: bool = False
 

@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -286,10 +287,10 @@ def read_object(manifest: Manifest, entry: DataObject | ChunkedObject, order: li
                 report: RestoreReport, savepoint=None) -> Any:
     """Stream one data object's verified plaintext into `consume` (see `with_failover`), and count what was read.
 
-    A chunked object (format 4) is read chunk by chunk, each from the first cloud that delivers a valid copy of
-    it: a chunk is verified whole (tags, ciphertext sha256, content id) before any of its bytes move on, and
-    the object's own sha256 and size once every chunk is in. A chunk no cloud delivers fails the object
-    (the savepoint rolls back what it loaded)."""
+    A chunked object (format 4, 5) is read chunk by chunk, each from the first cloud that delivers a valid copy
+    of the blob that holds it (its own, or its pack): a blob is verified whole (tags, ciphertext sha256, content
+    id) before any of its bytes move on, and the object's own sha256 and size once every chunk is in. A chunk no
+    cloud delivers fails the object (the savepoint rolls back what it loaded)."""
     if isinstance(entry, DataObject):
         result, attempts = with_failover(entry, order, stores, key_ring, consume, backup_id=manifest.backup_id,
                                          savepoint=savepoint)
@@ -323,24 +324,39 @@ def _read_all(stream: BinaryIO) -> bytes:
     return b"".join(iter(lambda: stream.read(1 << 20), b""))
 
 
-class _ChunkedReader(io.RawIOBase):
-    """The plaintext of a chunked object: each chunk fetched (and verified) whole when the reader reaches it, so
-    at most one chunk is in memory."""
+PACKS_HELD = 4  # packs a chunked object's reader keeps (8 MiB of plaintext each): see _ChunkedReader
 
-    def __init__(self, chunks: list[Blob], fetch: Callable[[Blob], bytes]):
+
+class _ChunkedReader(io.RawIOBase):
+    """The plaintext of a chunked object: each chunk's blob fetched (and verified) whole when the reader reaches
+    it. A pack holds many chunks, mostly of this object and in its order, so the last `PACKS_HELD` blobs read
+    are kept: a run of chunks from one pack, or chunks from the older packs a later backup interleaves with its
+    own, costs one download each. At most that many blobs are in memory."""
+
+    def __init__(self, chunks: list[format.ChunkPiece], fetch: Callable[[Blob], bytes]):
         self._chunks = iter(chunks)
         self._fetch = fetch
+        self._held: OrderedDict[str, memoryview] = OrderedDict()
         self._current = memoryview(b"")
 
     def readable(self) -> bool:
         return True
 
+    def _plaintext(self, blob: Blob) -> memoryview:
+        held = self._held.pop(blob.key, None)
+        if held is None:
+            held = memoryview(self._fetch(blob))
+        self._held[blob.key] = held
+        while len(self._held) > PACKS_HELD:
+            self._held.popitem(last=False)
+        return held
+
     def readinto(self, buffer) -> int:
         while not self._current:
-            blob = next(self._chunks, None)
-            if blob is None:
+            piece = next(self._chunks, None)
+            if piece is None:
                 return 0
-            self._current = memoryview(self._fetch(blob))
+            self._current = self._plaintext(piece.blob)[piece.offset:piece.offset + piece.size]
         n = min(len(buffer), len(self._current))
         buffer[:n] = self._current[:n]
         self._current = self._current[n:]

@@ -1,7 +1,7 @@
-"""Deduplicated table backups (format 4) against the real stack: each backup stores only the chunks that changed,
-every backup still restores on its own (after the first one was retired and its chunks swept), a corrupted chunk
-fails over to the next cloud, a sweep stopped midway leaves every kept backup restorable, repair copies chunks,
-and a format-3 (unchunked) table backup still restores.
+"""Deduplicated table backups (format 5) against the real stack: each backup stores only the chunks that changed,
+in packs; every backup still restores on its own (after the first one was retired and the packs only it needed
+were swept), a corrupted pack fails over to the next cloud, a sweep stopped midway leaves every kept backup
+restorable, repair copies packs, and a format-3 (unchunked) table backup still restores.
 
 Everything here reads its own copy of three WedSync tables (schema `dedup_src`, changed by the tests as a live
 database would be) and writes under its own key prefix with its own class (`ledger`): the other modules' backups
@@ -27,8 +27,9 @@ POLICY = load_policy()
 PREFIX = "wedsync-dr-dedup"
 SCHEMA = "dedup_src"
 TABLES = ("clients", "weddings", "guests")
+# packs of ~2 chunks: a test table is a few MB, and a change must leave some packs of day 1 needed by no later day
 LEDGER = dataclasses.replace(POLICY.data_classes["client_data"], name="ledger", tables=TABLES, dedup_chunk_kib=16,
-                             part_size_mb=0)
+                             dedup_pack_kib=32, part_size_mb=0)
 DEDUP = POLICY.with_overrides(prefix=PREFIX, source_schema=SCHEMA, data_classes={"ledger": LEDGER})
 
 
@@ -100,7 +101,13 @@ def backups(stack, demo_data, airflow_db, key_ring):
 
 def _chunks(record: dict, table: str) -> list[str]:
     (obj,) = [o for o in record["manifest"]["objects"] if o["source"] == table]
-    return [cid for cid, _size in obj["chunks"]]
+    return [chunk[0] for chunk in obj["chunks"]]
+
+
+def _packs(record: dict, table: str) -> list[str]:
+    """The content ids of the packs that hold the table's chunks, in the order its chunks first need them."""
+    (obj,) = [o for o in record["manifest"]["objects"] if o["source"] == table]
+    return [obj["packs"][chunk[2]] for chunk in obj["chunks"]]
 
 
 def _restore(policy, backup_id: str, store_map, key_ring, **request):
@@ -120,7 +127,7 @@ def _drop(schema: str) -> None:
 def test_a_backup_stores_only_the_chunks_around_what_changed(backups):
     day1, day2, day3 = backups["days"]
     for record in (day1, day2, day3):
-        assert record["status"] == "validated" and record["manifest"]["format_version"] == 4, record
+        assert record["status"] == "validated" and record["manifest"]["format_version"] == 5, record
     for table in ("clients", "weddings"):  # unchanged tables: the same chunks, none stored again
         assert _chunks(day2, table) == _chunks(day1, table)
     before, after = _chunks(day1, "guests"), _chunks(day2, "guests")
@@ -131,6 +138,10 @@ def test_a_backup_stores_only_the_chunks_around_what_changed(backups):
     assert after[: len(before) // 4] == before[: len(before) // 4]
     totals1, totals2, totals3 = (r["manifest"]["totals"] for r in (day1, day2, day3))
     assert totals2["chunks_stored"] == len(set(new)) and totals2["ciphertext_bytes"] < totals1["ciphertext_bytes"] / 3
+    # the new chunks went into new packs, and only they: the packs day 2 stored hold nothing day 1 had
+    new_packs = set(_packs(day2, "guests")) - set(_packs(day1, "guests"))
+    assert {c for c, p in zip(after, _packs(day2, "guests"), strict=True) if p in new_packs} == set(new)
+    assert 0 < totals2["packs_stored"] == len(new_packs) < totals1["packs_stored"], (totals1, totals2)
     assert totals3["chunks_stored"] == 0 and totals3["ciphertext_bytes"] == 0 and totals3["stored_objects"] == 0
     assert _chunks(day3, "guests") == after
 
@@ -143,7 +154,13 @@ def test_every_chunk_is_stored_once_per_cloud_named_by_its_keyed_content_id(back
         assert stored == set(needed), cloud
     for key, blob in needed.items():
         assert key == format.chunk_key(PREFIX, blob["content_id"])
-        assert "plaintext_sha256" not in blob  # nothing names the plaintext of a chunk
+        assert "plaintext_sha256" not in blob  # nothing names the plaintext of a pack
+    day1 = backups["days"][0]["manifest"]
+    chunks = {c[0]: c[1] for o in day1["objects"] for c in o["chunks"]}
+    assert len(day1["blobs"]) < len(chunks) / 1.5, (len(day1["blobs"]), len(chunks))  # packed, not one per chunk
+    # a chunk id names no object -- but a pack of one chunk, whose plaintext is that chunk's
+    for cid in {format.chunk_key(PREFIX, cid): cid for cid in chunks}.keys() & needed.keys():
+        assert needed[cid]["plaintext_size"] == chunks[needed[cid]["content_id"]]
 
 
 class _Killed(BaseException):
@@ -222,10 +239,11 @@ def test_each_later_backup_restores_on_its_own_after_the_first_is_retired(backup
             _drop(report.target)
 
 
-def test_a_corrupted_chunk_fails_over_to_the_next_cloud(backups, key_ring):
+def test_a_corrupted_pack_fails_over_to_the_next_cloud(backups, key_ring):
     day3 = backups["days"][2]
     store_map = backups["stores"]
-    victim = next(b for b in day3["manifest"]["blobs"] if b["content_id"] in set(_chunks(day3, "guests")))
+    first = _packs(day3, "guests")[0]  # the table's first chunks: read in one stretch, so fetched once
+    victim = next(b for b in day3["manifest"]["blobs"] if b["content_id"] == first)
     original = store_map["aws"].read_bytes(victim["key"])
     damaged = bytearray(original)
     damaged[len(damaged) // 2] ^= 0x01
@@ -239,7 +257,7 @@ def test_a_corrupted_chunk_fails_over_to_the_next_cloud(backups, key_ring):
             assert report.sources["aws"] >= 1 and sum(n for c, n in report.sources.items() if c != "aws") == 1
         finally:
             _drop(report.target)
-        # repair re-copies that one chunk from a good cloud, not the table
+        # repair re-copies that one pack from a good cloud, not the table
         manifest = format.Manifest.from_json(day3["manifest"])
         result = repair.repair_backup(manifest, store_map, DEDUP.staging_dir() / "repair-dedup")
         assert [(key, target) for key, _source, target in result.copied] == [(victim["key"], "aws")], result
@@ -271,12 +289,12 @@ def test_a_format_3_table_backup_still_restores(backups, key_ring):
         _drop(report.target)
 
 
-def test_a_chunk_the_catalog_knows_but_two_clouds_lack_is_copied_to_them_by_the_next_backup(backups, key_ring):
-    """The catalog is never trusted alone: a chunk it lists that a cloud lost (or never got: it was adopted from
-    another cloud) is copied to that cloud, ciphertext as it is, when the next backup that needs it validates."""
+def test_a_pack_the_catalog_knows_but_two_clouds_lack_is_copied_to_them_by_the_next_backup(backups, key_ring):
+    """The catalog is never trusted alone: a pack it lists that a cloud lost (or never got) is copied to that
+    cloud, ciphertext as it is, when the next backup that needs it validates."""
     day3 = backups["days"][2]
     store_map = backups["stores"]
-    lost = next(b for b in day3["manifest"]["blobs"] if b["content_id"] in set(_chunks(day3, "guests")))
+    lost = next(b for b in day3["manifest"]["blobs"] if b["content_id"] in set(_packs(day3, "guests")))
     for cloud in ("azure", "gcp"):
         store_map[cloud].delete(lost["key"])
     with catalog.connect() as conn:
@@ -351,7 +369,7 @@ def test_an_unchanged_wedding_bundle_is_not_sent_again(backups, key_ring):  # `b
                                           started_at=t0 + dt.timedelta(minutes=15 * step), store_map=store_map)
                 runs.append(catalog.backup(conn, result["backup_id"])["manifest"])
         first, same, changed = runs
-        assert first["format_version"] == 4 and len(first["objects"]) > 3
+        assert first["format_version"] == 5 and len(first["objects"]) > 3
         assert first["totals"]["chunks_stored"] == len(first["objects"])  # one content-addressed chunk a bundle
         assert same["totals"]["chunks_stored"] == 0 and same["totals"]["ciphertext_bytes"] == 0
         assert changed["totals"]["chunks_stored"] == 1

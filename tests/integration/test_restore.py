@@ -122,7 +122,7 @@ def test_one_wedding_restores_alone_from_whole_table_objects(stack, backed_up, k
     """client_data stores whole tables as binary COPY streams: a one-wedding restore picks that wedding's
     rows out of them (server-side, through a temporary table) and restores nothing else."""
     manifest = backed_up["client_data"]["manifest"]
-    assert manifest["format_version"] == 4 and not any("chunks" in o for o in manifest["objects"])  # not deduplicated
+    assert manifest["format_version"] == 5 and not any("chunks" in o for o in manifest["objects"])  # not deduplicated
     assert {o["copy_format"] for o in manifest["objects"]} == {"binary"}
     per_wedding = sorted({o["source"] for o in manifest["objects"] if "wedding_id" in o["columns"]})
     others = sorted({o["source"] for o in manifest["objects"]} - set(per_wedding))

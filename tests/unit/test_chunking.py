@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import random
@@ -9,7 +10,7 @@ import random
 import pytest
 
 from wedsync_dr import chunking, crypto, format
-from wedsync_dr.extract import ChunkStager
+from wedsync_dr.extract import ChunkStager, PackStager, _PackedSink
 
 RING = crypto.KeyRing.generate(["k1"])
 AVG = 16 << 10
@@ -106,7 +107,7 @@ def _blob(cid: str, size: int) -> format.Blob:
                        encryption={"kek_id": "k1", "wrapped_key": "AA=="})
 
 
-def test_a_chunked_manifest_lists_every_chunk_and_counts_what_it_stored():
+def test_a_format_4_chunked_manifest_lists_every_chunk_and_counts_what_it_stored():
     chunks = (format.ChunkRef(content_id="a" * 64, size=10), format.ChunkRef(content_id="b" * 64, size=20),
               format.ChunkRef(content_id="a" * 64, size=10))
     table = format.ChunkedObject(name="guests.copy", source="guests", plaintext_sha256="c" * 64, plaintext_size=40,
@@ -116,16 +117,101 @@ def test_a_chunked_manifest_lists_every_chunk_and_counts_what_it_stored():
                                      snapshot_at=None, source_schema="wedsync", labels=(), reason=None, prefix="p/x",
                                      lock_until=None, retain_until=None, objects=[table], blobs=blobs, tables={},
                                      stored_blob_keys=[blobs[1].key])
-    assert manifest.format_version == 4
-    expected = {"objects": 1, "chunks": 2, "chunks_stored": 1, "stored_objects": 1, "plaintext_bytes": 40,
-                "ciphertext_bytes": 76, "rows": 3}
+    assert manifest.format_version == format.FORMAT_VERSION
+    assert "packs" not in manifest.to_json()["objects"][0]  # a blob per chunk, as format 4 wrote it
+    expected = {"objects": 1, "chunks": 2, "chunks_stored": 1, "packs_stored": 0, "stored_objects": 1,
+                "plaintext_bytes": 40, "ciphertext_bytes": 76, "rows": 3}
     assert {k: manifest.totals[k] for k in expected} == expected
     read = format.Manifest.from_json(json.loads(manifest.body()))
     assert read.objects == (table,)
     assert [b.key for b in read.entries] == [b.key for b in blobs]  # a chunked object is stored as its chunks
-    assert [b.content_id for b in read.chunks_of(read.objects[0])] == ["a" * 64, "b" * 64, "a" * 64]
+    assert [(p.blob.content_id, p.offset, p.size) for p in read.chunks_of(read.objects[0])] == [
+        ("a" * 64, 0, 10), ("b" * 64, 0, 20), ("a" * 64, 0, 10)]
     broken = {**json.loads(manifest.body()), "blobs": [blobs[0].to_json()]}
     with pytest.raises(format.FormatError, match="no blob for chunk"):
         format.Manifest.from_json(broken).chunks_of(table)
     with pytest.raises(format.FormatError, match="malformed chunked object"):
         format.entry_from_json({"name": "x", "chunks": [["a" * 64]]})
+
+
+def _packed(tmp_path, known: dict[str, tuple[str, int]], objects: list[bytes], pack_bytes: int):
+    """Cut `objects` as a run's copy workers do (one sink each), the new chunks into packs."""
+    stager = PackStager(tmp_path, 3, RING.content_id, lambda cid: format.chunk_key("p", cid), known, pack_bytes)
+    lists = []
+    for data in objects:
+        sink = _PackedSink(stager, chunking.chunker(RING, AVG))
+        for start in range(0, len(data), 50_000):
+            sink.write(data[start:start + 50_000])
+        sha, size, _ = sink.close()
+        assert (sha, size) == (hashlib.sha256(data).hexdigest(), len(data))
+        lists.append(sink.chunks)
+    return stager, lists
+
+
+def _read_pack(staged) -> bytes:
+    import zstandard
+    with open(staged.path, "rb") as f:
+        return zstandard.ZstdDecompressor().decompressobj().decompress(f.read())
+
+
+def test_new_chunks_go_into_packs_and_a_changed_row_stores_one_small_pack(tmp_path):
+    rows = _rows(40_000)
+    day1 = b"".join(rows)
+    stager, (chunks1,) = _packed(tmp_path / "d1", {}, [day1], pack_bytes=256 << 10)
+    packs = {s.extra["content_id"]: _read_pack(s) for s in stager.new}
+    assert len(chunks1) > 40 and 3 <= len(packs) < len(chunks1)  # many chunks, few objects
+    for staged in stager.new:
+        assert staged.extra["key"] == format.chunk_key("p", staged.extra["content_id"])
+        assert staged.extra["content_id"] == RING.content_id(hashlib.sha256(packs[staged.extra["content_id"]])
+                                                             .hexdigest())
+        assert (tmp_path / "d1" / staged.path.rsplit("/", 1)[1]).stat().st_mode & 0o777 == 0o600
+    # every chunk is where its record says, and they reassemble to the object
+    assert b"".join(packs[pack][offset:offset + size] for _cid, size, pack, offset in chunks1) == day1
+
+    rows[20_000] = rows[20_000].replace(b"\t", b"\tchanged ", 1)
+    day2 = b"".join(rows)
+    known = {cid: (pack, offset) for cid, _size, pack, offset in chunks1}
+    stager2, (chunks2,) = _packed(tmp_path / "d2", known, [day2], pack_bytes=256 << 10)
+    new = [c for c in chunks2 if c[2] not in packs]
+    assert 1 <= len(new) <= 3, new  # the chunks around the change, in one new pack
+    assert [c[0] for c in chunks2 if c[2] in packs] == [c[0] for c in chunks2 if c not in new]
+    assert len(stager2.new) == 1 and stager2.reused == set(packs)  # each old pack still holds kept chunks
+    packs |= {s.extra["content_id"]: _read_pack(s) for s in stager2.new}
+    assert b"".join(packs[pack][offset:offset + size] for _cid, size, pack, offset in chunks2) == day2
+
+
+def test_a_chunk_repeated_within_a_run_is_packed_once(tmp_path):
+    block = random.randbytes(200_000)
+    stager, (first, second) = _packed(tmp_path, {}, [block * 3, block], pack_bytes=8 << 20)
+    stored = {c[0] for s in stager.new for c in first + second if c[2] == s.extra["content_id"]}
+    packed_bytes = sum(s.plaintext_size for s in stager.new)
+    assert packed_bytes < len(block) * 2, packed_bytes  # the repeats and the second object reference the first
+    assert {c[0] for c in second} <= stored | {c[0] for c in first}
+
+
+def test_a_format_5_manifest_lists_packs_and_where_each_chunk_is():
+    a, b = "a" * 64, "b" * 64
+    chunks = (format.ChunkRef(content_id="1" * 64, size=10, pack=a, offset=0),
+              format.ChunkRef(content_id="2" * 64, size=20, pack=b, offset=5),
+              format.ChunkRef(content_id="1" * 64, size=10, pack=a, offset=0))
+    table = format.ChunkedObject(name="guests.copy", source="guests", plaintext_sha256="c" * 64, plaintext_size=40,
+                                 chunks=chunks, rows=3, columns=("guest_id",), copy_format="binary")
+    blobs = [_blob(a, 10), _blob(b, 30)]
+    manifest = format.build_manifest(backup_id="b1", data_class="client_data", created_at="2026-01-01T00:00:00+00:00",
+                                     snapshot_at=None, source_schema="wedsync", labels=(), reason=None, prefix="p/x",
+                                     lock_until=None, retain_until=None, objects=[table], blobs=blobs, tables={},
+                                     stored_blob_keys=[blobs[1].key])
+    stored = manifest.to_json()["objects"][0]
+    assert stored["packs"] == [a, b] and stored["chunks"][1] == ["2" * 64, 20, 1, 5]
+    expected = {"chunks": 2, "chunks_stored": 1, "packs_stored": 1, "stored_objects": 1, "plaintext_bytes": 40}
+    assert {k: manifest.totals[k] for k in expected} == expected
+    read = format.Manifest.from_json(json.loads(manifest.body()))
+    assert read.objects == (table,)
+    pieces = [(p.blob.content_id, p.offset, p.size) for p in read.chunks_of(table)]
+    assert pieces == [(a, 0, 10), (b, 5, 20), (a, 0, 10)]
+    beyond = format.ChunkRef(content_id="3" * 64, size=26, pack=b, offset=5)
+    outside = dataclasses.replace(table, chunks=(beyond,))
+    with pytest.raises(format.FormatError, match="outside its pack"):
+        read.chunks_of(outside)
+    with pytest.raises(format.FormatError, match="malformed chunked object"):
+        format.entry_from_json({**stored, "chunks": [["1" * 64, 10, 7, 0]]})  # no pack 7
