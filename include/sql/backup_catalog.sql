@@ -249,11 +249,23 @@ CREATE TABLE IF NOT EXISTS blob_locks (
 );
 ALTER TABLE blob_locks ADD COLUMN IF NOT EXISTS recorded_at timestamptz NOT NULL DEFAULT now();
 
+-- The chunks in each pack (manifest format 5), from the manifest of the backup that stored the pack
+-- (`pack_chunks`): what a deduplicated extract looks up to reference a chunk instead of storing it again. A
+-- restore never needs it. Rebuilt from the manifests by rebuild-catalog (the chunks of a pack whose storing
+-- backup was retired are then unknown: stored again, once, by the next backup that has them).
+CREATE TABLE IF NOT EXISTS pack_chunks (
+    key              text NOT NULL,                  -- the pack (blobs.key)
+    content_id       char(64) NOT NULL,              -- the chunk's keyed content id
+    pack_offset      bigint NOT NULL,                -- where it starts in the pack's plaintext
+    size             integer NOT NULL,
+    PRIMARY KEY (key, content_id)
+);
+
 -- The schema's version: catalog.connect() refuses a catalog older than the release needs (not migrated since an
 -- upgrade) instead of failing later on a missing table or column. Raise it with every change above.
 CREATE TABLE IF NOT EXISTS schema_version (
     singleton        boolean PRIMARY KEY DEFAULT true CHECK (singleton),
     version          integer NOT NULL
 );
-INSERT INTO schema_version (singleton, version) VALUES (true, 6)
+INSERT INTO schema_version (singleton, version) VALUES (true, 7)
     ON CONFLICT (singleton) DO UPDATE SET version = GREATEST(schema_version.version, EXCLUDED.version);

@@ -226,19 +226,19 @@ def _extract_packed(policy: Policy, data_class: DataClass, backup_id: str, area:
                     connect, catalog_conn, key_ring: crypto.KeyRing, workers: int) -> extract.Extraction:
     """The class's tables cut into content-defined chunks, the new ones stored in packs (format 5).
 
-    Which chunks are stored already: those of the class's newest good packed backup, from its manifest in the
-    catalog (chunk -> pack and offset; the packs' full entries go to `referenced-blobs.json`). The clouds are asked
+    Which chunks are stored already: those in the packs of the class's newest good packed backup (its manifest,
+    and the catalog's `pack_chunks`: chunk -> pack and offset); the packs' full entries go to
+    `referenced-blobs.json`, the new packs' chunks to `pack-chunks.json` (for the manifest). The clouds are asked
     about those packs, not told: each upload task proves every referenced pack in its cloud (one listing where
     it carries checksums) and validate copies one a cloud lacks from a cloud whose copy checks out, so the
     catalog is never trusted alone. Unlike a format-4 chunk, a new chunk cannot be looked up in a cloud (its id
     names no object there: packs are named by their own content), so the extract loads no cloud SDK and asks
-    no cloud; a chunk the catalog does not know (it was lost: `rebuild-catalog` brings the manifests back) is
-    stored again, once, in a new pack."""
+    no cloud; a chunk the catalog does not know is stored again, once, in a new pack."""
     chunks_prefix = format.chunks_prefix(policy.prefix)
     previous = catalog.latest_packed_manifest(catalog_conn, data_class.name, policy.prefix)
-    packs = {b.content_id: b for b in previous.blobs if b.key.startswith(chunks_prefix)} if previous else {}
-    known = {c.content_id: (c.pack, c.offset) for o in (previous.objects if previous else ())
-             if isinstance(o, ChunkedObject) for c in o.chunks if c.pack in packs}
+    packs = {b.key: b for b in previous.blobs if b.key.startswith(chunks_prefix)} if previous else {}
+    known = {cid: (packs[key].content_id, offset) for key, cid, offset in catalog.pack_chunks(catalog_conn, packs)}
+    packs = {b.content_id: b for b in packs.values()}
     stager = extract.PackStager(work, policy.zstd_level, key_ring.content_id,
                                 lambda cid: format.chunk_key(policy.prefix, cid), known,
                                 pack_bytes=data_class.dedup_pack_kib << 10)
@@ -247,6 +247,7 @@ def _extract_packed(policy: Policy, data_class: DataClass, backup_id: str, area:
                                         chunks=stager, cdc=cdc)
     _write_entries(area, backup_id, "referenced-blobs.json",
                    sorted((packs[cid] for cid in stager.reused), key=lambda b: b.key))
+    area.write_json(backup_id, "pack-chunks.json", {s.extra["content_id"]: s.extra["pack_chunks"] for s in stager.new})
     new_packs = {s.extra["content_id"] for s in stager.new}
     refs = [c for o in extraction.objects for c in o.extra.get("chunks", ())]
     extraction.objects += stager.new
@@ -462,7 +463,7 @@ def _seal(policy: Policy, backup_id: str, prefix: str, objects: list[extract.Sta
                                  columns=tuple(obj.columns) if obj.columns is not None else None,
                                  copy_format=obj.copy_format, plaintext_sha256=obj.plaintext_sha256,
                                  plaintext_size=obj.plaintext_size,
-                                 chunks=tuple(format.ChunkRef.from_staged(c) for c in obj.extra["chunks"]))
+                                 **_chunk_layout(obj.extra["chunks"]))
         content_id = obj.extra.get("content_id") if obj.extra.get("blob") else None
         sizes = {"compression": obj.compression, "plaintext_size": obj.plaintext_size,
                  "compressed_size": obj.compressed_size}
@@ -484,6 +485,14 @@ def _seal(policy: Policy, backup_id: str, prefix: str, objects: list[extract.Sta
 
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="encrypt") as pool:
         return list(pool.map(seal_one, objects))
+
+
+def _chunk_layout(refs: list) -> dict[str, Any]:
+    """A chunked object's chunks as extract listed them: (content id, size, pack, offset) each, as extents of
+    packs (format 5); (content id, size) each, as chunk blobs (format 4: wedding bundles)."""
+    if refs and len(refs[0]) == 4:
+        return {"extents": format.extents_of(refs), "chunk_count": len(refs)}
+    return {"chunks": tuple(format.ChunkRef(content_id=cid, size=size) for cid, size in refs)}
 
 
 def _prove_staged(area: staging.Staging, backup_id: str, entry: Entry, key_ring: crypto.KeyRing) -> None:
@@ -930,13 +939,15 @@ def build_manifest(policy: Policy, summary: dict[str, Any], encrypted: list[Entr
     """The manifest of a run (see `wedsync_dr.format.build_manifest`): its objects, and every blob it needs --
     the ones it stored and the ones earlier backups stored (`shared`)."""
     new_blobs = [o for o in encrypted if isinstance(o, Blob)]
+    area = staging.for_policy(policy)
     return format.build_manifest(
         backup_id=summary["backup_id"], data_class=summary["data_class"], created_at=summary["started_at"],
         snapshot_at=summary.get("snapshot_at"), source_schema=policy.source_schema,
         labels=summary.get("labels", []), reason=summary.get("reason"), prefix=summary["prefix"],
         lock_until=summary.get("lock_until"), retain_until=retain_until.isoformat() if retain_until else None,
         objects=[o for o in encrypted if isinstance(o, DataObject | ChunkedObject)], blobs=[*new_blobs, *shared],
-        tables=staging.for_policy(policy).read_json(summary["backup_id"], "tables.json"),
+        tables=area.read_json(summary["backup_id"], "tables.json"),
+        pack_chunks=area.read_json(summary["backup_id"], "pack-chunks.json", {}),
         stored_blob_keys=[b.key for b in new_blobs])
 
 

@@ -73,9 +73,9 @@ def _instant(value: str | None) -> dt.datetime | None:
     return dt.datetime.fromisoformat(value) if value else None
 
 
-SCHEMA_VERSION = 6  # include/sql/backup_catalog.sql's schema_version: 2 added blobs, verifications,
+SCHEMA_VERSION = 7  # include/sql/backup_catalog.sql's schema_version: 2 added blobs, verifications,
 # acknowledgements; 3 the `abandoned` backup status; 4 backup_steps (metrics); 5 chunked objects (format 4);
-# 6 blob_locks
+# 6 blob_locks; 7 pack_chunks (format 5)
 
 
 class CatalogNotReady(RuntimeError):
@@ -150,7 +150,10 @@ def record_backup_result(conn, manifest: Manifest | None, *, backup_id: str, sta
                     "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
                     [(backup_id, o.name, getattr(o, "key", None), o.source, o.wedding_id, o.rows, o.plaintext_sha256,
                       o.plaintext_size, getattr(o, "ciphertext_sha256", None), getattr(o, "ciphertext_size", None),
-                      len(o.chunks) if isinstance(o, ChunkedObject) else None) for o in manifest.objects])
+                      (o.chunk_count or len(o.chunks)) if isinstance(o, ChunkedObject) else None)
+                     for o in manifest.objects])
+            if manifest.pack_chunks:
+                record_pack_chunks(conn, manifest)
         else:
             conn.execute(
                 "UPDATE backup_catalog.backups SET status=%s, finished_at=now(), clouds_ok=%s, clouds_failed=%s, "
@@ -288,14 +291,32 @@ def record_blobs(conn, entries: Iterable[Blob], backup_id: str) -> None:
 def forget_blobs(conn, keys: Iterable[str]) -> None:
     """Blobs found in no cloud: the next backup that needs them stores them again."""
     keys = list(keys)
-    conn.execute("DELETE FROM backup_catalog.blobs WHERE key = ANY(%s)", (keys,))
-    conn.execute("DELETE FROM backup_catalog.blob_locks WHERE key = ANY(%s)", (keys,))
+    for table in ("blobs", "blob_locks", "pack_chunks"):
+        conn.execute(f"DELETE FROM backup_catalog.{table} WHERE key = ANY(%s)", (keys,))
 
 
 def forget_blobs_under(conn, prefix: str) -> None:
-    """Every blob (and its recorded locks) under a key prefix: what a test or a benchmark stored there is gone."""
-    conn.execute("DELETE FROM backup_catalog.blobs WHERE starts_with(key, %s)", (f"{prefix}/",))
-    conn.execute("DELETE FROM backup_catalog.blob_locks WHERE starts_with(key, %s)", (f"{prefix}/",))
+    """Every blob (its recorded locks, a pack's chunks) under a key prefix: what a test or a benchmark stored
+    there is gone."""
+    for table in ("blobs", "blob_locks", "pack_chunks"):
+        conn.execute(f"DELETE FROM backup_catalog.{table} WHERE starts_with(key, %s)", (f"{prefix}/",))
+
+
+def pack_chunks(conn, pack_keys: Iterable[str]) -> list[tuple[str, str, int]]:
+    """(pack key, chunk content id, offset in the pack's plaintext) of every chunk in these packs (format 5)."""
+    return conn.execute("SELECT key, content_id, pack_offset FROM backup_catalog.pack_chunks WHERE key = ANY(%s)",
+                        (list(pack_keys),)).fetchall()
+
+
+def record_pack_chunks(conn, manifest: Manifest) -> None:
+    """The chunks in the packs a backup stored, from its manifest (so rebuild-catalog recreates them too)."""
+    keys = {b.content_id: b.key for b in manifest.blobs}
+    with conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO backup_catalog.pack_chunks (key, content_id, pack_offset, size) VALUES (%s, %s, %s, %s) "
+            "ON CONFLICT (key, content_id) DO NOTHING",
+            [(keys[pack], cid, offset, size) for pack, chunks in manifest.pack_chunks.items()
+             for cid, offset, size in chunks])
 
 
 def recorded_locks(conn, cloud: str, keys: Iterable[str]) -> dict[str, tuple[dt.datetime, dt.datetime]]:
@@ -324,8 +345,9 @@ def forget_unreferenced_blobs(conn, prefix: str, referenced_keys: Iterable[str],
     for table in ("blobs", "asset_blobs"):
         conn.execute(f"DELETE FROM backup_catalog.{table} WHERE starts_with(key, %s) AND NOT (key = ANY(%s)) "
                      "AND created_at < %s", (f"{prefix}/", keys, older_than))
-    conn.execute("DELETE FROM backup_catalog.blob_locks l WHERE starts_with(key, %s) AND NOT (key = ANY(%s)) AND NOT "
-                 "EXISTS (SELECT 1 FROM backup_catalog.blobs b WHERE b.key = l.key)", (f"{prefix}/", keys))
+    for table in ("blob_locks", "pack_chunks"):
+        conn.execute(f"DELETE FROM backup_catalog.{table} l WHERE starts_with(key, %s) AND NOT (key = ANY(%s)) "
+                     "AND NOT EXISTS (SELECT 1 FROM backup_catalog.blobs b WHERE b.key = l.key)", (f"{prefix}/", keys))
 
 
 def legacy_blob_entries(conn, manifest: Manifest) -> list[Blob]:
@@ -679,7 +701,7 @@ def latest_packed_manifest(conn, data_class: str, prefix: str) -> Manifest | Non
     not make the next deduplicated one store everything again."""
     row = conn.execute(
         "SELECT manifest FROM backup_catalog.backups WHERE data_class = %s AND starts_with(prefix, %s) "
-        "AND status IN ('validated', 'degraded') AND manifest->'objects' @> '[{\"packs\": []}]'::jsonb "
+        "AND status IN ('validated', 'degraded') AND manifest->'objects' @> '[{\"extents\": []}]'::jsonb "
         "ORDER BY started_at DESC LIMIT 1", (data_class, f"{prefix}/")).fetchone()
     return Manifest.from_json(row[0]) if row else None
 

@@ -231,6 +231,7 @@ class _Pack:
     def __init__(self, path: Path, level: int):
         self.sink = _HashingCompressor(path, level)
         self.offsets: dict[str, int] = {}  # chunk content id -> offset in the pack's plaintext
+        self.sizes: dict[str, int] = {}
         self.content_id: str | None = None
 
     @property
@@ -239,6 +240,7 @@ class _Pack:
 
     def add(self, cid: str, chunk: memoryview) -> int:
         offset = self.offsets[cid] = self.sink.size
+        self.sizes[cid] = len(chunk)
         self.sink.write(chunk)
         return offset
 
@@ -287,7 +289,8 @@ class PackStager:
         pack.content_id = cid = self.content_id(sha)
         staged = StagedObject(name=f"pack-{cid}", path=str(pack.sink.path), source="table-pack", rows=0,
                               plaintext_sha256=sha, plaintext_size=size, compressed_size=compressed,
-                              extra={"blob": True, "chunk": True, "content_id": cid, "key": self._key(cid)})
+                              extra={"blob": True, "chunk": True, "content_id": cid, "key": self._key(cid),
+                                     "pack_chunks": [[c, o, pack.sizes[c]] for c, o in pack.offsets.items()]})
         with self._lock:
             if any(s.extra["content_id"] == cid for s in self.new):  # the same chunks, packed twice
                 pack.sink.path.unlink(missing_ok=True)

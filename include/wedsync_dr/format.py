@@ -18,10 +18,12 @@ Versions (`format_version` in the manifest; restores read all of them):
   under `<prefix>/chunks/`): the manifest's object lists its chunks in order (`chunks`) and every chunk is in
   `blobs`. A backup stores only the chunks no earlier backup stored; its manifest alone still restores it.
 - 5: the chunks of a table object are stored in **packs**: a pack is a blob like a format-4 chunk (keyed content
-  id of its plaintext, sealed alone, stored once per cloud under `<prefix>/chunks/`) whose plaintext is the new
-  chunks of one run's object, one after another. The object lists its packs (`packs`) and, per chunk, its content
-  id, size, pack (an index into `packs`) and offset in the pack's plaintext; every pack is in `blobs`. Small
-  chunks (16 KiB: a changed row re-stores ~16 KiB, not ~1 MiB) without a request per chunk.
+  id of its plaintext, sealed alone, stored once per cloud under `<prefix>/chunks/`) whose plaintext is new chunks
+  of one object, one after another. The object lists its packs (`packs`) and its plaintext as byte ranges of
+  their plaintexts (`extents`: pack index, offset, length); every pack is in `blobs`. Which chunk ids a pack holds,
+  and where, is recorded once, in the manifest of the backup that stored it (`pack_chunks`): what deduplication
+  looks up, never needed to restore. So ~16 KiB chunks cost no request each, and a manifest grows with what
+  changed (extents), not with the number of chunks (50,000 per GB).
 """
 
 from __future__ import annotations
@@ -181,31 +183,37 @@ class Blob(StoredObject):
 
 @dataclass(frozen=True, kw_only=True)
 class ChunkRef:
-    """One chunk of a chunked object: its content id and how many plaintext bytes it holds; stored as a blob of
-    its own (format 4, `pack` None) or at `offset` in the plaintext of the pack blob whose content id is `pack`
-    (format 5)."""
+    """One chunk of a format-4 chunked object: the blob's content id and how many plaintext bytes it holds."""
 
     content_id: str
     size: int
-    pack: str | None = None
-    offset: int = 0
 
-    @classmethod
-    def from_staged(cls, ref: tuple | list) -> ChunkRef:
-        """From extract's (content id, size) of a chunk blob, or (content id, size, pack, offset) of a packed one."""
-        cid, size, *where = ref
-        return cls(content_id=cid, size=size, pack=where[0], offset=where[1]) if where else cls(content_id=cid,
-                                                                                                size=size)
 
-    @property
-    def blob_id(self) -> str:
-        """The content id of the blob that holds the chunk."""
-        return self.pack or self.content_id
+@dataclass(frozen=True)
+class Extent:
+    """A byte range of a pack's plaintext (format 5): `length` bytes at `offset` of the pack whose content id is
+    `pack`; a chunked object's plaintext is its extents in order."""
+
+    pack: str
+    offset: int
+    length: int
+
+
+def extents_of(refs: Iterable[tuple[str, int, str, int]]) -> tuple[Extent, ...]:
+    """A run's chunk references (content id, size, pack, offset) as extents: adjacent chunks of one pack merged."""
+    merged: list[list] = []
+    for _cid, size, pack, offset in refs:
+        last = merged[-1] if merged else None
+        if last and last[0] == pack and last[1] + last[2] == offset:
+            last[2] += size
+        else:
+            merged.append([pack, offset, size])
+    return tuple(Extent(*m) for m in merged)
 
 
 @dataclass(frozen=True)
 class ChunkPiece:
-    """Where a chunk's plaintext is: `size` bytes at `offset` in the plaintext of `blob`."""
+    """Where part of a chunked object's plaintext is: `size` bytes at `offset` in the plaintext of `blob`."""
 
     blob: Blob
     offset: int
@@ -214,54 +222,57 @@ class ChunkPiece:
 
 @dataclass(frozen=True, kw_only=True)
 class ChunkedObject:
-    """A table object stored as content-defined chunks (format 4): no stored object of its own. Its plaintext
-    is its chunks' plaintexts in order; each chunk is a `Blob` of the manifest (key, wrapped key, checksums).
-    The object's own sha256 and size are checked when a restore has read every chunk."""
+    """A table object stored as content-defined chunks: no stored object of its own. Its plaintext is its
+    `extents` of packs in order (format 5), or its `chunks` in order (format 4: each chunk a `Blob` of the
+    manifest). The object's own sha256 and size are checked when a restore has read it all."""
 
     name: str  # e.g. "guests.copy": the object's name in its backup (no storage key: the chunks are stored)
     source: str
     plaintext_sha256: str
     plaintext_size: int
-    chunks: tuple[ChunkRef, ...]
+    chunks: tuple[ChunkRef, ...] = ()  # format 4
+    extents: tuple[Extent, ...] = ()  # format 5
+    chunk_count: int | None = None  # format 5: how many chunks the extents hold
     rows: int | None = None
     columns: tuple[str, ...] | None = None
     wedding_id: int | None = None
     copy_format: str | None = None
-    compression: str = "zstd"  # how each chunk was compressed (a chunk's own entry says so too)
+    compression: str = "zstd"  # how each chunk (pack) was compressed (its own entry says so too)
+
+    @property
+    def packs(self) -> list[str]:
+        return list(dict.fromkeys(e.pack for e in self.extents))
+
+    @property
+    def blob_ids(self) -> set[str]:
+        """The content ids of the blobs that hold its plaintext."""
+        return {e.pack for e in self.extents} | {c.content_id for c in self.chunks}
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "source": self.source, "rows": self.rows,
-                "columns": list(self.columns) if self.columns is not None else None, "wedding_id": self.wedding_id,
-                "copy_format": self.copy_format, "compression": self.compression,
-                "plaintext_sha256": self.plaintext_sha256, "plaintext_size": self.plaintext_size,
-                **self._chunks_json()}
-
-    def _chunks_json(self) -> dict[str, Any]:
-        packs = list(dict.fromkeys(c.pack for c in self.chunks if c.pack))
-        if not packs:  # format 4: a blob per chunk
-            return {"chunks": [[c.content_id, c.size] for c in self.chunks]}
-        index = {pack: i for i, pack in enumerate(packs)}
-        return {"packs": packs, "chunks": [[c.content_id, c.size, index[c.pack], c.offset] for c in self.chunks]}
+        entry = {"name": self.name, "source": self.source, "rows": self.rows,
+                 "columns": list(self.columns) if self.columns is not None else None, "wedding_id": self.wedding_id,
+                 "copy_format": self.copy_format, "compression": self.compression,
+                 "plaintext_sha256": self.plaintext_sha256, "plaintext_size": self.plaintext_size}
+        if not self.extents:  # format 4: a blob per chunk
+            return {**entry, "chunks": [[c.content_id, c.size] for c in self.chunks]}
+        index = {pack: i for i, pack in enumerate(self.packs)}
+        return {**entry, "chunk_count": self.chunk_count, "packs": self.packs,
+                "extents": [[index[e.pack], e.offset, e.length] for e in self.extents]}
 
     @classmethod
     def from_json(cls, value: dict[str, Any]) -> ChunkedObject:
         try:
+            packs = value.get("packs") or []
             return cls(name=value["name"], source=value["source"], rows=value.get("rows"),
                        columns=tuple(value["columns"]) if value.get("columns") is not None else None,
                        wedding_id=value.get("wedding_id"), copy_format=value.get("copy_format"),
                        compression=value.get("compression", "zstd"), plaintext_sha256=value["plaintext_sha256"],
-                       plaintext_size=value["plaintext_size"],
-                       chunks=_chunk_refs(value))
+                       plaintext_size=value["plaintext_size"], chunk_count=value.get("chunk_count"),
+                       chunks=tuple(ChunkRef(content_id=cid, size=size) for cid, size in value.get("chunks", ())),
+                       extents=tuple(Extent(packs[i] if i >= 0 else packs[len(packs)], offset, length)
+                                     for i, offset, length in value.get("extents", ())))
         except (KeyError, IndexError, TypeError, ValueError) as err:
             raise FormatError(f"malformed chunked object {value.get('name')!r}: {err!r}") from None
-
-
-def _chunk_refs(value: dict[str, Any]) -> tuple[ChunkRef, ...]:
-    if "packs" not in value:  # format 4
-        return tuple(ChunkRef(content_id=cid, size=size) for cid, size in value["chunks"])
-    packs = value["packs"]
-    return tuple(ChunkRef(content_id=cid, size=size, pack=packs[i], offset=offset)
-                 for cid, size, i, offset in value["chunks"])
 
 
 Entry = DataObject | Blob
@@ -270,7 +281,7 @@ BackupObject = DataObject | ChunkedObject  # what a manifest's `objects` hold
 
 def entry_from_json(value: dict[str, Any]) -> Entry | ChunkedObject:
     """A manifest entry (any format) as its dataclass; fields a newer minor writer added are ignored."""
-    if "chunks" in value:
+    if "chunks" in value or "extents" in value:
         return ChunkedObject.from_json(value)
     try:
         if "content_id" in value or value.get("blob"):
@@ -315,6 +326,8 @@ class Manifest:
     referenced_blob_hashes: tuple[str, ...] = ()  # format 2 only
     tables: dict[str, Any] = field(default_factory=dict)  # table definitions (columns, constraints, indexes)
     totals: dict[str, int] = field(default_factory=dict)
+    # format 5: the chunks in each pack this backup stored, pack content id -> ((chunk id, offset, size), ...)
+    pack_chunks: dict[str, tuple[tuple[str, int, int], ...]] = field(default_factory=dict)
     # The JSON a stored manifest was read from: written back as it was (a repaired cloud gets the same bytes
     # as the others; an older format is never rewritten into the current one).
     stored_json: dict[str, Any] | None = field(default=None, compare=False, repr=False)
@@ -338,7 +351,12 @@ class Manifest:
                        objects=tuple(e for e in entries if isinstance(e, DataObject | ChunkedObject)),
                        blobs=tuple([*(e for e in entries if isinstance(e, Blob)), *blobs]),
                        referenced_blob_hashes=tuple(value.get("referenced_blobs", ())) if version < 3 else (),
-                       tables=value.get("tables") or {}, totals=value.get("totals") or {}, stored_json=value)
+                       tables=value.get("tables") or {}, totals=value.get("totals") or {},
+                       pack_chunks={pack: tuple((cid, offset, size) for cid, offset, size in chunks)
+                                    for pack, chunks in (value.get("pack_chunks") or {}).items()},
+                       stored_json=value)
+        except (TypeError, ValueError) as err:
+            raise FormatError(f"manifest of backup {value.get('backup_id')} has malformed pack_chunks: {err}") from None
         except KeyError as err:
             raise FormatError(f"manifest of backup {value.get('backup_id')} has no {err.args[0]!r}") from None
 
@@ -354,6 +372,8 @@ class Manifest:
             "objects": [o.to_json() for o in self.objects],
             "blobs": [b.to_json() for b in self.blobs],
             "tables": self.tables, "totals": self.totals,
+            **({"pack_chunks": {pack: [list(c) for c in chunks] for pack, chunks in self.pack_chunks.items()}}
+               if self.pack_chunks else {}),
         }
 
     def body(self) -> bytes:
@@ -375,18 +395,19 @@ class Manifest:
         return {b.content_id: b for b in self.blobs if b.content_id}
 
     def chunks_of(self, obj: ChunkedObject) -> list[ChunkPiece]:
-        """Where each chunk of a chunked object is, in order: its own blob (format 4) or a range of a pack's
-        (format 5). FormatError when the manifest lacks a blob, or a range lies outside its pack."""
+        """Where a chunked object's plaintext is, in order: its extents of packs (format 5) or its chunks, each its
+        own blob (format 4). FormatError when the manifest lacks a blob, or an extent lies outside its pack."""
         blobs = self._blobs_by_content_id
+        wanted = [(e.pack, e.offset, e.length) for e in obj.extents] or [(c.content_id, 0, c.size) for c in obj.chunks]
         pieces = []
-        for c in obj.chunks:
-            blob = blobs.get(c.blob_id)
+        for content_id, offset, size in wanted:
+            blob = blobs.get(content_id)
             if blob is None:
-                raise FormatError(f"manifest of backup {self.backup_id} lists no blob for chunk {c.content_id} of "
+                raise FormatError(f"manifest of backup {self.backup_id} lists no blob for chunk {content_id} of "
                                   f"{obj.name}")
-            if c.offset < 0 or c.size < 0 or c.offset + c.size > blob.plaintext_size:
-                raise FormatError(f"chunk {c.content_id} of {obj.name} lies outside its pack {c.blob_id}")
-            pieces.append(ChunkPiece(blob, c.offset, c.size))
+            if offset < 0 or size < 0 or offset + size > blob.plaintext_size:
+                raise FormatError(f"{obj.name}: bytes {offset}+{size} lie outside blob {content_id}")
+            pieces.append(ChunkPiece(blob, offset, size))
         return pieces
 
     def referenced_blob_keys(self, prefix: str) -> set[str]:
@@ -407,27 +428,30 @@ def _instant(value: str | None) -> dt.datetime | None:
 def build_manifest(*, backup_id: str, data_class: str, created_at: str, snapshot_at: str | None, source_schema: str,
                    labels: Iterable[str], reason: str | None, prefix: str, lock_until: str | None,
                    retain_until: str | None, objects: list[BackupObject], blobs: list[Blob],
-                   tables: dict[str, Any], stored_blob_keys: Iterable[str] = ()) -> Manifest:
-    """A new backup's manifest: `objects` its own data objects, `blobs` every blob it needs (asset blobs and
-    table chunks, new or stored by an earlier backup); `totals` count what this backup holds (`rows`,
-    `plaintext_bytes`) and what it stored (its own objects and the blobs it added: `compressed_bytes`,
-    `ciphertext_bytes`, `stored_objects` -- what each cloud received)."""
+                   tables: dict[str, Any], stored_blob_keys: Iterable[str] = (),
+                   pack_chunks: dict[str, Iterable[tuple[str, int, int]]] | None = None) -> Manifest:
+    """A new backup's manifest: `objects` its own data objects, `blobs` every blob it needs (asset blobs, table
+    packs and chunks, new or stored by an earlier backup), `pack_chunks` the chunks in the packs it stored;
+    `totals` count what this backup holds (`rows`, `plaintext_bytes`, `chunks`) and what it stored (its own
+    objects and the blobs it added: `compressed_bytes`, `ciphertext_bytes`, `stored_objects` -- what each cloud
+    received -- `chunks_stored`, `packs_stored`)."""
     stored = set(stored_blob_keys)
     new_blobs = [b for b in blobs if b.key in stored]
-    refs = [c for o in objects if isinstance(o, ChunkedObject) for c in o.chunks]
-    chunk_ids = {c.content_id for c in refs}
-    holders = {c.blob_id for c in refs}  # the blobs that hold chunks (their plaintext is counted by the objects)
     new_ids = {b.content_id for b in new_blobs}
+    chunked = [o for o in objects if isinstance(o, ChunkedObject)]
+    holders = {cid for o in chunked for cid in o.blob_ids}  # blobs holding chunks: their plaintext is the objects'
+    pack_chunks = {pack: tuple(tuple(c) for c in chunks) for pack, chunks in (pack_chunks or {}).items()}
+    chunk_blobs = {c.content_id for o in chunked for c in o.chunks}  # format 4
     own = [*(o for o in objects if isinstance(o, DataObject)), *new_blobs]
     return Manifest(
         backup_id=backup_id, data_class=data_class, prefix=prefix, created_at=created_at,
         snapshot_at=snapshot_at or created_at, source_schema=source_schema, labels=tuple(labels), reason=reason,
         locked_until=_instant(lock_until), retain_until=_instant(retain_until), objects=tuple(objects),
-        blobs=tuple(sorted(blobs, key=lambda b: b.key)), tables=tables,
+        blobs=tuple(sorted(blobs, key=lambda b: b.key)), tables=tables, pack_chunks=pack_chunks,
         totals={"objects": len(objects), "blobs": len(blobs), "blobs_stored": len(new_blobs),
-                "chunks": len(chunk_ids), "chunks_stored": len({c.content_id for c in refs if c.blob_id in new_ids}),
-                "packs_stored": len(new_ids & {c.pack for c in refs if c.pack}),
-                "stored_objects": len(own),
+                "chunks": len(chunk_blobs) + sum(o.chunk_count or 0 for o in chunked),
+                "chunks_stored": len(chunk_blobs & new_ids) + sum(len(c) for c in pack_chunks.values()),
+                "packs_stored": len(pack_chunks), "stored_objects": len(own),
                 "rows": sum(o.rows or 0 for o in objects),
                 "plaintext_bytes": sum(o.plaintext_size for o in objects)
                 + sum(b.plaintext_size for b in new_blobs if b.content_id not in holders),

@@ -100,14 +100,29 @@ def backups(stack, demo_data, airflow_db, key_ring):
 
 
 def _chunks(record: dict, table: str) -> list[str]:
+    """The table's chunk ids in stream order: its extents of packs, read through the catalog's record of which
+    chunks each pack holds (`pack_chunks`, from the manifests of the backups that stored the packs)."""
     (obj,) = [o for o in record["manifest"]["objects"] if o["source"] == table]
-    return [chunk[0] for chunk in obj["chunks"]]
+    keys = {b["content_id"]: b["key"] for b in record["manifest"]["blobs"]}
+    with catalog.connect() as conn:
+        rows = conn.execute("SELECT key, content_id, pack_offset, size FROM backup_catalog.pack_chunks "
+                            "WHERE key = ANY(%s) ORDER BY key, pack_offset", ([keys[p] for p in obj["packs"]],))
+        in_pack: dict[str, list[tuple[int, str, int]]] = {}
+        for key, cid, offset, size in rows:
+            in_pack.setdefault(key, []).append((offset, cid, size))
+    ids = []
+    for index, start, length in obj["extents"]:
+        inside = [(o, c, n) for o, c, n in in_pack[keys[obj["packs"][index]]] if start <= o < start + length]
+        assert inside[0][0] == start and inside[-1][0] + inside[-1][2] == start + length  # whole chunks
+        ids += [c for _o, c, _n in inside]
+    assert len(ids) == obj["chunk_count"]
+    return ids
 
 
 def _packs(record: dict, table: str) -> list[str]:
-    """The content ids of the packs that hold the table's chunks, in the order its chunks first need them."""
+    """The content ids of the packs that hold the table's plaintext, in the order its extents first need them."""
     (obj,) = [o for o in record["manifest"]["objects"] if o["source"] == table]
-    return [obj["packs"][chunk[2]] for chunk in obj["chunks"]]
+    return [obj["packs"][index] for index, _offset, _length in obj["extents"]]
 
 
 def _restore(policy, backup_id: str, store_map, key_ring, **request):
@@ -138,10 +153,16 @@ def test_a_backup_stores_only_the_chunks_around_what_changed(backups):
     assert after[: len(before) // 4] == before[: len(before) // 4]
     totals1, totals2, totals3 = (r["manifest"]["totals"] for r in (day1, day2, day3))
     assert totals2["chunks_stored"] == len(set(new)) and totals2["ciphertext_bytes"] < totals1["ciphertext_bytes"] / 3
-    # the new chunks went into new packs, and only they: the packs day 2 stored hold nothing day 1 had
-    new_packs = set(_packs(day2, "guests")) - set(_packs(day1, "guests"))
-    assert {c for c, p in zip(after, _packs(day2, "guests"), strict=True) if p in new_packs} == set(new)
-    assert 0 < totals2["packs_stored"] == len(new_packs) < totals1["packs_stored"], (totals1, totals2)
+    # the new chunks went into new packs, and only they; the manifest records which (its own packs alone)
+    stored = {cid for chunks in day2["manifest"]["pack_chunks"].values() for cid, _offset, _size in chunks}
+    assert stored == set(new) and set(day2["manifest"]["pack_chunks"]) <= set(_packs(day2, "guests"))
+    assert 0 < totals2["packs_stored"] == len(day2["manifest"]["pack_chunks"]) < totals1["packs_stored"], totals2
+    assert "pack_chunks" not in day3["manifest"] and totals3["packs_stored"] == 0
+    # a manifest grows with what changed, not with the table: a run of unchanged chunks is one extent
+    (guests1,) = [o for o in day1["manifest"]["objects"] if o["source"] == "guests"]
+    (guests2,) = [o for o in day2["manifest"]["objects"] if o["source"] == "guests"]
+    assert len(guests1["extents"]) == len(guests1["packs"]) < len(before) / 1.5
+    assert len(guests2["extents"]) <= len(guests1["extents"]) + 2 * len(day2["manifest"]["pack_chunks"]) + 2
     assert totals3["chunks_stored"] == 0 and totals3["ciphertext_bytes"] == 0 and totals3["stored_objects"] == 0
     assert _chunks(day3, "guests") == after
 
@@ -156,11 +177,11 @@ def test_every_chunk_is_stored_once_per_cloud_named_by_its_keyed_content_id(back
         assert key == format.chunk_key(PREFIX, blob["content_id"])
         assert "plaintext_sha256" not in blob  # nothing names the plaintext of a pack
     day1 = backups["days"][0]["manifest"]
-    chunks = {c[0]: c[1] for o in day1["objects"] for c in o["chunks"]}
+    chunks = {cid: size for listed in day1["pack_chunks"].values() for cid, _offset, size in listed}
     assert len(day1["blobs"]) < len(chunks) / 1.5, (len(day1["blobs"]), len(chunks))  # packed, not one per chunk
     # a chunk id names no object -- but a pack of one chunk, whose plaintext is that chunk's
-    for cid in {format.chunk_key(PREFIX, cid): cid for cid in chunks}.keys() & needed.keys():
-        assert needed[cid]["plaintext_size"] == chunks[needed[cid]["content_id"]]
+    for key in {format.chunk_key(PREFIX, cid) for cid in chunks} & needed.keys():
+        assert needed[key]["plaintext_size"] == chunks[needed[key]["content_id"]]
 
 
 class _Killed(BaseException):

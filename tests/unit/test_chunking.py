@@ -189,29 +189,35 @@ def test_a_chunk_repeated_within_a_run_is_packed_once(tmp_path):
     assert {c[0] for c in second} <= stored | {c[0] for c in first}
 
 
-def test_a_format_5_manifest_lists_packs_and_where_each_chunk_is():
+def test_adjacent_chunks_of_a_pack_merge_into_one_extent():
+    refs = [("1", 10, "a", 0), ("2", 5, "a", 10), ("3", 7, "b", 0), ("1", 10, "a", 0), ("4", 3, "a", 40)]
+    assert format.extents_of(refs) == (format.Extent("a", 0, 15), format.Extent("b", 0, 7), format.Extent("a", 0, 10),
+                                       format.Extent("a", 40, 3))
+
+
+def test_a_format_5_manifest_lists_packs_extents_and_the_chunks_of_the_packs_it_stored():
     a, b = "a" * 64, "b" * 64
-    chunks = (format.ChunkRef(content_id="1" * 64, size=10, pack=a, offset=0),
-              format.ChunkRef(content_id="2" * 64, size=20, pack=b, offset=5),
-              format.ChunkRef(content_id="1" * 64, size=10, pack=a, offset=0))
+    extents = (format.Extent(a, 0, 10), format.Extent(b, 5, 20), format.Extent(a, 0, 10))
     table = format.ChunkedObject(name="guests.copy", source="guests", plaintext_sha256="c" * 64, plaintext_size=40,
-                                 chunks=chunks, rows=3, columns=("guest_id",), copy_format="binary")
+                                 extents=extents, chunk_count=4, rows=3, columns=("guest_id",), copy_format="binary")
     blobs = [_blob(a, 10), _blob(b, 30)]
+    stored_chunks = {b: [["1" * 64, 0, 5], ["2" * 64, 5, 20], ["3" * 64, 25, 5]]}
     manifest = format.build_manifest(backup_id="b1", data_class="client_data", created_at="2026-01-01T00:00:00+00:00",
                                      snapshot_at=None, source_schema="wedsync", labels=(), reason=None, prefix="p/x",
                                      lock_until=None, retain_until=None, objects=[table], blobs=blobs, tables={},
-                                     stored_blob_keys=[blobs[1].key])
+                                     stored_blob_keys=[blobs[1].key], pack_chunks=stored_chunks)
     stored = manifest.to_json()["objects"][0]
-    assert stored["packs"] == [a, b] and stored["chunks"][1] == ["2" * 64, 20, 1, 5]
-    expected = {"chunks": 2, "chunks_stored": 1, "packs_stored": 1, "stored_objects": 1, "plaintext_bytes": 40}
+    assert stored["packs"] == [a, b] and stored["extents"] == [[0, 0, 10], [1, 5, 20], [0, 0, 10]]
+    assert "chunks" not in stored and stored["chunk_count"] == 4
+    expected = {"chunks": 4, "chunks_stored": 3, "packs_stored": 1, "stored_objects": 1, "plaintext_bytes": 40}
     assert {k: manifest.totals[k] for k in expected} == expected
     read = format.Manifest.from_json(json.loads(manifest.body()))
-    assert read.objects == (table,)
+    assert read.objects == (table,) and read.pack_chunks == {b: tuple(tuple(c) for c in stored_chunks[b])}
     pieces = [(p.blob.content_id, p.offset, p.size) for p in read.chunks_of(table)]
     assert pieces == [(a, 0, 10), (b, 5, 20), (a, 0, 10)]
-    beyond = format.ChunkRef(content_id="3" * 64, size=26, pack=b, offset=5)
-    outside = dataclasses.replace(table, chunks=(beyond,))
-    with pytest.raises(format.FormatError, match="outside its pack"):
+    outside = dataclasses.replace(table, extents=(format.Extent(b, 5, 26),))
+    with pytest.raises(format.FormatError, match="outside blob"):
         read.chunks_of(outside)
-    with pytest.raises(format.FormatError, match="malformed chunked object"):
-        format.entry_from_json({**stored, "chunks": [["1" * 64, 10, 7, 0]]})  # no pack 7
+    for bad in (7, -1):  # no such pack
+        with pytest.raises(format.FormatError, match="malformed chunked object"):
+            format.entry_from_json({**stored, "extents": [[bad, 0, 10]]})
