@@ -285,19 +285,22 @@ class PackStager:
 
     def close(self, pack: _Pack) -> str:
         """Seal the pack's plaintext file and stage it as a blob; returns its content id."""
+        path = pack.sink.path
         sha, size, compressed = pack.sink.close()
+        pack.sink = None  # its compressor's context (MBs): a run closes a pack per 8 MiB of new chunks
         pack.content_id = cid = self.content_id(sha)
-        staged = StagedObject(name=f"pack-{cid}", path=str(pack.sink.path), source="table-pack", rows=0,
+        staged = StagedObject(name=f"pack-{cid}", path=str(path), source="table-pack", rows=0,
                               plaintext_sha256=sha, plaintext_size=size, compressed_size=compressed,
                               extra={"blob": True, "chunk": True, "content_id": cid, "key": self._key(cid),
                                      "pack_chunks": [[c, o, pack.sizes[c]] for c, o in pack.offsets.items()]})
         with self._lock:
             if any(s.extra["content_id"] == cid for s in self.new):  # the same chunks, packed twice
-                pack.sink.path.unlink(missing_ok=True)
+                path.unlink(missing_ok=True)
             else:
                 self.new.append(staged)
             for chunk_id, offset in pack.offsets.items():
                 self._stored.setdefault(chunk_id, (cid, offset))
+        pack.offsets, pack.sizes = {}, {}  # the staged pack lists them now; the object's refs hold only the pack
         return cid
 
 

@@ -1,11 +1,13 @@
-"""docs/FORMAT.md's by-hand restore of one chunked table (format 4), its blocks run verbatim on a real deduplicated
-backup: the chunks listed from the manifest, downloaded with the plain S3 SDK, opened one by one with the
-document's `decrypt_object.py` (tink + cryptography + the zstd CLI, no wedsync-dr, a key ring without the dedup
-key), concatenated and checked against the object's plaintext sha256, then loaded with `psql`.
+"""docs/FORMAT.md's by-hand restore of one chunked table (format 5: chunks in packs), its blocks run verbatim on a
+real deduplicated backup: the packs listed from the manifest, downloaded with the plain S3 SDK, each opened once
+with the document's `decrypt_object.py` (tink + cryptography + the zstd CLI, no wedsync-dr, a key ring without
+the dedup key), the object's extents cut out of them in order and checked against its plaintext sha256, then
+loaded with `psql`.
 
-The backup is the second of two with nothing changed in between, so every chunk it needs was stored by the
+The backup is the second of two with nothing changed in between, so every pack it needs was stored by the
 first: its manifest alone describes them. Everything lives under its own key prefix and class (`byhand`, cut
-into 16 KiB chunks, never in parts); the shipped policy's defaults play no part.
+into 16 KiB chunks in packs of 128 KiB, so the table fills several; never in parts); the shipped policy's
+defaults play no part. (The file keeps the name of the format that brought chunked tables.)
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from wedsync_dr_dev import local_stack
 POLICY = load_policy()
 PREFIX = "wedsync-dr-byhand"
 BYHAND = dataclasses.replace(POLICY.data_classes["client_data"], name="byhand", tables=("clients", "guests"),
-                             dedup_chunk_kib=16, part_size_mb=0)
+                             dedup_chunk_kib=16, dedup_pack_kib=128, part_size_mb=0)
 HAND = POLICY.with_overrides(prefix=PREFIX, data_classes={"byhand": BYHAND})
 OBJECT = "guests.copy"
 
@@ -38,8 +40,8 @@ def key_ring(stack):
 
 
 @pytest.fixture(scope="module")
-def second_backup(stack, demo_data, airflow_db, key_ring):
-    """The catalog record of the second of two `byhand` backups a day apart (injected clock), nothing changed."""
+def backups(stack, demo_data, airflow_db, key_ring):
+    """The catalog records of two `byhand` backups a day apart (injected clock), nothing changed in between."""
     store_map = backup.stores(HAND)
     t0 = dt.datetime.now(dt.UTC)
     with catalog.connect() as conn:
@@ -51,8 +53,14 @@ def second_backup(stack, demo_data, airflow_db, key_ring):
                 records.append(catalog.backup(conn, result["backup_id"]))
             first, second = records
             assert first["status"] == second["status"] == "validated", records
-            assert first["manifest"]["totals"]["chunks_stored"] > 0
-            yield second
+            assert first["manifest"]["totals"]["chunks_stored"] > 0 and first["manifest"]["totals"]["packs_stored"] > 1
+            # the chunks of the packs the first stored, in its manifest and in the catalog, where the second found them
+            stored = first["manifest"]["pack_chunks"]
+            keys = {b["content_id"]: b["key"] for b in first["manifest"]["blobs"]}
+            assert set(stored) == set(keys) and len(stored) == first["manifest"]["totals"]["packs_stored"]
+            assert sorted(catalog.pack_chunks(conn, keys.values())) == sorted(
+                (keys[pack], cid, offset) for pack, chunks in stored.items() for cid, offset, _size in chunks)
+            yield first, second
         finally:
             conn.execute("DELETE FROM backup_catalog.backups WHERE starts_with(prefix, %s)", (f"{PREFIX}/",))
             catalog.forget_blobs_under(conn, PREFIX)
@@ -60,15 +68,26 @@ def second_backup(stack, demo_data, airflow_db, key_ring):
                 store.delete_prefix(f"{PREFIX}/")
 
 
-def test_the_format_md_blocks_restore_one_chunked_table_by_hand(stack, second_backup, key_ring, tmp_path):
-    manifest = second_backup["manifest"]
-    assert manifest["format_version"] == 4
-    assert manifest["totals"]["chunks_stored"] == 0 and manifest["totals"]["stored_objects"] == 0
+def test_the_format_md_blocks_restore_one_chunked_table_by_hand(stack, backups, key_ring, tmp_path):
+    first, second = backups
+    manifest = second["manifest"]
+    assert manifest["format_version"] == 5
+    totals = manifest["totals"]
+    assert totals["chunks_stored"] == totals["packs_stored"] == totals["stored_objects"] == 0
+    assert "pack_chunks" not in manifest  # it stored no pack
     (entry,) = [o for o in manifest["objects"] if o["name"] == OBJECT]
-    assert "key" not in entry and "encryption" not in entry  # stored as its chunks only
-    distinct = list(dict.fromkeys(cid for cid, _size in entry["chunks"]))
-    assert len(entry["chunks"]) >= 20, "the table is too small to cut into many chunks"
-    assert sum(size for _cid, size in entry["chunks"]) == entry["plaintext_size"]
+    assert "key" not in entry and "encryption" not in entry and "chunks" not in entry  # extents of packs only
+    packs, extents = entry["packs"], entry["extents"]
+    assert entry["chunk_count"] >= 20, "the table is too small to cut into many chunks"
+    assert len(packs) >= 2 and len(set(packs)) == len(packs), packs
+    assert all(len(extent) == 3 for extent in extents)  # pack index, offset, length
+    assert entry["chunk_count"] > len(extents) >= len(packs)  # adjacent chunks of a pack merged
+    assert sum(length for _pack, _offset, length in extents) == entry["plaintext_size"]
+    sizes = {b["content_id"]: b["plaintext_size"] for b in manifest["blobs"]}
+    assert all(0 <= offset and offset + length <= sizes[packs[pack]] for pack, offset, length in extents)
+    # nothing changed: the object is the first backup's packs, byte range for byte range
+    (earlier,) = [o for o in first["manifest"]["objects"] if o["name"] == OBJECT]
+    assert (earlier["packs"], earlier["extents"]) == (packs, extents)
 
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     kek_only = json.loads(key_ring.to_json())
@@ -77,19 +96,19 @@ def test_the_format_md_blocks_restore_one_chunked_table_by_hand(stack, second_ba
     (tmp_path / "decrypt_object.py").write_text(worked_example("decrypt_object.py"))
     env = {"OBJECT": OBJECT}
 
-    # 1. Which chunks to fetch: each distinct one once, and only this object's.
-    result = run_worked_example(tmp_path, "chunk-keys", env)
+    # 1. Which packs to fetch: each once, and only those holding this object's chunks.
+    result = run_worked_example(tmp_path, "pack-keys", env)
     assert result.returncode == 0, result.stderr
-    keys = (tmp_path / "chunk-keys.txt").read_text().split()
-    assert int(result.stdout) == len(keys) == len(distinct)
-    assert keys == [f"{PREFIX}/chunks/{cid[:2]}/{cid}.tink" for cid in distinct]
+    keys = (tmp_path / "pack-keys.txt").read_text().split()
+    assert int(result.stdout) == len(keys) == len(packs)
+    assert keys == [f"{PREFIX}/chunks/{cid[:2]}/{cid}.tink" for cid in packs]
     s3 = local_stack.sdk_s3(stack)
     for key in keys:
         body = s3.get_object(Bucket=local_stack.BUCKET, Key=key)["Body"].read()
         (tmp_path / key.rsplit("/", 1)[1]).write_bytes(body)
 
-    # 2. Open, check and concatenate them.
-    result = run_worked_example(tmp_path, "shell-chunks", env)
+    # 2. Open and check each pack, and cut the extents out of them in order.
+    result = run_worked_example(tmp_path, "shell-packs", env)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"{OBJECT}: OK"
     plaintext = (tmp_path / OBJECT).read_bytes()
@@ -114,11 +133,12 @@ def test_the_format_md_blocks_restore_one_chunked_table_by_hand(stack, second_ba
         with psycopg.connect(owner, autocommit=True) as conn:
             conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
 
-    # 4. The whole-object check is what catches chunks out of order (a manifest edited to swap two of them).
+    # 4. The whole-object check is what catches extents out of order (a manifest edited to swap two of them, each
+    # still a valid range of its pack: only the order is wrong).
     swapped = json.loads(json.dumps(manifest))
     (forged,) = [o for o in swapped["objects"] if o["name"] == OBJECT]
-    i = next(i for i in range(len(forged["chunks"]) - 1) if forged["chunks"][i][0] != forged["chunks"][i + 1][0])
-    forged["chunks"][i], forged["chunks"][i + 1] = forged["chunks"][i + 1], forged["chunks"][i]
+    i = next(i for i in range(len(extents) - 1) if extents[i] != extents[i + 1])
+    forged["extents"][i], forged["extents"][i + 1] = extents[i + 1], extents[i]
     (tmp_path / "manifest.json").write_text(json.dumps(swapped))
-    result = run_worked_example(tmp_path, "shell-chunks", env)
+    result = run_worked_example(tmp_path, "shell-packs", env)
     assert result.returncode != 0 and "FAILED" in result.stdout, (result.stdout, result.stderr)
