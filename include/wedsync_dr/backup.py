@@ -247,14 +247,12 @@ def _extract_packed(policy: Policy, data_class: DataClass, backup_id: str, area:
                                         chunks=stager, cdc=cdc)
     _write_entries(area, backup_id, "referenced-blobs.json",
                    sorted((packs[cid] for cid in stager.reused), key=lambda b: b.key))
-    area.write_json(backup_id, "pack-chunks.json", {s.extra["content_id"]: s.extra["pack_chunks"] for s in stager.new})
-    new_packs = {s.extra["content_id"] for s in stager.new}
-    refs = [c for o in extraction.objects for c in o.extra.get("chunks", ())]
+    area.write_json(backup_id, "pack-chunks.json", stager.pack_chunks)
     extraction.objects += stager.new
-    extraction.notes |= {"chunks": len({c[0] for c in refs}), "new_packs": len(new_packs), "clouds_asked_seconds": 0,
-                         "new_chunks": len({c[0] for c in refs if c[2] in new_packs})}
+    extraction.notes |= {"new_packs": len(stager.new), "clouds_asked_seconds": 0,
+                         "new_chunks": sum(len(c) for c in stager.pack_chunks.values())}
     log.info("%s: %d chunks, %d new in %d packs, %d packs of earlier backups referenced", data_class.name,
-             extraction.notes["chunks"], extraction.notes["new_chunks"], len(new_packs), len(stager.reused))
+             extraction.notes["chunks"], extraction.notes["new_chunks"], len(stager.new), len(stager.reused))
     return extraction
 
 
@@ -458,12 +456,12 @@ def _seal(policy: Policy, backup_id: str, prefix: str, objects: list[extract.Sta
     part_size = _s3_part_size(policy)
 
     def seal_one(obj: extract.StagedObject) -> Entry | ChunkedObject:
-        if "chunks" in obj.extra:  # stored as its chunks, which are sealed on their own
+        if "chunks" in obj.extra or "extents" in obj.extra:  # stored as its chunks or packs, sealed on their own
             return ChunkedObject(name=obj.name, source=obj.source, rows=obj.rows, wedding_id=obj.wedding_id,
                                  columns=tuple(obj.columns) if obj.columns is not None else None,
                                  copy_format=obj.copy_format, plaintext_sha256=obj.plaintext_sha256,
                                  plaintext_size=obj.plaintext_size,
-                                 **_chunk_layout(obj.extra["chunks"]))
+                                 **_chunk_layout(obj.extra))
         content_id = obj.extra.get("content_id") if obj.extra.get("blob") else None
         sizes = {"compression": obj.compression, "plaintext_size": obj.plaintext_size,
                  "compressed_size": obj.compressed_size}
@@ -487,12 +485,12 @@ def _seal(policy: Policy, backup_id: str, prefix: str, objects: list[extract.Sta
         return list(pool.map(seal_one, objects))
 
 
-def _chunk_layout(refs: list) -> dict[str, Any]:
-    """A chunked object's chunks as extract listed them: (content id, size, pack, offset) each, as extents of
-    packs (format 5); (content id, size) each, as chunk blobs (format 4: wedding bundles)."""
-    if refs and len(refs[0]) == 4:
-        return {"extents": format.extents_of(refs), "chunk_count": len(refs)}
-    return {"chunks": tuple(format.ChunkRef(content_id=cid, size=size) for cid, size in refs)}
+def _chunk_layout(extra: dict[str, Any]) -> dict[str, Any]:
+    """A chunked object's layout as extract staged it: extents of packs (format 5), or (content id, size) of each
+    chunk blob (format 4: wedding bundles)."""
+    if "extents" in extra:
+        return {"extents": tuple(format.Extent(*e) for e in extra["extents"]), "chunk_count": extra["chunk_count"]}
+    return {"chunks": tuple(format.ChunkRef(content_id=cid, size=size) for cid, size in extra["chunks"])}
 
 
 def _prove_staged(area: staging.Staging, backup_id: str, entry: Entry, key_ring: crypto.KeyRing) -> None:

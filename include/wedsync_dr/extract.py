@@ -267,6 +267,7 @@ class PackStager:
         self._lock = threading.Lock()
         self._sequence = 0
         self.new: list[StagedObject] = []  # the closed packs, to seal and upload like asset blobs
+        self.pack_chunks: dict[str, list[list]] = {}  # pack content id -> [[chunk id, offset, size], ...]
         self.reused: set[str] = set()  # content ids of the earlier backups' packs referenced
 
     def open(self) -> _Pack:
@@ -291,30 +292,41 @@ class PackStager:
         pack.content_id = cid = self.content_id(sha)
         staged = StagedObject(name=f"pack-{cid}", path=str(path), source="table-pack", rows=0,
                               plaintext_sha256=sha, plaintext_size=size, compressed_size=compressed,
-                              extra={"blob": True, "chunk": True, "content_id": cid, "key": self._key(cid),
-                                     "pack_chunks": [[c, o, pack.sizes[c]] for c, o in pack.offsets.items()]})
+                              extra={"blob": True, "chunk": True, "content_id": cid, "key": self._key(cid)})
         with self._lock:
-            if any(s.extra["content_id"] == cid for s in self.new):  # the same chunks, packed twice
+            if cid in self.pack_chunks:  # the same chunks, packed twice
                 path.unlink(missing_ok=True)
             else:
                 self.new.append(staged)
+                self.pack_chunks[cid] = [[c, o, pack.sizes[c]] for c, o in pack.offsets.items()]
             for chunk_id, offset in pack.offsets.items():
                 self._stored.setdefault(chunk_id, (cid, offset))
-        pack.offsets, pack.sizes = {}, {}  # the staged pack lists them now; the object's refs hold only the pack
+        pack.offsets, pack.sizes = {}, {}  # listed in pack_chunks now; the objects' extents hold only the pack
         return cid
 
 
 class _PackedSink:
     """sha256 + size of a table object's plaintext, cut into content-defined chunks; the new ones go into packs
-    (`PackStager`). `chunks` lists (content id, size, pack content id, offset) once the object is closed."""
+    (`PackStager`). Once the object is closed, `extents` lists [pack content id, offset, length] -- its chunks'
+    places, adjacent ones of a pack merged: what it keeps grows with what changed, not with the table -- and
+    `chunk_count` how many chunks they hold."""
 
     def __init__(self, stager: PackStager, cdc):
         self._stager = stager
         self._sha = hashlib.sha256()
         self._writer = ChunkingWriter(cdc, self._chunk)
         self._pack: _Pack | None = None
-        self._refs: list[tuple[str, int, _Pack | str, int]] = []
-        self.chunks: list[tuple[str, int, str, int]] = []
+        self._extents: list[list] = []  # [pack (a _Pack while it is open, else its content id), offset, length]
+        self.extents: list[list] = []
+        self.chunk_count = 0
+
+    def _place(self, pack: _Pack | str, offset: int, size: int) -> None:
+        self.chunk_count += 1
+        last = self._extents[-1] if self._extents else None
+        if last is not None and (last[0] is pack or last[0] == pack) and last[1] + last[2] == offset:
+            last[2] += size
+        else:
+            self._extents.append([pack, offset, size])
 
     def write(self, data: bytes | memoryview) -> None:
         self._sha.update(data)
@@ -323,15 +335,15 @@ class _PackedSink:
     def _chunk(self, view: memoryview) -> None:
         cid = self._stager.content_id(hashlib.sha256(view).hexdigest())
         if self._pack is not None and cid in self._pack.offsets:  # repeated within the open pack
-            self._refs.append((cid, len(view), self._pack, self._pack.offsets[cid]))
+            self._place(self._pack, self._pack.offsets[cid], len(view))
             return
         found = self._stager.lookup(cid)
         if found is not None:
-            self._refs.append((cid, len(view), *found))
+            self._place(*found, len(view))
             return
         if self._pack is None:
             self._pack = self._stager.open()
-        self._refs.append((cid, len(view), self._pack, self._pack.add(cid, view)))
+        self._place(self._pack, self._pack.add(cid, view), len(view))
         if self._pack.size >= self._stager.pack_bytes:
             self._close_pack()
 
@@ -343,8 +355,8 @@ class _PackedSink:
         self._writer.close()
         if self._pack is not None:
             self._close_pack()
-        self.chunks = [(cid, size, pack if isinstance(pack, str) else pack.content_id, offset)
-                       for cid, size, pack, offset in self._refs]
+        self.extents = [[pack if isinstance(pack, str) else pack.content_id, offset, length]
+                        for pack, offset, length in self._extents]
         return self._sha.hexdigest(), self._writer.size, 0  # its packs are staged (and counted) on their own
 
     def abort(self) -> None:
@@ -569,11 +581,13 @@ def extract_tables(connect, policy: Policy, data_class: DataClass, backup_id: st
                 raise
             sha, size, compressed = sink.close()
             if chunks is not None:
+                layout = ({"extents": sink.extents, "chunk_count": sink.chunk_count}
+                          if isinstance(sink, _PackedSink) else {"chunks": sink.chunks})
                 log.info("extracted %s: %s rows, %.1f MB in %d chunks", job.name, f"{rows:,}", size / 1e6,
-                         len(sink.chunks))
+                         sink.chunk_count if isinstance(sink, _PackedSink) else len(sink.chunks))
                 return StagedObject(name=job.name, path="", source=job.table, rows=rows, plaintext_sha256=sha,
                                     plaintext_size=size, compressed_size=0, copy_format=TABLE_COPY_FORMAT,
-                                    columns=columns[job.table], extra={"chunks": sink.chunks})
+                                    columns=columns[job.table], extra=layout)
             log.info("extracted %s: %s rows, %.1f MB -> %.1f MB zstd", job.name, f"{rows:,}", size / 1e6,
                      compressed / 1e6)
             return StagedObject(name=job.name, path=str(path), source=job.table, rows=rows, plaintext_sha256=sha,
@@ -586,7 +600,8 @@ def extract_tables(connect, policy: Policy, data_class: DataClass, backup_id: st
     objects.sort(key=lambda o: (order[o.source], o.name))
     notes = {"table_definitions": definitions}
     if chunks is not None:
-        notes |= {"chunks": sum(len(o.extra["chunks"]) for o in objects), "new_chunks": len(chunks.new)}
+        notes |= {"chunks": sum(o.extra.get("chunk_count") or len(o.extra.get("chunks", ())) for o in objects),
+                  "new_chunks": len(chunks.new)}
     return Extraction(backup_id, data_class.name, str(staging), snapshot.taken_at.isoformat(), objects, notes=notes)
 
 

@@ -199,18 +199,6 @@ class Extent:
     length: int
 
 
-def extents_of(refs: Iterable[tuple[str, int, str, int]]) -> tuple[Extent, ...]:
-    """A run's chunk references (content id, size, pack, offset) as extents: adjacent chunks of one pack merged."""
-    merged: list[list] = []
-    for _cid, size, pack, offset in refs:
-        last = merged[-1] if merged else None
-        if last and last[0] == pack and last[1] + last[2] == offset:
-            last[2] += size
-        else:
-            merged.append([pack, offset, size])
-    return tuple(Extent(*m) for m in merged)
-
-
 @dataclass(frozen=True)
 class ChunkPiece:
     """Where part of a chunked object's plaintext is: `size` bytes at `offset` in the plaintext of `blob`."""

@@ -324,7 +324,7 @@ def _read_all(stream: BinaryIO) -> bytes:
     return b"".join(iter(lambda: stream.read(1 << 20), b""))
 
 
-PACKS_HELD = 4  # packs a chunked object's reader keeps (8 MiB of plaintext each): see _ChunkedReader
+PACKS_HELD = 3  # packs a chunked object's reader keeps (8 MiB of plaintext each): see _ChunkedReader
 
 
 class _ChunkedReader(io.RawIOBase):

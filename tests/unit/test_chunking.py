@@ -135,17 +135,17 @@ def test_a_format_4_chunked_manifest_lists_every_chunk_and_counts_what_it_stored
 
 
 def _packed(tmp_path, known: dict[str, tuple[str, int]], objects: list[bytes], pack_bytes: int):
-    """Cut `objects` as a run's copy workers do (one sink each), the new chunks into packs."""
+    """Cut `objects` as a run's copy workers do (one sink each), the new chunks into packs; each object's sink."""
     stager = PackStager(tmp_path, 3, RING.content_id, lambda cid: format.chunk_key("p", cid), known, pack_bytes)
-    lists = []
+    sinks = []
     for data in objects:
         sink = _PackedSink(stager, chunking.chunker(RING, AVG))
         for start in range(0, len(data), 50_000):
             sink.write(data[start:start + 50_000])
         sha, size, _ = sink.close()
         assert (sha, size) == (hashlib.sha256(data).hexdigest(), len(data))
-        lists.append(sink.chunks)
-    return stager, lists
+        sinks.append(sink)
+    return stager, sinks
 
 
 def _read_pack(staged) -> bytes:
@@ -154,45 +154,47 @@ def _read_pack(staged) -> bytes:
         return zstandard.ZstdDecompressor().decompressobj().decompress(f.read())
 
 
+def _reassemble(packs: dict[str, bytes], extents: list[list]) -> bytes:
+    return b"".join(packs[pack][offset:offset + length] for pack, offset, length in extents)
+
+
 def test_new_chunks_go_into_packs_and_a_changed_row_stores_one_small_pack(tmp_path):
     rows = _rows(40_000)
     day1 = b"".join(rows)
-    stager, (chunks1,) = _packed(tmp_path / "d1", {}, [day1], pack_bytes=256 << 10)
+    stager, (sink1,) = _packed(tmp_path / "d1", {}, [day1], pack_bytes=256 << 10)
     packs = {s.extra["content_id"]: _read_pack(s) for s in stager.new}
-    assert len(chunks1) > 40 and 3 <= len(packs) < len(chunks1)  # many chunks, few objects
+    assert sink1.chunk_count > 40 and 3 <= len(packs) < sink1.chunk_count  # many chunks, few objects
+    assert len(sink1.extents) == len(packs)  # adjacent chunks of a pack merge: one extent a pack
     for staged in stager.new:
-        assert staged.extra["key"] == format.chunk_key("p", staged.extra["content_id"])
-        assert staged.extra["content_id"] == RING.content_id(hashlib.sha256(packs[staged.extra["content_id"]])
-                                                             .hexdigest())
+        cid = staged.extra["content_id"]
+        assert staged.extra["key"] == format.chunk_key("p", cid)
+        assert cid == RING.content_id(hashlib.sha256(packs[cid]).hexdigest())
         assert (tmp_path / "d1" / staged.path.rsplit("/", 1)[1]).stat().st_mode & 0o777 == 0o600
-    # every chunk is where its record says, and they reassemble to the object
-    assert b"".join(packs[pack][offset:offset + size] for _cid, size, pack, offset in chunks1) == day1
+        for chunk_id, offset, size in stager.pack_chunks[cid]:  # each listed chunk is where the list says
+            assert chunk_id == RING.content_id(hashlib.sha256(packs[cid][offset:offset + size]).hexdigest())
+    assert sum(len(c) for c in stager.pack_chunks.values()) == sink1.chunk_count
+    assert _reassemble(packs, sink1.extents) == day1
 
     rows[20_000] = rows[20_000].replace(b"\t", b"\tchanged ", 1)
     day2 = b"".join(rows)
-    known = {cid: (pack, offset) for cid, _size, pack, offset in chunks1}
-    stager2, (chunks2,) = _packed(tmp_path / "d2", known, [day2], pack_bytes=256 << 10)
-    new = [c for c in chunks2 if c[2] not in packs]
-    assert 1 <= len(new) <= 3, new  # the chunks around the change, in one new pack
-    assert [c[0] for c in chunks2 if c[2] in packs] == [c[0] for c in chunks2 if c not in new]
-    assert len(stager2.new) == 1 and stager2.reused == set(packs)  # each old pack still holds kept chunks
-    packs |= {s.extra["content_id"]: _read_pack(s) for s in stager2.new}
-    assert b"".join(packs[pack][offset:offset + size] for _cid, size, pack, offset in chunks2) == day2
+    known = {cid: (pack, offset) for pack, chunks in stager.pack_chunks.items() for cid, offset, _size in chunks}
+    stager2, (sink2,) = _packed(tmp_path / "d2", known, [day2], pack_bytes=256 << 10)
+    (new,) = stager2.new  # the chunks around the change, in one new pack
+    assert 1 <= len(stager2.pack_chunks[new.extra["content_id"]]) <= 3
+    assert stager2.reused == set(packs)  # each old pack still holds kept chunks
+    assert len(sink2.extents) <= len(sink1.extents) + 2  # the new pack's extent splits one old one
+    packs[new.extra["content_id"]] = _read_pack(new)
+    assert _reassemble(packs, sink2.extents) == day2
 
 
 def test_a_chunk_repeated_within_a_run_is_packed_once(tmp_path):
     block = random.randbytes(200_000)
     stager, (first, second) = _packed(tmp_path, {}, [block * 3, block], pack_bytes=8 << 20)
-    stored = {c[0] for s in stager.new for c in first + second if c[2] == s.extra["content_id"]}
     packed_bytes = sum(s.plaintext_size for s in stager.new)
     assert packed_bytes < len(block) * 2, packed_bytes  # the repeats and the second object reference the first
-    assert {c[0] for c in second} <= stored | {c[0] for c in first}
-
-
-def test_adjacent_chunks_of_a_pack_merge_into_one_extent():
-    refs = [("1", 10, "a", 0), ("2", 5, "a", 10), ("3", 7, "b", 0), ("1", 10, "a", 0), ("4", 3, "a", 40)]
-    assert format.extents_of(refs) == (format.Extent("a", 0, 15), format.Extent("b", 0, 7), format.Extent("a", 0, 10),
-                                       format.Extent("a", 40, 3))
+    assert {pack for pack, _o, _n in second.extents} <= {s.extra["content_id"] for s in stager.new}
+    packs = {s.extra["content_id"]: _read_pack(s) for s in stager.new}
+    assert _reassemble(packs, first.extents) == block * 3 and _reassemble(packs, second.extents) == block
 
 
 def test_a_format_5_manifest_lists_packs_extents_and_the_chunks_of_the_packs_it_stored():

@@ -138,13 +138,14 @@ def test_pack_keys_associated_data_and_compression_are_as_documented(tmp_path):
     blob = format.Blob(content_id=cid, key=staged.extra["key"], compression="zstd", plaintext_size=len(pack),
                        ciphertext_sha256="0" * 64, ciphertext_size=0, encryption={})
     assert blob.associated_data() == b"wedsync-dr/v1\x00assets-blob\x00" + cid.encode()
-    # the pack is the object's new chunks in order; each chunk is `size` bytes at `offset`, with its own content id
-    assert pack == plaintext and len(sink.chunks) > 100
-    for chunk_id, size, pack_id, offset in sink.chunks:
-        assert pack_id == cid and chunk_id == ring.content_id(hashlib.sha256(pack[offset:offset + size]).hexdigest())
-    # what the manifest's `pack_chunks` records of it: each chunk once, in the pack's order, end to end
-    assert staged.extra["pack_chunks"] == [list(c) for c in dict.fromkeys((c, o, s) for c, s, _p, o in sink.chunks)]
-    assert sum(s for _c, _o, s in staged.extra["pack_chunks"]) == len(pack)
+    # the pack is the object's new chunks in order: one extent; what the manifest's `pack_chunks` records of it:
+    # each chunk once, in the pack's order, end to end, `size` bytes at `offset` with its own content id
+    assert pack == plaintext and sink.chunk_count > 100 and sink.extents == [[cid, 0, len(pack)]]
+    listed = stager.pack_chunks[cid]
+    assert len(listed) == sink.chunk_count and sum(size for _c, _o, size in listed) == len(pack)
+    assert [offset for _c, offset, _s in listed] == [sum(s for _c, _o, s in listed[:i]) for i in range(len(listed))]
+    for chunk_id, offset, size in listed:
+        assert chunk_id == ring.content_id(hashlib.sha256(pack[offset:offset + size]).hexdigest())
     # a pack of one chunk has that chunk's content id
     small = _rows(40, 6)
     (tmp_path / "single").mkdir()
@@ -152,15 +153,15 @@ def test_pack_keys_associated_data_and_compression_are_as_documented(tmp_path):
     sink = _PackedSink(single, chunking.chunker(ring, 16 << 10))
     sink.write(small)
     sink.close()
-    assert [c[0] for c in sink.chunks] == [c[2] for c in sink.chunks] == [
-        ring.content_id(hashlib.sha256(small).hexdigest())]
+    only = ring.content_id(hashlib.sha256(small).hexdigest())
+    assert sink.extents == [[only, 0, len(small)]] and single.pack_chunks == {only: [[only, 0, len(small)]]}
 
 
 def test_every_field_of_a_chunked_object_and_of_the_totals_is_documented():
     assert format.FORMAT_VERSION == 5 and "| `format_version` | `5`: this document." in DOCUMENT
     section = _section(SECTION)
     p, q = "p" * 64, "q" * 64
-    extents = backup._chunk_layout([("a" * 64, 1, p, 0), ("b" * 64, 2, q, 7), ("c" * 64, 3, q, 9)])
+    extents = backup._chunk_layout({"extents": [[p, 0, 1], [q, 7, 5]], "chunk_count": 3})
     obj = format.ChunkedObject(name="guests.copy", source="guests", plaintext_sha256="0" * 64, plaintext_size=6,
                                copy_format="binary", **extents)
     stored = obj.to_json()
@@ -232,14 +233,15 @@ def _chunked_backup(directory, ring: crypto.KeyRing, plaintext: bytes, backup_id
     referenced = [earlier_packs[cid] for cid in stager.reused] if packed else []  # (format 4: repeats of its own)
     table = format.ChunkedObject(name="guests.copy", source="guests", rows=0, columns=("line",), copy_format="binary",
                                  plaintext_sha256=hashlib.sha256(plaintext).hexdigest(),
-                                 plaintext_size=len(plaintext), **backup._chunk_layout(sink.chunks))
+                                 plaintext_size=len(plaintext),
+                                 **backup._chunk_layout({"extents": sink.extents, "chunk_count": sink.chunk_count}
+                                                        if packed else {"chunks": sink.chunks}))
     manifest = format.build_manifest(backup_id=f"byhand-{backup_id}", data_class="byhand",
                                      created_at="2026-01-01T00:00:00+00:00", snapshot_at=None, source_schema="wedsync",
                                      labels=(), reason=None, prefix=prefix, lock_until=None, retain_until=None,
                                      objects=[table], blobs=[*blobs, *referenced],
                                      tables={}, stored_blob_keys=[b.key for b in blobs],
-                                     pack_chunks={s.extra["content_id"]: s.extra["pack_chunks"] for s in stager.new
-                                                  if packed})
+                                     pack_chunks=stager.pack_chunks if packed else None)
     body = json.loads(manifest.body())
     return body if packed else {**body, "format_version": 4}
 
