@@ -69,7 +69,7 @@ def test_backup_dag_copies_decrypt_to_the_source(stack, backup_env, key_ring, na
         stored_manifest = json.loads(sdk_get(stack, cloud, f"{manifest['prefix']}/manifest.json"))
         assert stored_manifest == json.loads(json.dumps(manifest)), cloud
         by_content_id = {}
-        stored = [o for o in stored_manifest["objects"] if "chunks" not in o] + stored_manifest["blobs"]
+        stored = [o for o in stored_manifest["objects"] if "key" in o] + stored_manifest["blobs"]
         for entry in stored:  # every stored object it needs
             ciphertext = sdk_get(stack, cloud, entry["key"])
             assert hashlib.sha256(ciphertext).hexdigest() == entry["ciphertext_sha256"]
@@ -82,12 +82,17 @@ def test_backup_dag_copies_decrypt_to_the_source(stack, backup_env, key_ring, na
             else:
                 assert hashlib.sha256(plaintext).hexdigest() == entry["plaintext_sha256"]
                 _assert_matches_source(stack, name, entry, plaintext)
-        for entry in stored_manifest["objects"]:  # a chunked object (format 4) is its chunks' plaintexts in order
-            if "chunks" in entry:
+        for entry in stored_manifest["objects"]:
+            if "extents" in entry:  # format 5: its extents of packs' plaintexts, in order
+                packs = [by_content_id[pack] for pack in entry["packs"]]
+                plaintext = b"".join(packs[i][offset:offset + length] for i, offset, length in entry["extents"])
+            elif "chunks" in entry:  # format 4 (deduplicated wedding bundles): its chunks' plaintexts in order
                 plaintext = b"".join(by_content_id[cid] for cid, _size in entry["chunks"])
                 assert [len(by_content_id[cid]) for cid, _ in entry["chunks"]] == [s for _, s in entry["chunks"]]
-                assert hashlib.sha256(plaintext).hexdigest() == entry["plaintext_sha256"]
-                _assert_matches_source(stack, name, entry, plaintext)
+            else:
+                continue
+            assert hashlib.sha256(plaintext).hexdigest() == entry["plaintext_sha256"]
+            _assert_matches_source(stack, name, entry, plaintext)
     if name == "assets":  # every file of the source is in a blob this one manifest describes
         assert len(manifest["blobs"]) == len({key_ring.content_id(hashlib.sha256(p.read_bytes()).hexdigest())
                                               for p in Path(os.environ["WEDSYNC_ASSET_SOURCE"]).rglob("*")
@@ -133,7 +138,10 @@ def _assert_matches_source(stack, name: str, entry: dict, plaintext: bytes) -> N
     with owner_connection(stack) as conn:
         if data_class.kind == "tables":
             assert entry["copy_format"] == "binary"
-            expected = fresh_copy(conn, f"COPY wedsync.{entry['source']} TO STDOUT (FORMAT binary)")
+            source = f"wedsync.{entry['source']}"
+            if "extents" in entry:  # deduplicated: copied in wedding order (`extract.clustered_order`)
+                source = f"(SELECT * FROM {source}{extract.clustered_order(conn, source, entry['columns'])})"
+            expected = fresh_copy(conn, f"COPY {source} TO STDOUT (FORMAT binary)")
             assert plaintext == expected, entry["source"]
         elif data_class.kind == "wedding_bundles":
             sections = {h["table"]: s.read() for h, s in extract.read_bundle(io.BytesIO(plaintext))}

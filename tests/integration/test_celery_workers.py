@@ -101,7 +101,7 @@ def _workers_of(api, dag_id: str, run_id: str) -> set[str]:
 def _every_copy_reads_back(stack, record: dict) -> None:
     manifest = record["manifest"]
     for cloud in ("aws", "azure", "gcp"):
-        stored = [o for o in manifest["objects"] if "chunks" not in o]  # a chunked object is its blobs (format 4)
+        stored = [o for o in manifest["objects"] if "key" in o]  # a chunked object is its blobs (packs, chunks)
         for entry in [*stored, *manifest.get("blobs", [])]:
             assert hashlib.sha256(sdk_get(stack, cloud, entry["key"])).hexdigest() == entry["ciphertext_sha256"]
 

@@ -118,11 +118,12 @@ def test_one_critical_wedding_restores_alone(stack, backed_up, key_ring):
     assert restored_guests == live_guests
 
 
-def test_one_wedding_restores_alone_from_whole_table_objects(stack, backed_up, key_ring):
-    """client_data stores whole tables as binary COPY streams: a one-wedding restore picks that wedding's
-    rows out of them (server-side, through a temporary table) and restores nothing else."""
+def test_one_wedding_restores_alone_from_deduplicated_table_objects(stack, backed_up, key_ring):
+    """client_data stores each table's binary COPY stream as extents of packs (the shipped policy deduplicates
+    it): a one-wedding restore reads them back and picks that wedding's rows out of them (server-side, through
+    a temporary table) and restores nothing else."""
     manifest = backed_up["client_data"]["manifest"]
-    assert manifest["format_version"] == 5 and not any("chunks" in o for o in manifest["objects"])  # not deduplicated
+    assert manifest["format_version"] == 5 and all("extents" in o for o in manifest["objects"])  # deduplicated
     assert {o["copy_format"] for o in manifest["objects"]} == {"binary"}
     per_wedding = sorted({o["source"] for o in manifest["objects"] if "wedding_id" in o["columns"]})
     others = sorted({o["source"] for o in manifest["objects"]} - set(per_wedding))
@@ -193,7 +194,7 @@ def test_every_copy_corrupt_fails_clearly_and_leaves_the_live_data(stack, backed
 
 
 def test_checksums_in_the_manifest_match_the_catalog(backed_up):
-    record = backed_up["client_data"]
+    record = backed_up["vendor_data"]  # one stored object per table (client_data's are extents of packs)
     with catalog.connect() as conn:
         rows = conn.execute("SELECT name, ciphertext_sha256 FROM backup_catalog.backup_objects WHERE backup_id = %s",
                             (record["backup_id"],)).fetchall()
@@ -251,8 +252,9 @@ def test_a_format_1_backup_of_copy_text_still_restores(stack, backed_up, key_rin
     wedding (filtered in Python, row by row) restore from them. Last in the module: the backup it takes
     becomes the latest client_data one."""
     monkeypatch.setattr(extract, "TABLE_COPY_FORMAT", "text")
-    data_class = POLICY.data_classes["client_data"]
-    assert run_dag(build_backup_dag(POLICY, data_class, doc_md="test")).state == "success"
+    data_class = dataclasses.replace(POLICY.data_classes["client_data"], dedup_chunk_kib=0)  # format 1: whole tables
+    policy = POLICY.with_overrides(data_classes={**POLICY.data_classes, "client_data": data_class})
+    assert run_dag(build_backup_dag(policy, data_class, doc_md="test")).state == "success"
     with catalog.connect() as conn:
         manifest = latest_backup(conn, "client_data")["manifest"]
     assert {o["copy_format"] for o in manifest["objects"]} == {"text"}

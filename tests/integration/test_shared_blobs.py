@@ -323,8 +323,12 @@ def test_the_format_md_worked_example_opens_a_table_object_and_a_blob_of_a_later
     def download(key: str, path: Path) -> None:
         path.write_bytes(s3.get_object(Bucket=local_stack.BUCKET, Key=key)["Body"].read())
 
+    # one object per table: client_data with deduplication off (the shipped policy stores its tables as packs,
+    # which the document's "One chunked table, by hand" opens: tests/integration/test_format_v4_by_hand.py)
+    whole = dataclasses.replace(AUDIT.data_classes["client_data"], dedup_chunk_kib=0)
+    policy = AUDIT.with_overrides(data_classes={**AUDIT.data_classes, "client_data": whole})
     with catalog.connect() as conn:
-        clients = catalog.backup(conn, run_backup_steps(AUDIT, AUDIT.data_classes["client_data"], catalog_conn=conn,
+        clients = catalog.backup(conn, run_backup_steps(policy, whole, catalog_conn=conn,
                                                         key_ring=key_ring)["backup_id"])["manifest"]
     later = two_backups["second"]["manifest"]
     for directory, manifest in ((tmp_path / "table", clients), (tmp_path / "blob", later)):
