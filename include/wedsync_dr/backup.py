@@ -235,10 +235,10 @@ def _extract_packed(policy: Policy, data_class: DataClass, backup_id: str, area:
     names no object there: packs are named by their own content), so the extract loads no cloud SDK and asks
     no cloud; a chunk the catalog does not know is stored again, once, in a new pack."""
     chunks_prefix = format.chunks_prefix(policy.prefix)
-    previous = catalog.latest_packed_manifest(catalog_conn, data_class.name, policy.prefix)
-    packs = {b.key: b for b in previous.blobs if b.key.startswith(chunks_prefix)} if previous else {}
-    known = {cid: (packs[key].content_id, offset) for key, cid, offset in catalog.pack_chunks(catalog_conn, packs)}
-    packs = {b.content_id: b for b in packs.values()}
+    by_key = {b.key: b for b in catalog.latest_packed_blobs(catalog_conn, data_class.name, policy.prefix)
+              if b.key.startswith(chunks_prefix)}
+    known = {cid: (by_key[key].content_id, offset) for key, cid, offset in catalog.pack_chunks(catalog_conn, by_key)}
+    packs = {b.content_id: b for b in by_key.values()}
     stager = extract.PackStager(work, policy.zstd_level, key_ring.content_id,
                                 lambda cid: format.chunk_key(policy.prefix, cid), known,
                                 pack_bytes=data_class.dedup_pack_kib << 10)
@@ -601,7 +601,7 @@ class CopyCheck:
     cloud: str
     status: str  # validated | missing | corrupt | failed
     detail: str = ""
-    missing_shared: frozenset[str] = frozenset()  # keys of shared blobs this cloud does not hold
+    bad_shared: frozenset[str] = frozenset()  # keys of shared blobs this cloud holds no good copy of
 
 
 @dataclass
@@ -734,7 +734,7 @@ def check_copy_in(policy: Policy, summary: dict[str, Any], cloud: str, store: Ob
     lock_days = policy.lock_days(run.data_class)
     stored = _stored(run.encrypted)
     entries = [(o, False) for o in stored] + [(b, True) for b in run.shared]
-    missing_shared: frozenset[str] = frozenset()
+    bad_shared: frozenset[str] = frozenset()
     try:
         # (thousands of shared bundles or chunks: one listing instead of a HEAD each, where listings carry checksums)
         shared_keys = [b.key for b in run.shared]
@@ -762,8 +762,8 @@ def check_copy_in(policy: Policy, summary: dict[str, Any], cloud: str, store: Ob
                         locks.seen[entries[i][0].key] = copy_locks[i]
         if locks is not None:
             _record_locks(catalog_conn, cloud, locks.seen)
-        missing_shared = frozenset(entry.key for (entry, is_shared), p in zip(entries, found, strict=True)
-                                   if is_shared and p and p.startswith("missing"))
+        bad_shared = frozenset(entry.key for (entry, is_shared), p in zip(entries, found, strict=True)
+                               if is_shared and p)  # missing or corrupt, and no other cloud's copy filled it
         problems = [p for p in found if p]
         problem = (problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")
                    if problems else None)
@@ -772,7 +772,7 @@ def check_copy_in(policy: Policy, summary: dict[str, Any], cloud: str, store: Ob
             problem = _sample_decrypt(store, sample, key_ring, summary["backup_id"])
     except StorageError as err:
         problem = f"failed: {err}"
-    check = CopyCheck(cloud, problem.split(":", 1)[0] if problem else "validated", problem or "", missing_shared)
+    check = CopyCheck(cloud, problem.split(":", 1)[0] if problem else "validated", problem or "", bad_shared)
     log.info("copy in %s: %s %s", cloud, check.status.upper(), check.detail)
     return check
 
@@ -894,15 +894,15 @@ def run_validate(policy: Policy, summary: dict[str, Any], upload_results: dict[s
     good = sorted(c for c, (status, _detail) in copies.items() if status == "validated")
     if not catalog.is_committed(catalog_conn, backup_id):
         _roll_back(summary, _stored(run.encrypted), store_map)
-        # Blobs the catalog promised and that every cloud, each checked, lacks: forget them, so the next run
-        # stores them again (under the same key; nothing can reference another copy of them).
-        checked = [c.missing_shared for c in checks.values() if c.status in ("validated", "missing", "corrupt")]
+        # Blobs the catalog promised and that no cloud, each checked, holds a good copy of: forget them, so the
+        # next run stores their content again (a pack under a new key; a missing blob or bundle under its own).
+        checked = [c.bad_shared for c in checks.values() if c.status in ("validated", "missing", "corrupt")]
         gone = sorted(frozenset.intersection(*checked)) if len(checked) == len(store_map) else []
         if gone:
             catalog.forget_blobs(catalog_conn, gone)
         message = (f"backup {backup_id} has {len(good)} validated copies, quorum is {policy.quorum}: "
                    + "; ".join(f"{c}: {status} {detail}" for c, (status, detail) in sorted(copies.items()))
-                   + (f"; {len(gone)} blobs the catalog knew are in no cloud: the next run stores them again"
+                   + (f"; {len(gone)} blobs the catalog knew are good in no cloud: the next run stores them again"
                       if gone else ""))
         catalog.record_backup_result(catalog_conn, None, backup_id=backup_id, status="failed", copies=copies,
                                      error=message)

@@ -695,15 +695,16 @@ def latest_good_manifest(conn, data_class: str, point_in_time: dt.datetime | Non
     return Manifest.from_json(row[0]) if row else None
 
 
-def latest_packed_manifest(conn, data_class: str, prefix: str) -> Manifest | None:
-    """The manifest of the class's newest good backup under `prefix` that stored table chunks in packs (format
-    5): what a deduplicated extract references. A full backup in between (deduplication off for a while) does
-    not make the next deduplicated one store everything again."""
+def latest_packed_blobs(conn, data_class: str, prefix: str) -> list[Blob]:
+    """The blobs (packs among them) of the class's newest good backup under `prefix` that stored table chunks in
+    packs (format 5): what a deduplicated extract references. A full backup in between (deduplication off for a
+    while) does not make the next deduplicated one store everything again. Only `blobs` is read: the manifest's
+    chunk lists (`pack_chunks`) are the catalog's `pack_chunks` rows."""
     row = conn.execute(
-        "SELECT manifest FROM backup_catalog.backups WHERE data_class = %s AND starts_with(prefix, %s) "
+        "SELECT manifest->'blobs' FROM backup_catalog.backups WHERE data_class = %s AND starts_with(prefix, %s) "
         "AND status IN ('validated', 'degraded') AND manifest->'objects' @> '[{\"extents\": []}]'::jsonb "
         "ORDER BY started_at DESC LIMIT 1", (data_class, f"{prefix}/")).fetchone()
-    return Manifest.from_json(row[0]) if row else None
+    return [entry_from_json(b) for b in row[0]] if row else []
 
 
 # ----------------------------------------------------------------------------- retention (wedsync_dr.retention)

@@ -224,12 +224,22 @@ class _ChunkedSink:
 PACK_TARGET_BYTES = 8 << 20  # plaintext of the new chunks a pack gathers before it is sealed (format 5)
 
 
+PACK_NONCE_BYTES = 16
+
+
 class _Pack:
-    """One pack being filled: its chunks' plaintexts, one after another, through sha256 and zstd into a private
-    staging file. Its content id (and so its key) is known once it is closed."""
+    """One pack being filled: a random nonce, then its chunks' plaintexts one after another, through sha256 and
+    zstd into a private staging file. Its content id (and so its key) is known once it is closed.
+
+    Why the nonce: a pack is named by its content, and the same chunks can be packed again -- a table that went
+    back to an earlier state, chunks the catalog forgot, two runs at once. Without it the new pack would have the
+    key of a stored one whose bytes (another data key) committed manifests may name: never overwritten, so the
+    new backup's copy could never check out. With it no two packs share a key, and a pack never takes the key
+    of a format-4 chunk blob. No extent covers the nonce."""
 
     def __init__(self, path: Path, level: int):
         self.sink = _HashingCompressor(path, level)
+        self.sink.write(os.urandom(PACK_NONCE_BYTES))
         self.offsets: dict[str, int] = {}  # chunk content id -> offset in the pack's plaintext
         self.sizes: dict[str, int] = {}
         self.content_id: str | None = None
@@ -248,8 +258,8 @@ class _Pack:
 class PackStager:
     """Stages the new chunks of one run's chunked tables in packs (format 5), shared by its copy workers.
 
-    A chunk the previous backup stored (`known`: content id -> (pack content id, offset)) or a pack this run
-    closed already holds is only referenced; a new one is appended to its object's open pack, which is sealed
+    A chunk in a pack the previous backup references (`known`: content id -> (pack content id, offset)) or in a
+    pack this run closed already is only referenced; a new one is appended to its object's open pack, which is sealed
     as one blob (its keyed content id from the sha256 of its plaintext, compressed in `SEGMENT_SIZE` frames
     like a table) once it holds `pack_bytes`, and when its object ends. Each object fills its own packs, so a
     table's new chunks sit together and in order, which is how a restore reads them.
@@ -344,7 +354,7 @@ class _PackedSink:
         if self._pack is None:
             self._pack = self._stager.open()
         self._place(self._pack, self._pack.add(cid, view), len(view))
-        if self._pack.size >= self._stager.pack_bytes:
+        if self._pack.size - PACK_NONCE_BYTES >= self._stager.pack_bytes:
             self._close_pack()
 
     def _close_pack(self) -> None:
@@ -576,10 +586,10 @@ def extract_tables(connect, policy: Policy, data_class: DataClass, backup_id: st
             try:
                 with snapshot_copy_connection(connect, snapshot) as conn:
                     rows = copy_out(conn, job.query, sink)
+                sha, size, compressed = sink.close()
             except BaseException:
                 sink.abort()
                 raise
-            sha, size, compressed = sink.close()
             if chunks is not None:
                 layout = ({"extents": sink.extents, "chunk_count": sink.chunk_count}
                           if isinstance(sink, _PackedSink) else {"chunks": sink.chunks})
@@ -600,8 +610,7 @@ def extract_tables(connect, policy: Policy, data_class: DataClass, backup_id: st
     objects.sort(key=lambda o: (order[o.source], o.name))
     notes = {"table_definitions": definitions}
     if chunks is not None:
-        notes |= {"chunks": sum(o.extra.get("chunk_count") or len(o.extra.get("chunks", ())) for o in objects),
-                  "new_chunks": len(chunks.new)}
+        notes["chunks"] = sum(o.extra.get("chunk_count") or len(o.extra.get("chunks", ())) for o in objects)
     return Extraction(backup_id, data_class.name, str(staging), snapshot.taken_at.isoformat(), objects, notes=notes)
 
 

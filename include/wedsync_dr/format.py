@@ -257,10 +257,16 @@ class ChunkedObject:
                        compression=value.get("compression", "zstd"), plaintext_sha256=value["plaintext_sha256"],
                        plaintext_size=value["plaintext_size"], chunk_count=value.get("chunk_count"),
                        chunks=tuple(ChunkRef(content_id=cid, size=size) for cid, size in value.get("chunks", ())),
-                       extents=tuple(Extent(packs[i] if i >= 0 else packs[len(packs)], offset, length)
+                       extents=tuple(Extent(_pack_at(packs, i), offset, length)
                                      for i, offset, length in value.get("extents", ())))
         except (KeyError, IndexError, TypeError, ValueError) as err:
             raise FormatError(f"malformed chunked object {value.get('name')!r}: {err!r}") from None
+
+
+def _pack_at(packs: list[str], index: int) -> str:
+    if not 0 <= index < len(packs):
+        raise IndexError(f"extent names pack {index} of {len(packs)}")
+    return packs[index]
 
 
 Entry = DataObject | Blob
@@ -330,6 +336,11 @@ class Manifest:
         entries = [entry_from_json(o) for o in value.get("objects", [])]
         blobs = [entry_from_json(b) for b in value.get("blobs", [])] if version >= 3 else []
         try:
+            pack_chunks = {pack: tuple((cid, offset, size) for cid, offset, size in chunks)
+                           for pack, chunks in (value.get("pack_chunks") or {}).items()}
+        except (AttributeError, TypeError, ValueError) as err:
+            raise FormatError(f"manifest of backup {value.get('backup_id')} has malformed pack_chunks: {err}") from None
+        try:
             return cls(backup_id=value["backup_id"], data_class=value["data_class"], prefix=value["prefix"],
                        created_at=value["created_at"], snapshot_at=value.get("snapshot_at") or value["created_at"],
                        source_schema=value.get("source_schema", "wedsync"), format_version=version,
@@ -340,11 +351,7 @@ class Manifest:
                        blobs=tuple([*(e for e in entries if isinstance(e, Blob)), *blobs]),
                        referenced_blob_hashes=tuple(value.get("referenced_blobs", ())) if version < 3 else (),
                        tables=value.get("tables") or {}, totals=value.get("totals") or {},
-                       pack_chunks={pack: tuple((cid, offset, size) for cid, offset, size in chunks)
-                                    for pack, chunks in (value.get("pack_chunks") or {}).items()},
-                       stored_json=value)
-        except (TypeError, ValueError) as err:
-            raise FormatError(f"manifest of backup {value.get('backup_id')} has malformed pack_chunks: {err}") from None
+                       pack_chunks=pack_chunks, stored_json=value)
         except KeyError as err:
             raise FormatError(f"manifest of backup {value.get('backup_id')} has no {err.args[0]!r}") from None
 

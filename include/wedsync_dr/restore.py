@@ -22,6 +22,8 @@ import io
 import json
 import logging
 import os
+import shutil
+import tempfile
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -306,10 +308,11 @@ def read_object(manifest: Manifest, entry: DataObject | ChunkedObject, order: li
         return data
 
     def attempt() -> Any:
-        checked = HashingReader(io.BufferedReader(_ChunkedReader(chunks, fetch), buffer_size=1 << 20))
-        result = consume(checked)
-        while checked.read(1 << 20):  # anything the consumer left unread still has to be verified
-            pass
+        with _ChunkedReader(chunks, fetch) as reader:  # closing removes what it spilled
+            checked = HashingReader(io.BufferedReader(reader, buffer_size=1 << 20))
+            result = consume(checked)
+            while checked.read(1 << 20):  # anything the consumer left unread still has to be verified
+                pass
         if checked.size != entry.plaintext_size or checked.sha256.hexdigest() != entry.plaintext_sha256:
             raise IntegrityError(f"{entry.name}: its chunks do not reassemble to the object the manifest describes")
         return result
@@ -324,39 +327,67 @@ def _read_all(stream: BinaryIO) -> bytes:
     return b"".join(iter(lambda: stream.read(1 << 20), b""))
 
 
-PACKS_HELD = 3  # packs a chunked object's reader keeps (8 MiB of plaintext each): see _ChunkedReader
+PACKS_HELD = 3  # packs a chunked object's reader keeps in memory (8 MiB of plaintext each): see _ChunkedReader
 
 
 class _ChunkedReader(io.RawIOBase):
-    """The plaintext of a chunked object: each chunk's blob fetched (and verified) whole when the reader reaches
-    it. A pack holds many chunks, mostly of this object and in its order, so the last `PACKS_HELD` blobs read
-    are kept: a run of chunks from one pack, or chunks from the older packs a later backup interleaves with its
-    own, costs one download each. At most that many blobs are in memory."""
+    """The plaintext of a chunked object: each blob (a pack, or a format-4 chunk) fetched and verified whole when
+    the reader first reaches it, then sliced. A later backup's object interleaves extents of many packs (each
+    day's new chunks of it sit in that day's packs), so a blob is downloaded once per object whatever the order:
+    the last `PACKS_HELD` blobs read are held in memory, and one pushed out while a later extent still needs it
+    is spilled to a private scratch file (0600, in a 0700 directory, removed when the reader closes) and read
+    from there. Memory stays at `PACKS_HELD` blobs; the disk holds at most the object's packs."""
 
     def __init__(self, chunks: list[format.ChunkPiece], fetch: Callable[[Blob], bytes]):
-        self._chunks = iter(chunks)
+        self._pieces = list(chunks)
+        self._next = 0
         self._fetch = fetch
+        self._last_use = {piece.blob.key: i for i, piece in enumerate(self._pieces)}
         self._held: OrderedDict[str, memoryview] = OrderedDict()
+        self._spilled: dict[str, Path] = {}
+        self._scratch: Path | None = None
         self._current = memoryview(b"")
 
     def readable(self) -> bool:
         return True
 
-    def _plaintext(self, blob: Blob) -> memoryview:
-        held = self._held.pop(blob.key, None)
+    def _slice(self, piece: format.ChunkPiece, index: int) -> memoryview:
+        key = piece.blob.key
+        if key in self._spilled:
+            with open(self._spilled[key], "rb") as f:
+                f.seek(piece.offset)
+                return memoryview(f.read(piece.size))
+        held = self._held.pop(key, None)
         if held is None:
-            held = memoryview(self._fetch(blob))
-        self._held[blob.key] = held
+            held = memoryview(self._fetch(piece.blob))
+        self._held[key] = held
         while len(self._held) > PACKS_HELD:
-            self._held.popitem(last=False)
-        return held
+            evicted, data = self._held.popitem(last=False)
+            if self._last_use[evicted] > index:
+                self._spill(evicted, data)
+        return held[piece.offset:piece.offset + piece.size]
+
+    def _spill(self, key: str, data: memoryview) -> None:
+        if self._scratch is None:
+            self._scratch = Path(tempfile.mkdtemp(prefix="wedsync-restore-"))  # 0700
+        path = self._scratch / f"blob-{len(self._spilled):06d}"
+        with extract.private_file(path) as out:
+            out.write(data)
+        self._spilled[key] = path
+
+    def close(self) -> None:
+        self._held.clear()
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+            self._scratch = None
+        super().close()
 
     def readinto(self, buffer) -> int:
         while not self._current:
-            piece = next(self._chunks, None)
-            if piece is None:
+            if self._next == len(self._pieces):
                 return 0
-            self._current = self._plaintext(piece.blob)[piece.offset:piece.offset + piece.size]
+            self._current = self._slice(self._pieces[self._next], self._next)
+            self._next += 1
         n = min(len(buffer), len(self._current))
         buffer[:n] = self._current[:n]
         self._current = self._current[n:]

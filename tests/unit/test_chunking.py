@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import random
 
@@ -223,3 +224,32 @@ def test_a_format_5_manifest_lists_packs_extents_and_the_chunks_of_the_packs_it_
     for bad in (7, -1):  # no such pack
         with pytest.raises(format.FormatError, match="malformed chunked object"):
             format.entry_from_json({**stored, "extents": [[bad, 0, 10]]})
+
+
+def test_a_chunked_reader_downloads_each_pack_once_however_its_extents_interleave(monkeypatch):
+    """A backup after many days interleaves extents of many days' packs: each pack is fetched once, held in
+    memory while among the last read, spilled to a private scratch file while a later extent still needs it."""
+    from wedsync_dr import restore
+
+    packs = {f"{i:064x}": random.randbytes(50_000) for i in range(6)}
+    blobs = {cid: _blob(cid, len(data)) for cid, data in packs.items()}
+    order = list(packs) * 4  # p0 p1 ... p5 p0 p1 ...: more packs in turn than the reader holds
+    pieces = [format.ChunkPiece(blobs[cid], 1000 * n, 700) for n, cid in enumerate(order)]
+    fetched = []
+
+    def fetch(blob):
+        fetched.append(blob.content_id)
+        return packs[blob.content_id]
+
+    spilled = []
+    real_spill = restore._ChunkedReader._spill
+    monkeypatch.setattr(restore._ChunkedReader, "_spill",
+                        lambda self, key, data: (real_spill(self, key, data), spilled.append(self._spilled[key]))[0])
+    with restore._ChunkedReader(pieces, fetch) as reader:
+        buffered = io.BufferedReader(reader)  # (a BufferedReader closes its raw reader when it goes away)
+        out = buffered.read()
+        assert spilled and all(p.stat().st_mode & 0o777 == 0o600 for p in spilled)
+        assert spilled[0].parent.stat().st_mode & 0o777 == 0o700
+    assert out == b"".join(packs[p.blob.content_id][p.offset:p.offset + p.size] for p in pieces)
+    assert sorted(fetched) == sorted(packs)  # each once
+    assert not spilled[0].parent.exists()  # removed with the reader

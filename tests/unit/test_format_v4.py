@@ -20,7 +20,7 @@ from pyfastcdc import py as pure_fastcdc
 from pyfastcdc.py.constants import GEAR, GEAR_LS
 
 from tests.helpers import REPO, run_worked_example, worked_example
-from wedsync_dr import backup, chunking, crypto, format
+from wedsync_dr import backup, chunking, crypto, extract, format
 from wedsync_dr.crypto.keys import CHUNKER_SEED_DOMAIN
 from wedsync_dr.extract import SEGMENT_SIZE, ChunkStager, PackStager, _ChunkedSink, _PackedSink
 from wedsync_dr.policy import DataClass
@@ -140,21 +140,29 @@ def test_pack_keys_associated_data_and_compression_are_as_documented(tmp_path):
     assert blob.associated_data() == b"wedsync-dr/v1\x00assets-blob\x00" + cid.encode()
     # the pack is the object's new chunks in order: one extent; what the manifest's `pack_chunks` records of it:
     # each chunk once, in the pack's order, end to end, `size` bytes at `offset` with its own content id
-    assert pack == plaintext and sink.chunk_count > 100 and sink.extents == [[cid, 0, len(pack)]]
+    nonce = extract.PACK_NONCE_BYTES
+    assert "starts with 16 random bytes" in _section(SECTION) and nonce == 16
+    assert pack[nonce:] == plaintext and sink.chunk_count > 100 and sink.extents == [[cid, nonce, len(plaintext)]]
     listed = stager.pack_chunks[cid]
-    assert len(listed) == sink.chunk_count and sum(size for _c, _o, size in listed) == len(pack)
-    assert [offset for _c, offset, _s in listed] == [sum(s for _c, _o, s in listed[:i]) for i in range(len(listed))]
+    assert len(listed) == sink.chunk_count and sum(size for _c, _o, size in listed) == len(plaintext)
+    assert [offset for _c, offset, _s in listed] == [nonce + sum(s for _c, _o, s in listed[:i])
+                                                      for i in range(len(listed))]
     for chunk_id, offset, size in listed:
         assert chunk_id == ring.content_id(hashlib.sha256(pack[offset:offset + size]).hexdigest())
-    # a pack of one chunk has that chunk's content id
+    # the same chunks packed again make another pack (the nonce): never the key of a stored one, nor a chunk's
     small = _rows(40, 6)
-    (tmp_path / "single").mkdir()
-    single = PackStager(tmp_path / "single", 3, ring.content_id, lambda c: format.chunk_key("wedsync", c), {})
-    sink = _PackedSink(single, chunking.chunker(ring, 16 << 10))
-    sink.write(small)
-    sink.close()
-    only = ring.content_id(hashlib.sha256(small).hexdigest())
-    assert sink.extents == [[only, 0, len(small)]] and single.pack_chunks == {only: [[only, 0, len(small)]]}
+    ids = set()
+    for attempt in range(2):
+        (tmp_path / f"again-{attempt}").mkdir()
+        again = PackStager(tmp_path / f"again-{attempt}", 3, ring.content_id, lambda c: format.chunk_key("w", c), {})
+        sink = _PackedSink(again, chunking.chunker(ring, 16 << 10))
+        sink.write(small)
+        sink.close()
+        ((pack_id, listed),) = again.pack_chunks.items()
+        assert listed == [[ring.content_id(hashlib.sha256(small).hexdigest()), nonce, len(small)]]
+        assert sink.extents == [[pack_id, nonce, len(small)]] and pack_id != listed[0][0]
+        ids.add(pack_id)
+    assert len(ids) == 2
 
 
 def test_every_field_of_a_chunked_object_and_of_the_totals_is_documented():
@@ -292,11 +300,13 @@ def test_the_by_hand_blocks_reassemble_a_chunked_object_with_the_keks_alone(tmp_
     assert (tmp_path / "guests.copy").read_bytes() == day2
 
     # `pack_chunks`, checked on the packs the by-hand blocks opened: every chunk of each pack this backup stored,
-    # in order, end to end, each named by the content id of its bytes
+    # in order, end to end after the nonce, each named by the content id of its bytes
+    nonce = extract.PACK_NONCE_BYTES
     for pack, chunks in manifest["pack_chunks"].items():
         plaintext = (tmp_path / f"{pack}.pack").read_bytes()
-        assert [offset for _cid, offset, _size in chunks] == [sum(c[2] for c in chunks[:i]) for i in range(len(chunks))]
-        assert sum(size for _cid, _offset, size in chunks) == len(plaintext)
+        assert [offset for _cid, offset, _size in chunks] == [nonce + sum(c[2] for c in chunks[:i])
+                                                             for i in range(len(chunks))]
+        assert nonce + sum(size for _cid, _offset, size in chunks) == len(plaintext)
         for cid, offset, size in chunks:
             assert cid == ring.content_id(hashlib.sha256(plaintext[offset:offset + size]).hexdigest())
 
