@@ -249,10 +249,11 @@ CREATE TABLE IF NOT EXISTS blob_locks (
 );
 ALTER TABLE blob_locks ADD COLUMN IF NOT EXISTS recorded_at timestamptz NOT NULL DEFAULT now();
 
--- The chunks in each pack (manifest format 5), from the manifest of the backup that stored the pack
--- (`pack_chunks`): what a deduplicated extract looks up to reference a chunk instead of storing it again. A
--- restore never needs it. Rebuilt from the manifests by rebuild-catalog (the chunks of a pack whose storing
--- backup was retired are then unknown: stored again, once, by the next backup that has them).
+-- The chunks in each pack (manifest format 5), recorded by the extract as it closes the pack: what a
+-- deduplicated extract looks up to reference a chunk instead of storing it again. In no manifest (it would grow
+-- with the data: 50,000 chunks per GB), and a restore never needs it. A cache of what was stored, like
+-- blob_locks: rebuild-catalog does not recreate it, and the next backup after a lost catalog stores its chunks
+-- once more.
 CREATE TABLE IF NOT EXISTS pack_chunks (
     key              text NOT NULL,                  -- the pack (blobs.key)
     content_id       char(64) NOT NULL,              -- the chunk's keyed content id

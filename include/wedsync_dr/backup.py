@@ -226,14 +226,14 @@ def _extract_packed(policy: Policy, data_class: DataClass, backup_id: str, area:
                     connect, catalog_conn, key_ring: crypto.KeyRing, workers: int) -> extract.Extraction:
     """The class's tables cut into content-defined chunks, the new ones stored in packs (format 5).
 
-    Which chunks are stored already: those in the packs of the class's newest good packed backup (its manifest,
-    and the catalog's `pack_chunks`: chunk -> pack and offset); the packs' full entries go to
-    `referenced-blobs.json`, the new packs' chunks to `pack-chunks.json` (for the manifest). The clouds are asked
-    about those packs, not told: each upload task proves every referenced pack in its cloud (one listing where
-    it carries checksums) and validate copies one a cloud lacks from a cloud whose copy checks out, so the
-    catalog is never trusted alone. Unlike a format-4 chunk, a new chunk cannot be looked up in a cloud (its id
-    names no object there: packs are named by their own content), so the extract loads no cloud SDK and asks
-    no cloud; a chunk the catalog does not know is stored again, once, in a new pack."""
+    Which chunks are stored already: those in the packs of the class's newest good packed backup (its `blobs`),
+    looked up in the catalog's `pack_chunks` (chunk -> pack and offset), where each pack's chunks are recorded as
+    it closes (never in a manifest: they would make it grow with the data); the packs' full entries go to
+    `referenced-blobs.json`. The clouds are asked about those packs, not told: each upload task proves every
+    referenced pack in its cloud (one listing where it carries checksums) and validate copies one a cloud lacks
+    from a cloud whose copy checks out, so the catalog is never trusted alone. A new chunk cannot be looked up
+    in a cloud (its id names no object there), so the extract loads no cloud SDK and asks no cloud; a chunk the
+    catalog does not know (a rebuilt catalog knows none) is stored again, once, in a new pack."""
     chunks_prefix = format.chunks_prefix(policy.prefix)
     by_key = {b.key: b for b in catalog.latest_packed_blobs(catalog_conn, data_class.name, policy.prefix)
               if b.key.startswith(chunks_prefix)}
@@ -241,16 +241,15 @@ def _extract_packed(policy: Policy, data_class: DataClass, backup_id: str, area:
     packs = {b.content_id: b for b in by_key.values()}
     stager = extract.PackStager(work, policy.zstd_level, key_ring.content_id,
                                 lambda cid: format.chunk_key(policy.prefix, cid), known,
-                                pack_bytes=data_class.dedup_pack_kib << 10)
+                                pack_bytes=data_class.dedup_pack_kib << 10,
+                                on_pack=lambda _cid, key, chunks: catalog.record_pack_chunks(catalog_conn, key, chunks))
     cdc = chunking.chunker(key_ring, data_class.dedup_chunk_kib << 10)
     extraction = extract.extract_tables(connect, policy, data_class, backup_id, work, workers=workers,
                                         chunks=stager, cdc=cdc)
     _write_entries(area, backup_id, "referenced-blobs.json",
                    sorted((packs[cid] for cid in stager.reused), key=lambda b: b.key))
-    area.write_json(backup_id, "pack-chunks.json", stager.pack_chunks)
     extraction.objects += stager.new
-    extraction.notes |= {"new_packs": len(stager.new), "clouds_asked_seconds": 0,
-                         "new_chunks": sum(len(c) for c in stager.pack_chunks.values())}
+    extraction.notes |= {"new_packs": len(stager.new), "clouds_asked_seconds": 0, "new_chunks": stager.new_chunks}
     log.info("%s: %d chunks, %d new in %d packs, %d packs of earlier backups referenced", data_class.name,
              extraction.notes["chunks"], extraction.notes["new_chunks"], len(stager.new), len(stager.reused))
     return extraction
@@ -938,6 +937,7 @@ def build_manifest(policy: Policy, summary: dict[str, Any], encrypted: list[Entr
     the ones it stored and the ones earlier backups stored (`shared`)."""
     new_blobs = [o for o in encrypted if isinstance(o, Blob)]
     area = staging.for_policy(policy)
+    notes = summary.get("notes", {})
     return format.build_manifest(
         backup_id=summary["backup_id"], data_class=summary["data_class"], created_at=summary["started_at"],
         snapshot_at=summary.get("snapshot_at"), source_schema=policy.source_schema,
@@ -945,7 +945,7 @@ def build_manifest(policy: Policy, summary: dict[str, Any], encrypted: list[Entr
         lock_until=summary.get("lock_until"), retain_until=retain_until.isoformat() if retain_until else None,
         objects=[o for o in encrypted if isinstance(o, DataObject | ChunkedObject)], blobs=[*new_blobs, *shared],
         tables=area.read_json(summary["backup_id"], "tables.json"),
-        pack_chunks=area.read_json(summary["backup_id"], "pack-chunks.json", {}),
+        chunks_packed=notes.get("new_chunks", 0) if "new_packs" in notes else 0,
         stored_blob_keys=[b.key for b in new_blobs])
 
 

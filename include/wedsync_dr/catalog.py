@@ -152,8 +152,6 @@ def record_backup_result(conn, manifest: Manifest | None, *, backup_id: str, sta
                       o.plaintext_size, getattr(o, "ciphertext_sha256", None), getattr(o, "ciphertext_size", None),
                       (o.chunk_count or len(o.chunks)) if isinstance(o, ChunkedObject) else None)
                      for o in manifest.objects])
-            if manifest.pack_chunks:
-                record_pack_chunks(conn, manifest)
         else:
             conn.execute(
                 "UPDATE backup_catalog.backups SET status=%s, finished_at=now(), clouds_ok=%s, clouds_failed=%s, "
@@ -308,15 +306,14 @@ def pack_chunks(conn, pack_keys: Iterable[str]) -> list[tuple[str, str, int]]:
                         (list(pack_keys),)).fetchall()
 
 
-def record_pack_chunks(conn, manifest: Manifest) -> None:
-    """The chunks in the packs a backup stored, from its manifest (so rebuild-catalog recreates them too)."""
-    keys = {b.content_id: b.key for b in manifest.blobs}
+def record_pack_chunks(conn, pack_key: str, chunks: list[list]) -> None:
+    """The chunks a new pack holds ([chunk id, offset, size], ...), as the extract closes it. Recorded here only:
+    a failed backup's rows name a pack no good backup lists (never looked up; retention's sweep forgets them),
+    and a lost catalog loses only deduplication against what is stored (the next backup stores it once more)."""
     with conn.cursor() as cur:
         cur.executemany(
             "INSERT INTO backup_catalog.pack_chunks (key, content_id, pack_offset, size) VALUES (%s, %s, %s, %s) "
-            "ON CONFLICT (key, content_id) DO NOTHING",
-            [(keys[pack], cid, offset, size) for pack, chunks in manifest.pack_chunks.items()
-             for cid, offset, size in chunks])
+            "ON CONFLICT (key, content_id) DO NOTHING", [(pack_key, cid, offset, size) for cid, offset, size in chunks])
 
 
 def recorded_locks(conn, cloud: str, keys: Iterable[str]) -> dict[str, tuple[dt.datetime, dt.datetime]]:
@@ -698,8 +695,7 @@ def latest_good_manifest(conn, data_class: str, point_in_time: dt.datetime | Non
 def latest_packed_blobs(conn, data_class: str, prefix: str) -> list[Blob]:
     """The blobs (packs among them) of the class's newest good backup under `prefix` that stored table chunks in
     packs (format 5): what a deduplicated extract references. A full backup in between (deduplication off for a
-    while) does not make the next deduplicated one store everything again. Only `blobs` is read: the manifest's
-    chunk lists (`pack_chunks`) are the catalog's `pack_chunks` rows."""
+    while) does not make the next deduplicated one store everything again. Only `blobs` is read."""
     row = conn.execute(
         "SELECT manifest->'blobs' FROM backup_catalog.backups WHERE data_class = %s AND starts_with(prefix, %s) "
         "AND status IN ('validated', 'degraded') AND manifest->'objects' @> '[{\"extents\": []}]'::jsonb "

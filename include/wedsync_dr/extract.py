@@ -266,7 +266,8 @@ class PackStager:
     """
 
     def __init__(self, staging: Path, level: int, content_id: Callable[[str], str], key: Callable[[str], str],
-                 known: dict[str, tuple[str, int]], pack_bytes: int = PACK_TARGET_BYTES):
+                 known: dict[str, tuple[str, int]], pack_bytes: int = PACK_TARGET_BYTES,
+                 on_pack: Callable[[str, str, list[list]], None] | None = None):
         self._staging = staging
         self._level = level
         self.content_id = content_id
@@ -277,7 +278,11 @@ class PackStager:
         self._lock = threading.Lock()
         self._sequence = 0
         self.new: list[StagedObject] = []  # the closed packs, to seal and upload like asset blobs
-        self.pack_chunks: dict[str, list[list]] = {}  # pack content id -> [[chunk id, offset, size], ...]
+        # each closed pack's chunks, [[chunk id, offset, size], ...], go to `on_pack(content id, key, chunks)` (the
+        # catalog: nothing of them stays here), or without one are kept in `pack_chunks` (content id -> chunks)
+        self._on_pack = on_pack
+        self.pack_chunks: dict[str, list[list]] = {}
+        self.new_chunks = 0
         self.reused: set[str] = set()  # content ids of the earlier backups' packs referenced
 
     def open(self) -> _Pack:
@@ -303,15 +308,17 @@ class PackStager:
         staged = StagedObject(name=f"pack-{cid}", path=str(path), source="table-pack", rows=0,
                               plaintext_sha256=sha, plaintext_size=size, compressed_size=compressed,
                               extra={"blob": True, "chunk": True, "content_id": cid, "key": self._key(cid)})
+        chunks = [[c, o, pack.sizes[c]] for c, o in pack.offsets.items()]
         with self._lock:
-            if cid in self.pack_chunks:  # the same chunks, packed twice
-                path.unlink(missing_ok=True)
+            self.new.append(staged)
+            self.new_chunks += len(chunks)
+            if self._on_pack is not None:
+                self._on_pack(cid, staged.extra["key"], chunks)
             else:
-                self.new.append(staged)
-                self.pack_chunks[cid] = [[c, o, pack.sizes[c]] for c, o in pack.offsets.items()]
+                self.pack_chunks[cid] = chunks
             for chunk_id, offset in pack.offsets.items():
                 self._stored.setdefault(chunk_id, (cid, offset))
-        pack.offsets, pack.sizes = {}, {}  # listed in pack_chunks now; the objects' extents hold only the pack
+        pack.offsets, pack.sizes = {}, {}  # recorded now; the objects' extents hold only the pack
         return cid
 
 

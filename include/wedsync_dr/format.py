@@ -19,11 +19,11 @@ Versions (`format_version` in the manifest; restores read all of them):
   `blobs`. A backup stores only the chunks no earlier backup stored; its manifest alone still restores it.
 - 5: the chunks of a table object are stored in **packs**: a pack is a blob like a format-4 chunk (keyed content
   id of its plaintext, sealed alone, stored once per cloud under `<prefix>/chunks/`) whose plaintext is new chunks
-  of one object, one after another. The object lists its packs (`packs`) and its plaintext as byte ranges of
-  their plaintexts (`extents`: pack index, offset, length); every pack is in `blobs`. Which chunk ids a pack holds,
-  and where, is recorded once, in the manifest of the backup that stored it (`pack_chunks`): what deduplication
-  looks up, never needed to restore. So ~16 KiB chunks cost no request each, and a manifest grows with what
-  changed (extents), not with the number of chunks (50,000 per GB).
+  of one object, one after another (after a 16-byte nonce). The object lists its packs (`packs`) and its plaintext
+  as byte ranges of their plaintexts (`extents`: pack index, offset, length); every pack is in `blobs`. Which chunk
+  ids a pack holds is recorded in the catalog only (`pack_chunks`): what deduplication looks up, never needed to
+  restore. So ~16 KiB chunks cost no request each, and a manifest grows with what changed (extents), not with the
+  number of chunks (50,000 per GB).
 """
 
 from __future__ import annotations
@@ -320,8 +320,6 @@ class Manifest:
     referenced_blob_hashes: tuple[str, ...] = ()  # format 2 only
     tables: dict[str, Any] = field(default_factory=dict)  # table definitions (columns, constraints, indexes)
     totals: dict[str, int] = field(default_factory=dict)
-    # format 5: the chunks in each pack this backup stored, pack content id -> ((chunk id, offset, size), ...)
-    pack_chunks: dict[str, tuple[tuple[str, int, int], ...]] = field(default_factory=dict)
     # The JSON a stored manifest was read from: written back as it was (a repaired cloud gets the same bytes
     # as the others; an older format is never rewritten into the current one).
     stored_json: dict[str, Any] | None = field(default=None, compare=False, repr=False)
@@ -336,11 +334,6 @@ class Manifest:
         entries = [entry_from_json(o) for o in value.get("objects", [])]
         blobs = [entry_from_json(b) for b in value.get("blobs", [])] if version >= 3 else []
         try:
-            pack_chunks = {pack: tuple((cid, offset, size) for cid, offset, size in chunks)
-                           for pack, chunks in (value.get("pack_chunks") or {}).items()}
-        except (AttributeError, TypeError, ValueError) as err:
-            raise FormatError(f"manifest of backup {value.get('backup_id')} has malformed pack_chunks: {err}") from None
-        try:
             return cls(backup_id=value["backup_id"], data_class=value["data_class"], prefix=value["prefix"],
                        created_at=value["created_at"], snapshot_at=value.get("snapshot_at") or value["created_at"],
                        source_schema=value.get("source_schema", "wedsync"), format_version=version,
@@ -351,7 +344,7 @@ class Manifest:
                        blobs=tuple([*(e for e in entries if isinstance(e, Blob)), *blobs]),
                        referenced_blob_hashes=tuple(value.get("referenced_blobs", ())) if version < 3 else (),
                        tables=value.get("tables") or {}, totals=value.get("totals") or {},
-                       pack_chunks=pack_chunks, stored_json=value)
+                       stored_json=value)
         except KeyError as err:
             raise FormatError(f"manifest of backup {value.get('backup_id')} has no {err.args[0]!r}") from None
 
@@ -367,8 +360,6 @@ class Manifest:
             "objects": [o.to_json() for o in self.objects],
             "blobs": [b.to_json() for b in self.blobs],
             "tables": self.tables, "totals": self.totals,
-            **({"pack_chunks": {pack: [list(c) for c in chunks] for pack, chunks in self.pack_chunks.items()}}
-               if self.pack_chunks else {}),
         }
 
     def body(self) -> bytes:
@@ -424,9 +415,9 @@ def build_manifest(*, backup_id: str, data_class: str, created_at: str, snapshot
                    labels: Iterable[str], reason: str | None, prefix: str, lock_until: str | None,
                    retain_until: str | None, objects: list[BackupObject], blobs: list[Blob],
                    tables: dict[str, Any], stored_blob_keys: Iterable[str] = (),
-                   pack_chunks: dict[str, Iterable[tuple[str, int, int]]] | None = None) -> Manifest:
+                   chunks_packed: int = 0) -> Manifest:
     """A new backup's manifest: `objects` its own data objects, `blobs` every blob it needs (asset blobs, table
-    packs and chunks, new or stored by an earlier backup), `pack_chunks` the chunks in the packs it stored;
+    packs and chunks, new or stored by an earlier backup), `chunks_packed` how many chunks its new packs hold;
     `totals` count what this backup holds (`rows`, `plaintext_bytes`, `chunks`) and what it stored (its own
     objects and the blobs it added: `compressed_bytes`, `ciphertext_bytes`, `stored_objects` -- what each cloud
     received -- `chunks_stored`, `packs_stored`)."""
@@ -435,18 +426,18 @@ def build_manifest(*, backup_id: str, data_class: str, created_at: str, snapshot
     new_ids = {b.content_id for b in new_blobs}
     chunked = [o for o in objects if isinstance(o, ChunkedObject)]
     holders = {cid for o in chunked for cid in o.blob_ids}  # blobs holding chunks: their plaintext is the objects'
-    pack_chunks = {pack: tuple(tuple(c) for c in chunks) for pack, chunks in (pack_chunks or {}).items()}
     chunk_blobs = {c.content_id for o in chunked for c in o.chunks}  # format 4
     own = [*(o for o in objects if isinstance(o, DataObject)), *new_blobs]
     return Manifest(
         backup_id=backup_id, data_class=data_class, prefix=prefix, created_at=created_at,
         snapshot_at=snapshot_at or created_at, source_schema=source_schema, labels=tuple(labels), reason=reason,
         locked_until=_instant(lock_until), retain_until=_instant(retain_until), objects=tuple(objects),
-        blobs=tuple(sorted(blobs, key=lambda b: b.key)), tables=tables, pack_chunks=pack_chunks,
+        blobs=tuple(sorted(blobs, key=lambda b: b.key)), tables=tables,
         totals={"objects": len(objects), "blobs": len(blobs), "blobs_stored": len(new_blobs),
                 "chunks": len(chunk_blobs) + sum(o.chunk_count or 0 for o in chunked),
-                "chunks_stored": len(chunk_blobs & new_ids) + sum(len(c) for c in pack_chunks.values()),
-                "packs_stored": len(pack_chunks), "stored_objects": len(own),
+                "chunks_stored": len(chunk_blobs & new_ids) + chunks_packed,
+                "packs_stored": len(new_ids & {e.pack for o in chunked for e in o.extents}),
+                "stored_objects": len(own),
                 "rows": sum(o.rows or 0 for o in objects),
                 "plaintext_bytes": sum(o.plaintext_size for o in objects)
                 + sum(b.plaintext_size for b in new_blobs if b.content_id not in holders),

@@ -103,7 +103,7 @@ def backups(stack, demo_data, airflow_db, key_ring):
 
 def _chunks(record: dict, table: str) -> list[str]:
     """The table's chunk ids in stream order: its extents of packs, read through the catalog's record of which
-    chunks each pack holds (`pack_chunks`, from the manifests of the backups that stored the packs)."""
+    chunks each pack holds (`pack_chunks`, written by the extract that stored the pack)."""
     (obj,) = [o for o in record["manifest"]["objects"] if o["source"] == table]
     keys = {b["content_id"]: b["key"] for b in record["manifest"]["blobs"]}
     with catalog.connect() as conn:
@@ -155,16 +155,18 @@ def test_a_backup_stores_only_the_chunks_around_what_changed(backups):
     assert after[: len(before) // 4] == before[: len(before) // 4]
     totals1, totals2, totals3 = (r["manifest"]["totals"] for r in (day1, day2, day3))
     assert totals2["chunks_stored"] == len(set(new)) and totals2["ciphertext_bytes"] < totals1["ciphertext_bytes"] / 3
-    # the new chunks went into new packs, and only they; the manifest records which (its own packs alone)
-    stored = {cid for chunks in day2["manifest"]["pack_chunks"].values() for cid, _offset, _size in chunks}
-    assert stored == set(new) and set(day2["manifest"]["pack_chunks"]) <= set(_packs(day2, "guests"))
-    assert 0 < totals2["packs_stored"] == len(day2["manifest"]["pack_chunks"]) < totals1["packs_stored"], totals2
-    assert "pack_chunks" not in day3["manifest"] and totals3["packs_stored"] == 0
+    # the new chunks went into new packs, and only they (the catalog records which; no manifest lists chunk ids)
+    new_packs = {b["key"] for b in day2["manifest"]["blobs"]} - {b["key"] for b in day1["manifest"]["blobs"]}
+    with catalog.connect() as conn:
+        stored = {cid for _key, cid, _offset in catalog.pack_chunks(conn, new_packs)}
+    assert stored == set(new) and all("pack_chunks" not in r["manifest"] for r in (day1, day2, day3))
+    assert 0 < totals2["packs_stored"] == len(new_packs) < totals1["packs_stored"], totals2
+    assert totals3["packs_stored"] == 0
     # a manifest grows with what changed, not with the table: a run of unchanged chunks is one extent
     (guests1,) = [o for o in day1["manifest"]["objects"] if o["source"] == "guests"]
     (guests2,) = [o for o in day2["manifest"]["objects"] if o["source"] == "guests"]
     assert len(guests1["extents"]) == len(guests1["packs"]) < len(before) / 1.5
-    assert len(guests2["extents"]) <= len(guests1["extents"]) + 2 * len(day2["manifest"]["pack_chunks"]) + 2
+    assert len(guests2["extents"]) <= len(guests1["extents"]) + 2 * len(new) + 2
     assert totals3["chunks_stored"] == 0 and totals3["ciphertext_bytes"] == 0 and totals3["stored_objects"] == 0
     assert _chunks(day3, "guests") == after
 
@@ -179,7 +181,8 @@ def test_every_chunk_is_stored_once_per_cloud_named_by_its_keyed_content_id(back
         assert key == format.chunk_key(PREFIX, blob["content_id"])
         assert "plaintext_sha256" not in blob  # nothing names the plaintext of a pack
     day1 = backups["days"][0]["manifest"]
-    chunks = {cid: size for listed in day1["pack_chunks"].values() for cid, _offset, size in listed}
+    with catalog.connect() as conn:
+        chunks = {cid for _key, cid, _offset in catalog.pack_chunks(conn, [b["key"] for b in day1["blobs"]])}
     assert len(day1["blobs"]) < len(chunks) / 1.5, (len(day1["blobs"]), len(chunks))  # packed, not one per chunk
     assert not {format.chunk_key(PREFIX, cid) for cid in chunks} & needed.keys()  # a chunk id names no object
 

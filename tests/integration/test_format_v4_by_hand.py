@@ -22,7 +22,7 @@ import psycopg
 import pytest
 
 from tests.helpers import fresh_copy, run_backup_steps, run_worked_example, worked_example
-from wedsync_dr import backup, catalog, crypto
+from wedsync_dr import backup, catalog, crypto, extract
 from wedsync_dr.policy import load_policy
 from wedsync_dr_dev import local_stack
 
@@ -41,7 +41,8 @@ def key_ring(stack):
 
 @pytest.fixture(scope="module")
 def backups(stack, demo_data, airflow_db, key_ring):
-    """The catalog records of two `byhand` backups a day apart (injected clock), nothing changed in between."""
+    """The catalog records of two `byhand` backups a day apart (injected clock), nothing changed in between, and
+    the catalog's `pack_chunks` rows of the first's packs (pack key, chunk id, offset)."""
     store_map = backup.stores(HAND)
     t0 = dt.datetime.now(dt.UTC)
     with catalog.connect() as conn:
@@ -54,13 +55,15 @@ def backups(stack, demo_data, airflow_db, key_ring):
             first, second = records
             assert first["status"] == second["status"] == "validated", records
             assert first["manifest"]["totals"]["chunks_stored"] > 0 and first["manifest"]["totals"]["packs_stored"] > 1
-            # the chunks of the packs the first stored, in its manifest and in the catalog, where the second found them
-            stored = first["manifest"]["pack_chunks"]
-            keys = {b["content_id"]: b["key"] for b in first["manifest"]["blobs"]}
-            assert set(stored) == set(keys) and len(stored) == first["manifest"]["totals"]["packs_stored"]
-            assert sorted(catalog.pack_chunks(conn, keys.values())) == sorted(
-                (keys[pack], cid, offset) for pack, chunks in stored.items() for cid, offset, _size in chunks)
-            yield first, second
+            # the chunks of the packs the first stored: in the catalog (where the second found them), in no manifest
+            assert "pack_chunks" not in first["manifest"] and "pack_chunks" not in second["manifest"]
+            keys = {b["key"] for b in first["manifest"]["blobs"]}
+            assert all(key.startswith(f"{PREFIX}/chunks/") for key in keys)
+            assert len(keys) == first["manifest"]["totals"]["packs_stored"]
+            rows = catalog.pack_chunks(conn, keys)
+            assert {key for key, _cid, _offset in rows} == keys
+            assert len(rows) == first["manifest"]["totals"]["chunks_stored"]
+            yield first, second, rows
         finally:
             conn.execute("DELETE FROM backup_catalog.backups WHERE starts_with(prefix, %s)", (f"{PREFIX}/",))
             catalog.forget_blobs_under(conn, PREFIX)
@@ -69,12 +72,11 @@ def backups(stack, demo_data, airflow_db, key_ring):
 
 
 def test_the_format_md_blocks_restore_one_chunked_table_by_hand(stack, backups, key_ring, tmp_path):
-    first, second = backups
+    first, second, pack_chunks = backups
     manifest = second["manifest"]
     assert manifest["format_version"] == 5
     totals = manifest["totals"]
     assert totals["chunks_stored"] == totals["packs_stored"] == totals["stored_objects"] == 0
-    assert "pack_chunks" not in manifest  # it stored no pack
     (entry,) = [o for o in manifest["objects"] if o["name"] == OBJECT]
     assert "key" not in entry and "encryption" not in entry and "chunks" not in entry  # extents of packs only
     packs, extents = entry["packs"], entry["extents"]
@@ -114,6 +116,16 @@ def test_the_format_md_blocks_restore_one_chunked_table_by_hand(stack, backups, 
     plaintext = (tmp_path / OBJECT).read_bytes()
     assert hashlib.sha256(plaintext).hexdigest() == entry["plaintext_sha256"]
     assert len(plaintext) == entry["plaintext_size"] and plaintext.startswith(b"PGCOPY\n\xff\r\n\x00")
+
+    # The catalog's `pack_chunks` rows of the packs just opened (the first backup's): each pack's chunks in order,
+    # end to end from the nonce, each named by the content id of its bytes.
+    for cid, key in zip(packs, keys, strict=True):
+        pack = (tmp_path / f"{cid}.pack").read_bytes()
+        offsets = sorted((offset, chunk) for row_key, chunk, offset in pack_chunks if row_key == key)
+        assert offsets and offsets[0][0] == extract.PACK_NONCE_BYTES
+        ends = [offset for offset, _chunk in offsets[1:]] + [len(pack)]
+        for (offset, chunk), end in zip(offsets, ends, strict=True):
+            assert end > offset and chunk == key_ring.content_id(hashlib.sha256(pack[offset:end]).hexdigest())
 
     # 3. Load it with psql: every row, byte for byte the source's.
     schema = f"byhand_{secrets.token_hex(4)}"

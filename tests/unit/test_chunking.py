@@ -198,24 +198,23 @@ def test_a_chunk_repeated_within_a_run_is_packed_once(tmp_path):
     assert _reassemble(packs, first.extents) == block * 3 and _reassemble(packs, second.extents) == block
 
 
-def test_a_format_5_manifest_lists_packs_extents_and_the_chunks_of_the_packs_it_stored():
+def test_a_format_5_manifest_lists_packs_and_extents_and_counts_what_it_stored():
     a, b = "a" * 64, "b" * 64
     extents = (format.Extent(a, 0, 10), format.Extent(b, 5, 20), format.Extent(a, 0, 10))
     table = format.ChunkedObject(name="guests.copy", source="guests", plaintext_sha256="c" * 64, plaintext_size=40,
                                  extents=extents, chunk_count=4, rows=3, columns=("guest_id",), copy_format="binary")
     blobs = [_blob(a, 10), _blob(b, 30)]
-    stored_chunks = {b: [["1" * 64, 0, 5], ["2" * 64, 5, 20], ["3" * 64, 25, 5]]}
     manifest = format.build_manifest(backup_id="b1", data_class="client_data", created_at="2026-01-01T00:00:00+00:00",
                                      snapshot_at=None, source_schema="wedsync", labels=(), reason=None, prefix="p/x",
                                      lock_until=None, retain_until=None, objects=[table], blobs=blobs, tables={},
-                                     stored_blob_keys=[blobs[1].key], pack_chunks=stored_chunks)
+                                     stored_blob_keys=[blobs[1].key], chunks_packed=3)
     stored = manifest.to_json()["objects"][0]
     assert stored["packs"] == [a, b] and stored["extents"] == [[0, 0, 10], [1, 5, 20], [0, 0, 10]]
     assert "chunks" not in stored and stored["chunk_count"] == 4
     expected = {"chunks": 4, "chunks_stored": 3, "packs_stored": 1, "stored_objects": 1, "plaintext_bytes": 40}
     assert {k: manifest.totals[k] for k in expected} == expected
     read = format.Manifest.from_json(json.loads(manifest.body()))
-    assert read.objects == (table,) and read.pack_chunks == {b: tuple(tuple(c) for c in stored_chunks[b])}
+    assert read.objects == (table,) and "pack_chunks" not in manifest.to_json()  # chunk ids: the catalog's
     pieces = [(p.blob.content_id, p.offset, p.size) for p in read.chunks_of(table)]
     assert pieces == [(a, 0, 10), (b, 5, 20), (a, 0, 10)]
     outside = dataclasses.replace(table, extents=(format.Extent(b, 5, 26),))

@@ -138,13 +138,14 @@ def test_pack_keys_associated_data_and_compression_are_as_documented(tmp_path):
     blob = format.Blob(content_id=cid, key=staged.extra["key"], compression="zstd", plaintext_size=len(pack),
                        ciphertext_sha256="0" * 64, ciphertext_size=0, encryption={})
     assert blob.associated_data() == b"wedsync-dr/v1\x00assets-blob\x00" + cid.encode()
-    # the pack is the object's new chunks in order: one extent; what the manifest's `pack_chunks` records of it:
-    # each chunk once, in the pack's order, end to end, `size` bytes at `offset` with its own content id
+    # the pack is the object's new chunks in order: one extent; what the stager records of it (the catalog's
+    # `pack_chunks`): each chunk once, in the pack's order, end to end, `size` bytes at `offset` with its own id
     nonce = extract.PACK_NONCE_BYTES
     assert "starts with 16 random bytes" in _section(SECTION) and nonce == 16
     assert pack[nonce:] == plaintext and sink.chunk_count > 100 and sink.extents == [[cid, nonce, len(plaintext)]]
     listed = stager.pack_chunks[cid]
-    assert len(listed) == sink.chunk_count and sum(size for _c, _o, size in listed) == len(plaintext)
+    assert len(listed) == sink.chunk_count == stager.new_chunks
+    assert sum(size for _c, _o, size in listed) == len(plaintext)
     assert [offset for _c, offset, _s in listed] == [nonce + sum(s for _c, _o, s in listed[:i])
                                                       for i in range(len(listed))]
     for chunk_id, offset, size in listed:
@@ -163,6 +164,17 @@ def test_pack_keys_associated_data_and_compression_are_as_documented(tmp_path):
         assert sink.extents == [[pack_id, nonce, len(small)]] and pack_id != listed[0][0]
         ids.add(pack_id)
     assert len(ids) == 2
+    # in production each closed pack's chunks go to `on_pack` (the catalog) as it closes, and none stay in the stager
+    recorded = []
+    (tmp_path / "on-pack").mkdir()
+    told = PackStager(tmp_path / "on-pack", 3, ring.content_id, lambda c: format.chunk_key("w", c), {},
+                      pack_bytes=64 << 10, on_pack=lambda *args: recorded.append(args))
+    sink = _PackedSink(told, chunking.chunker(ring, 16 << 10))
+    sink.write(plaintext[:300_000])
+    sink.close()
+    assert len(recorded) == len(told.new) >= 2 and not told.pack_chunks
+    assert [(cid, key) for cid, key, _chunks in recorded] == [(s.extra["content_id"], s.extra["key"]) for s in told.new]
+    assert told.new_chunks == sink.chunk_count == sum(len(chunks) for _cid, _key, chunks in recorded)
 
 
 def test_every_field_of_a_chunked_object_and_of_the_totals_is_documented():
@@ -185,21 +197,23 @@ def test_every_field_of_a_chunked_object_and_of_the_totals_is_documented():
     assert all(len(e) == 3 and 0 <= e[0] < len(example["packs"]) for e in example["extents"])
     assert sum(length for _pack, _offset, length in example["extents"]) == example["plaintext_size"]
     assert example["chunk_count"] > len(example["extents"])
-    pack_chunks = {q: [["b" * 64, 7, 2], ["c" * 64, 9, 3]]}
+    # pack q stored by this backup (2 chunks), pack p an earlier one's; a new blob no extent uses is no pack
+    blobs = [format.Blob(content_id=cid, key=format.chunk_key("p", cid), compression="zstd", plaintext_size=9,
+                         ciphertext_sha256="0" * 64, ciphertext_size=0, encryption={}) for cid in (p, q, "r" * 64)]
     manifest = format.build_manifest(backup_id="b", data_class="c", created_at="2026-01-01T00:00:00+00:00",
                                      snapshot_at=None, source_schema="wedsync", labels=(), reason=None, prefix="p",
-                                     lock_until=None, retain_until=None, objects=[obj], blobs=[], tables={},
-                                     pack_chunks=pack_chunks)
+                                     lock_until=None, retain_until=None, objects=[obj], blobs=blobs, tables={},
+                                     stored_blob_keys=[blobs[1].key, blobs[2].key], chunks_packed=2)
     body = manifest.to_json()
-    assert body["pack_chunks"] == pack_chunks and "| `pack_chunks` | format 5, only in a backup that stored packs" \
-        in DOCUMENT and '`{"<pack content id>": [["<chunk content id>", offset, size], ...], ...}`' in DOCUMENT
+    assert "pack_chunks" not in body and not hasattr(manifest, "pack_chunks")
+    assert "| `pack_chunks` |" not in DOCUMENT  # no manifest field: the catalog's
+    assert "**Which chunks a pack holds** is in no manifest" in section and "(table `pack_chunks`, catalog" in section
+    assert "`rebuild-catalog` does not recreate it" in section and "A restore never needs them" in section
     assert "`[chunk content id, offset, size]`" in section
     assert manifest.totals["chunks"] == 3 and manifest.totals["chunks_stored"] == 2 \
-        and manifest.totals["packs_stored"] == 1
+        and manifest.totals["packs_stored"] == 1 and manifest.totals["blobs_stored"] == 2
     for total in ("chunks", "chunks_stored", "packs_stored", "stored_objects", "blobs", "blobs_stored"):
         assert total in manifest.totals and f"`{total}`" in DOCUMENT, total
-    no_packs = dataclasses.replace(manifest, pack_chunks={})
-    assert "pack_chunks" not in no_packs.to_json()  # present only when the backup stored packs
 
 
 def _seal(directory, ring: crypto.KeyRing, staged) -> format.Blob:
@@ -215,20 +229,21 @@ def _seal(directory, ring: crypto.KeyRing, staged) -> format.Blob:
 
 
 def _chunked_backup(directory, ring: crypto.KeyRing, plaintext: bytes, backup_id: str, *, packed: bool = True,
-                    earlier: dict | None = None) -> dict:
+                    earlier: tuple[dict, dict] | None = None) -> tuple[dict, dict]:
     """A one-table backup written with the library's pieces (chunker, pack stager and sink, `backup._chunk_layout`,
     Tink sealing, manifest): format 5, its new chunks in packs of 64 KiB (several packs), the chunks of the packs
-    of an `earlier` such backup referenced as the extract does (what its `pack_chunks` lists, which the catalog
-    keeps); or, `packed` False, format 4, each chunk a blob of its own. Its blobs are downloaded files
-    `<content id>.tink` in `directory`."""
+    of an `earlier` such backup referenced as the extract does (what its stager recorded of them, which the
+    catalog keeps); or, `packed` False, format 4, each chunk a blob of its own. Its manifest and what its stager
+    recorded of the packs it stored (pack content id -> [[chunk id, offset, size], ...]); its blobs are
+    downloaded files `<content id>.tink` in `directory`."""
     prefix = "wedsync"
     staging = directory / f"staging-{backup_id}"
     staging.mkdir()
     key = lambda cid: format.chunk_key(prefix, cid)  # noqa: E731
-    earlier_packs = {b["content_id"]: format.entry_from_json(b) for b in (earlier or {}).get("blobs", ())}
+    earlier_manifest, earlier_chunks = earlier or ({}, {})
+    earlier_packs = {b["content_id"]: format.entry_from_json(b) for b in earlier_manifest.get("blobs", ())}
     if packed:
-        known = {cid: (pack, offset) for pack, chunks in (earlier or {}).get("pack_chunks", {}).items()
-                 for cid, offset, _size in chunks}
+        known = {cid: (pack, offset) for pack, chunks in earlier_chunks.items() for cid, offset, _size in chunks}
         stager = PackStager(staging, 3, ring.content_id, key, known, pack_bytes=64 << 10)
         sink = _PackedSink(stager, chunking.chunker(ring, 16 << 10))
     else:
@@ -249,9 +264,9 @@ def _chunked_backup(directory, ring: crypto.KeyRing, plaintext: bytes, backup_id
                                      labels=(), reason=None, prefix=prefix, lock_until=None, retain_until=None,
                                      objects=[table], blobs=[*blobs, *referenced],
                                      tables={}, stored_blob_keys=[b.key for b in blobs],
-                                     pack_chunks=stager.pack_chunks if packed else None)
+                                     chunks_packed=stager.new_chunks if packed else 0)
     body = json.loads(manifest.body())
-    return body if packed else {**body, "format_version": 4}
+    return (body, stager.pack_chunks) if packed else ({**body, "format_version": 4}, {})
 
 
 def _by_hand_directory(tmp_path, ring: crypto.KeyRing, manifest: dict) -> None:
@@ -271,20 +286,23 @@ def test_the_by_hand_blocks_reassemble_a_chunked_object_with_the_keks_alone(tmp_
     ring = crypto.KeyRing.generate(["k2025a"]).with_new_key("k2026a")
     half = _rows(8_000, 11)
     day1 = half + half  # the second half cuts into the first half's chunks again: content ids recur
-    first = _chunked_backup(tmp_path, ring, day1, "1")
+    first, first_chunks = _chunked_backup(tmp_path, ring, day1, "1")
     cut = len(day1) // 3
     day2 = day1[:cut] + _rows(40, 99) + day1[cut:]  # a few rows inserted: the chunks around them change
-    manifest = _chunked_backup(tmp_path, ring, day2, "2", earlier=first)
+    manifest, pack_chunks = _chunked_backup(tmp_path, ring, day2, "2", earlier=(first, first_chunks))
     assert first["format_version"] == manifest["format_version"] == 5
-    assert set(first["pack_chunks"]) == {b["content_id"] for b in first["blobs"]}
+    assert "pack_chunks" not in first and "pack_chunks" not in manifest  # the catalog's, in no manifest
+    assert set(first_chunks) == {b["content_id"] for b in first["blobs"]}
+    assert first["totals"]["packs_stored"] == len(first_chunks) >= 2
+    assert first["totals"]["chunks_stored"] == sum(len(c) for c in first_chunks.values())
     (table,) = manifest["objects"]
     packs, extents, totals = table["packs"], table["extents"], manifest["totals"]
-    own = set(manifest["pack_chunks"])
+    own = set(pack_chunks)
     assert own and own < set(packs) and len(set(packs)) == len(packs) >= 5  # its packs and the first's
     assert {b["content_id"] for b in manifest["blobs"]} == set(packs)  # every pack it needs, no other
     assert totals["packs_stored"] == totals["blobs_stored"] == len(own)
     assert totals["chunks"] == table["chunk_count"] > len(extents) >= 3  # adjacent chunks merged
-    assert totals["chunks_stored"] == sum(len(c) for c in manifest["pack_chunks"].values()) < 0.1 * totals["chunks"]
+    assert totals["chunks_stored"] == sum(len(c) for c in pack_chunks.values()) < 0.1 * totals["chunks"]
     assert all(len(e) == 3 for e in extents) and sum(e[2] for e in extents) == len(day2)
     assert sum(b["plaintext_size"] for b in first["blobs"]) < 0.6 * len(day1)  # the repeats referenced
     _by_hand_directory(tmp_path, ring, manifest)
@@ -299,10 +317,12 @@ def test_the_by_hand_blocks_reassemble_a_chunked_object_with_the_keks_alone(tmp_
     assert result.stdout.strip() == "guests.copy: OK"
     assert (tmp_path / "guests.copy").read_bytes() == day2
 
-    # `pack_chunks`, checked on the packs the by-hand blocks opened: every chunk of each pack this backup stored,
-    # in order, end to end after the nonce, each named by the content id of its bytes
+    # what the stagers recorded (the catalog's `pack_chunks`), checked on the packs the by-hand blocks opened: every
+    # chunk of each pack, in order, end to end after the nonce, each named by the content id of its bytes
     nonce = extract.PACK_NONCE_BYTES
-    for pack, chunks in manifest["pack_chunks"].items():
+    opened = {pack: chunks for pack, chunks in {**first_chunks, **pack_chunks}.items() if pack in packs}
+    assert len(opened) == len(packs)  # the first's packs it references too
+    for pack, chunks in opened.items():
         plaintext = (tmp_path / f"{pack}.pack").read_bytes()
         assert [offset for _cid, offset, _size in chunks] == [nonce + sum(c[2] for c in chunks[:i])
                                                              for i in range(len(chunks))]
@@ -339,7 +359,7 @@ def test_the_by_hand_blocks_read_a_format_4_chunked_object_too(tmp_path):
     ring = crypto.KeyRing.generate(["k1"])
     half = _rows(3_000, 12)
     plaintext = half + half
-    manifest = _chunked_backup(tmp_path, ring, plaintext, "1", packed=False)
+    manifest, _ = _chunked_backup(tmp_path, ring, plaintext, "1", packed=False)
     (table,) = manifest["objects"]
     assert not {"packs", "extents", "chunk_count"} & set(table) and "pack_chunks" not in manifest
     assert all(len(chunk) == 2 for chunk in table["chunks"])
