@@ -36,25 +36,60 @@ class ChunkingWriter:
 
     `on_chunk(view)` is called with each chunk, in order, as a memoryview that is valid only during the
     call (copy it to keep it). A chunk is handed over once a later cut, or the end of the stream, fixed its
-    end; `close()` hands over the rest.
+    end; `close()` hands over the rest. Or, with `on_chunks(view, cuts)`, the chunks come in batches: a view of
+    the buffer and the (offset, length) of each chunk in it, one after another (a caller that handles a
+    run of neighbouring chunks in one call saves a call per chunk).
     """
 
-    def __init__(self, cdc: FastCDC, on_chunk: Callable[[memoryview], None]):
+    def __init__(self, cdc: FastCDC, on_chunk: Callable[[memoryview], None] | None = None, *,
+                 on_chunks: Callable[[memoryview, list[tuple[int, int]]], None] | None = None):
         self._cdc = cdc
         self._on_chunk = on_chunk
+        self._on_chunks = on_chunks
         self._buffer = bytearray()
         self._threshold = 2 * cdc.max_size  # so a cut of the buffer always yields a chunk that is final
         self.size = 0
 
     def write(self, data: bytes | memoryview) -> int:
-        self._buffer += data
         self.size += len(data)
-        if len(self._buffer) >= self._threshold:
-            self._cut(final=False)
+        if len(data) < self._threshold:
+            self._buffer += data
+            if len(self._buffer) >= self._threshold:
+                self._cut(final=False)
+            return len(data)
+        with memoryview(data) as view:  # a block (copy_out's are MiBs) is cut where it lies: no copy of it
+            start = self._finish_held_chunk(view) if self._buffer else 0
+            cuts = [(start + c.offset, c.length) for c in self._cdc.cut_buf(view[start:])]
+            if cuts:
+                held = cuts.pop()  # it ends where the block does: the next bytes may move its end
+                self._buffer = bytearray(view[held[0]:])
+                self._emit(view, cuts)
         return len(data)
+
+    def _finish_held_chunk(self, view: memoryview) -> int:
+        """The chunk held from the previous write ends in this block: cut it again with enough of the block that
+        its end is final (it starts at a cut, so it cuts as it would in one buffer), hand it over, and return
+        where in the block the next chunk starts."""
+        held = len(self._buffer)
+        self._buffer += view[:self._threshold]
+        with memoryview(self._buffer) as joined:
+            cuts = [(c.offset, c.length) for c in self._cdc.cut_buf(joined)]  # no Chunk's view outlives this
+            cuts = cuts[:next(i for i, (offset, length) in enumerate(cuts) if offset + length >= held) + 1]
+            self._emit(joined, cuts)
+        del self._buffer[:]  # BufferError if a consumer kept a view, as in `_cut`
+        return cuts[-1][0] + cuts[-1][1] - held
 
     def close(self) -> None:
         self._cut(final=True)
+
+    def _emit(self, view: memoryview, cuts: list[tuple[int, int]]) -> None:
+        if not cuts:
+            return
+        if self._on_chunks is not None:
+            self._on_chunks(view, cuts)
+        else:
+            for offset, length in cuts:
+                self._on_chunk(view[offset:offset + length])
 
     def _cut(self, *, final: bool) -> None:
         consumed = 0
@@ -62,7 +97,7 @@ class ChunkingWriter:
             cuts = [(c.offset, c.length) for c in self._cdc.cut_buf(view)]  # no view of a Chunk outlives this
             if cuts and not final:
                 cuts.pop()  # it ends where the buffer does: the next bytes may move its end
-            for offset, length in cuts:
-                self._on_chunk(view[offset:offset + length])
-                consumed = offset + length
+            if cuts:
+                consumed = cuts[-1][0] + cuts[-1][1]
+            self._emit(view, cuts)
         del self._buffer[:consumed]  # BufferError if a consumer kept a view: a bug, never silent

@@ -114,28 +114,48 @@ class _HashingCompressor:
         self.path = path
         self._file = private_file(path)
         self._zstd = zstandard.ZstdCompressor(level=level)
-        self._pending = bytearray()  # small writes (bundles, the asset index) gather into one segment
+        # small writes (bundles, the asset index, a pack's nonce) gather into one segment, filled in place: a
+        # bytearray that is cleared and grown again costs a fresh allocation and its page faults per segment
+        self._segment: bytearray | None = None
+        self._filled = 0
         self._sha = hashlib.sha256()
         self.size = 0
 
     def write(self, data: bytes | memoryview) -> None:
         self._sha.update(data)
         self.size += len(data)
-        if not self._pending and len(data) >= SEGMENT_SIZE // 2:  # a block from copy_out: no extra copy
-            self._file.write(self._zstd.compress(data))
+        if len(data) >= SEGMENT_SIZE // 2:  # a block from copy_out, a pack's run of new chunks: no extra copy
+            if self._filled:
+                self._flush_segment()
+            with memoryview(data) as view:  # frames of at most a segment, as the format says
+                for start in range(0, len(view), SEGMENT_SIZE):
+                    self._file.write(self._zstd.compress(view[start:start + SEGMENT_SIZE]))
             return
-        self._pending += data
-        if len(self._pending) >= SEGMENT_SIZE:
-            self._flush_segment()
+        if self._segment is None:
+            self._segment = bytearray()
+        if len(self._segment) < min(SEGMENT_SIZE, self._filled + len(data)):  # grows to one segment, not at once:
+            grown = min(SEGMENT_SIZE, max(2 * len(self._segment), self._filled + len(data), 64 << 10))
+            self._segment += bytes(grown - len(self._segment))  # a pack's first write is its 16-byte nonce
+        view = memoryview(data).cast("B")
+        while view:
+            take = min(len(view), SEGMENT_SIZE - self._filled)
+            self._segment[self._filled:self._filled + take] = view[:take]
+            self._filled += take
+            view = view[take:]
+            if self._filled == SEGMENT_SIZE:
+                self._flush_segment()
 
     def _flush_segment(self) -> None:
-        self._file.write(self._zstd.compress(self._pending))
-        self._pending.clear()
+        segment = self._segment if self._segment is not None else bytearray()
+        with memoryview(segment) as view:
+            self._file.write(self._zstd.compress(view[:self._filled]))
+        self._filled = 0
 
     def close(self) -> tuple[str, int, int]:
         """Write the last frame; returns (plaintext sha256, plaintext size, compressed size)."""
-        if self._pending or not self.size:  # an empty object is one empty frame, not zero bytes
+        if self._filled or not self.size:  # an empty object is one empty frame, not zero bytes
             self._flush_segment()
+        self._segment = None
         self._file.flush()
         compressed = self._file.tell()
         self._file.close()
@@ -248,11 +268,6 @@ class _Pack:
     def size(self) -> int:
         return self.sink.size
 
-    def add(self, cid: str, chunk: memoryview) -> int:
-        offset = self.offsets[cid] = self.sink.size
-        self.sizes[cid] = len(chunk)
-        self.sink.write(chunk)
-        return offset
 
 
 class PackStager:
@@ -326,19 +341,22 @@ class _PackedSink:
     """sha256 + size of a table object's plaintext, cut into content-defined chunks; the new ones go into packs
     (`PackStager`). Once the object is closed, `extents` lists [pack content id, offset, length] -- its chunks'
     places, adjacent ones of a pack merged: what it keeps grows with what changed, not with the table -- and
-    `chunk_count` how many chunks they hold."""
+    `chunk_count` how many chunks they hold.
+
+    The chunks come in batches (`ChunkingWriter`'s `on_chunks`), and a run of neighbouring new chunks is
+    appended to the pack in one write: on a first backup every chunk is new, and a write per 16 KiB chunk
+    (a hash update, a copy, their calls) was a fifth of what chunking cost."""
 
     def __init__(self, stager: PackStager, cdc):
         self._stager = stager
         self._sha = hashlib.sha256()
-        self._writer = ChunkingWriter(cdc, self._chunk)
+        self._writer = ChunkingWriter(cdc, on_chunks=self._chunks)
         self._pack: _Pack | None = None
         self._extents: list[list] = []  # [pack (a _Pack while it is open, else its content id), offset, length]
         self.extents: list[list] = []
         self.chunk_count = 0
 
     def _place(self, pack: _Pack | str, offset: int, size: int) -> None:
-        self.chunk_count += 1
         last = self._extents[-1] if self._extents else None
         if last is not None and (last[0] is pack or last[0] == pack) and last[1] + last[2] == offset:
             last[2] += size
@@ -349,20 +367,40 @@ class _PackedSink:
         self._sha.update(data)
         self._writer.write(data)
 
-    def _chunk(self, view: memoryview) -> None:
-        cid = self._stager.content_id(hashlib.sha256(view).hexdigest())
-        if self._pack is not None and cid in self._pack.offsets:  # repeated within the open pack
-            self._place(self._pack, self._pack.offsets[cid], len(view))
-            return
-        found = self._stager.lookup(cid)
-        if found is not None:
-            self._place(*found, len(view))
-            return
-        if self._pack is None:
-            self._pack = self._stager.open()
-        self._place(self._pack, self._pack.add(cid, view), len(view))
-        if self._pack.size - PACK_NONCE_BYTES >= self._stager.pack_bytes:
-            self._close_pack()
+    def _chunks(self, view: memoryview, cuts: list[tuple[int, int]]) -> None:
+        stager, sha256, content_id = self._stager, hashlib.sha256, self._stager.content_id
+        pack = self._pack
+        run = -1  # where in `view` the new chunks not yet written to `pack` begin (they end where the last did)
+        run_end = 0
+        self.chunk_count += len(cuts)
+        for offset, length in cuts:
+            cid = content_id(sha256(view[offset:offset + length]).hexdigest())
+            if pack is not None and cid in pack.offsets:  # repeated within the open pack
+                where = (pack, pack.offsets[cid])
+            else:
+                where = stager.lookup(cid)
+            if where is not None:
+                if run >= 0:
+                    pack.sink.write(view[run:run_end])
+                    run = -1
+                self._place(*where, length)
+                continue
+            if pack is None:
+                pack = self._pack = stager.open()
+            if run < 0:
+                run = offset
+            place = pack.sink.size + (offset - run)  # where the chunk lands once the run is written
+            pack.offsets[cid] = place
+            pack.sizes[cid] = length
+            self._place(pack, place, length)
+            run_end = offset + length
+            if place + length - PACK_NONCE_BYTES >= stager.pack_bytes:
+                pack.sink.write(view[run:run_end])
+                run = -1
+                self._close_pack()
+                pack = None
+        if run >= 0:
+            pack.sink.write(view[run:run_end])
 
     def _close_pack(self) -> None:
         self._stager.close(self._pack)
@@ -537,11 +575,12 @@ def clustered_order(conn, qualified: str, columns: list[str]) -> str:
 
 def plan_copies(conn, schema: str, tables: Iterable[str], part_bytes: int,
                 columns: dict[str, list[str]] | None = None) -> list[CopyJob]:
-    """Whole tables, and tables larger than `part_bytes` split into block ranges, largest first.
+    """Whole tables, and tables larger than `part_bytes` split into parts, largest first.
 
     A part selects `ctid` in [first block, next part's first block) -- a TID range scan, so each part
     reads only its own blocks; the last part has no upper bound. Largest first balances the workers.
-    With `columns` (each table's), every object's rows are copied in `clustered_order` (deduplicated tables).
+    With `columns` (each table's), every object's rows are copied in `clustered_order` (deduplicated tables),
+    and a table with an integer `wedding_id` is split by ranges of it instead (`_wedding_ranges`).
     """
     jobs = []
     copy_options = f"(FORMAT {TABLE_COPY_FORMAT})"
@@ -555,14 +594,46 @@ def plan_copies(conn, schema: str, tables: Iterable[str], part_bytes: int,
             source = f"(SELECT * FROM {qualified}{order})" if order else qualified
             jobs.append(CopyJob(table, f"{table}.copy", f"COPY {source} TO STDOUT {copy_options}", size))
             continue
-        blocks = size // block_size
-        bounds = [blocks * i // parts for i in range(parts)] + [None]
-        for i in range(parts):
-            upper = f" AND ctid < '({bounds[i + 1]},0)'::tid" if bounds[i + 1] is not None else ""
+        ranges = _wedding_ranges(conn, qualified, parts) if order and CLUSTER_COLUMN in columns[table] else None
+        if ranges is None:
+            blocks = size // block_size
+            bounds = [blocks * i // parts for i in range(parts)] + [None]
+            ranges = [f"ctid >= '({bounds[i]},0)'::tid"
+                      + (f" AND ctid < '({bounds[i + 1]},0)'::tid" if bounds[i + 1] is not None else "")
+                      for i in range(parts)]
+        for i, where in enumerate(ranges):
             jobs.append(CopyJob(table, f"{table}.part{i + 1:03d}.copy",
-                                f"COPY (SELECT * FROM {qualified} WHERE ctid >= '({bounds[i]},0)'::tid{upper}{order}) "
-                                f"TO STDOUT {copy_options}", size // parts))
+                                f"COPY (SELECT * FROM {qualified} WHERE {where}{order}) TO STDOUT {copy_options}",
+                                size // len(ranges)))
     return sorted(jobs, key=lambda job: job.estimated_bytes, reverse=True)
+
+
+def _wedding_ranges(conn, qualified: str, parts: int) -> list[str] | None:
+    """`parts` conditions on `wedding_id` that together select every row once, splitting [min, max] evenly (and
+    one more for NULLs where the column allows them); None unless the column is an integer (ids are ranges).
+
+    Why not block ranges for a deduplicated table: each part is sorted by wedding, and a block range's rows
+    must be sorted whole -- 120 MB parts of guests sorted on disk, ~0.9 s each against ~0.1 s to read them.
+    A range of weddings reads in wedding order from the `wedding_id` index, sorted only within a wedding
+    (as whole tables are). Its bounds move only as weddings are added, so the parts cut into the same
+    chunks from day to day."""
+    column = _quote_ident(CLUSTER_COLUMN)
+    kind = conn.execute("SELECT atttypid::regtype::text, attnotnull FROM pg_attribute WHERE attrelid = %s::regclass "
+                        "AND attname = %s AND NOT attisdropped", (qualified, CLUSTER_COLUMN)).fetchone()
+    if kind is None or kind[0] not in ("smallint", "integer", "bigint"):
+        return None
+    low, high = conn.execute(f"SELECT min({column}), max({column}) FROM {qualified}").fetchone()
+    if low is None:
+        return None
+    bounds = sorted({low + (high - low + 1) * i // parts for i in range(1, parts)} - {low})
+    if not bounds:
+        return None
+    ranges = [f"{column} < {bounds[0]}"]
+    ranges += [f"{column} >= {a} AND {column} < {b}" for a, b in zip(bounds, bounds[1:], strict=False)]
+    ranges.append(f"{column} >= {bounds[-1]}")
+    if not kind[1]:  # its own part: an OR in the last range would make the index scan read all of the index
+        ranges.append(f"{column} IS NULL")
+    return ranges
 
 
 def extract_tables(connect, policy: Policy, data_class: DataClass, backup_id: str, staging: Path,

@@ -479,3 +479,35 @@ def test_a_new_dedup_key_stores_every_chunk_anew_and_every_older_backup_still_re
         assert _restored_tables(report.target) == source
     finally:
         _drop(report.target)
+
+
+def test_a_large_deduplicated_table_is_split_by_wedding_ranges_that_take_every_row_once(stack):
+    """Parts of an ordered table are ranges of `wedding_id` (read in order from its index, no sort of a block
+    range), and rows without a wedding get a part of their own: together every row, once, each part in order."""
+    from wedsync_dr import extract
+
+    with _owner() as conn:
+        conn.autocommit = True
+        conn.execute("DROP SCHEMA IF EXISTS split_src CASCADE")
+        conn.execute("CREATE SCHEMA split_src")
+        conn.execute("CREATE TABLE split_src.notes (note_id int PRIMARY KEY, wedding_id int, body text)")
+        conn.execute("CREATE INDEX ON split_src.notes (wedding_id)")
+        conn.execute("INSERT INTO split_src.notes SELECT g, CASE WHEN g % 50 = 0 THEN NULL ELSE (g * 7919) % 400 END,"
+                     " repeat('x', 200) FROM generate_series(1, 20000) g")
+        try:
+            size = conn.execute("SELECT pg_relation_size('split_src.notes')").fetchone()[0]
+            columns = {"notes": ["note_id", "wedding_id", "body"]}
+            jobs = extract.plan_copies(conn, "split_src", ["notes"], size // 4, columns)
+            assert len(jobs) == 5 and all("ctid" not in job.query for job in jobs), [j.query for j in jobs]
+            seen = []
+            for job in jobs:
+                select = job.query.removeprefix("COPY (").rsplit(") TO STDOUT", 1)[0]
+                rows = conn.execute(select.replace("SELECT *", "SELECT wedding_id, note_id", 1)).fetchall()
+                assert rows == sorted(rows, key=lambda r: (r[0] is None, r[0] or 0, r[1]))
+                seen += [note_id for _, note_id in rows]
+            assert sorted(seen) == list(range(1, 20001))
+            conn.execute("ALTER TABLE split_src.notes ALTER COLUMN wedding_id SET DATA TYPE text")
+            text_jobs = extract.plan_copies(conn, "split_src", ["notes"], size // 4, columns)
+            assert all("ctid >=" in job.query for job in text_jobs)  # not an integer: block ranges, sorted
+        finally:
+            conn.execute("DROP SCHEMA split_src CASCADE")

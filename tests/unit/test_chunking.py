@@ -82,10 +82,30 @@ def test_the_writer_holds_at_most_two_maximal_chunks_and_one_block():
 
 
 def test_a_consumer_that_keeps_a_view_is_an_error_not_a_silent_corruption():
-    kept = []
-    writer = chunking.ChunkingWriter(chunking.chunker(RING, AVG), kept.append)
-    with pytest.raises(BufferError):
-        writer.write(random.randbytes(1 << 20))
+    """Of the writer's own buffer: small writes gather there, and a chunk held over ends there."""
+    for first, second in ((64 << 10, 64 << 10), (64 << 10, 1 << 20)):
+        kept = []
+        writer = chunking.ChunkingWriter(chunking.chunker(RING, AVG), kept.append)
+        writer.write(random.randbytes(first))
+        with pytest.raises(BufferError):
+            writer.write(random.randbytes(second))
+
+
+def test_mixed_small_and_large_writes_cut_as_one_buffer():
+    data = b"".join(_rows(40_000))
+    whole = [hashlib.sha256(c.data).hexdigest() for c in chunking.chunker(RING, AVG).cut_buf(data)]
+    rng = random.Random(7)
+    for _ in range(5):
+        batches = []
+        writer = chunking.ChunkingWriter(chunking.chunker(RING, AVG), on_chunks=lambda view, cuts: batches.extend(
+            hashlib.sha256(view[o:o + n]).hexdigest() for o, n in cuts))
+        start = 0
+        while start < len(data):
+            size = rng.choice((1, 999, 70_000, 131_072, 140_000, 1 << 20))
+            writer.write(memoryview(data)[start:start + size])
+            start += size
+        writer.close()
+        assert batches == whole and writer.size == len(data)
 
 
 def test_the_stager_stages_each_new_chunk_once_and_only_references_known_ones(tmp_path):

@@ -328,7 +328,8 @@ def _content_id(key: DedupKey, plaintext_sha256: str) -> str:
     digest = bytes.fromhex(plaintext_sha256)
     if len(digest) != 32:
         raise ValueError("a sha256 digest is 32 bytes")
-    return hmac.new(key.material(), CONTENT_ID_DOMAIN + digest, hashlib.sha256).hexdigest()
+    # hmac.digest: OpenSSL's one-shot HMAC, ~1 us against ~6 for an hmac.new object (called once per table chunk)
+    return hmac.digest(key.material(), CONTENT_ID_DOMAIN + digest, "sha256").hex()
 
 
 def _parse_key_ring(document: str | Mapping[str, Any]) -> ParsedKeyRing | None:
