@@ -96,9 +96,12 @@ def test_mixed_small_and_large_writes_cut_as_one_buffer():
     whole = [hashlib.sha256(c.data).hexdigest() for c in chunking.chunker(RING, AVG).cut_buf(data)]
     rng = random.Random(7)
     for _ in range(5):
-        batches = []
-        writer = chunking.ChunkingWriter(chunking.chunker(RING, AVG), on_chunks=lambda view, cuts: batches.extend(
-            hashlib.sha256(view[o:o + n]).hexdigest() for o, n in cuts))
+        batches: list[str] = []
+
+        def digests(view, cuts, into=batches):
+            into.extend(hashlib.sha256(view[o:o + n]).hexdigest() for o, n in cuts)
+
+        writer = chunking.ChunkingWriter(chunking.chunker(RING, AVG), on_chunks=digests)
         start = 0
         while start < len(data):
             size = rng.choice((1, 999, 70_000, 131_072, 140_000, 1 << 20))
