@@ -237,12 +237,14 @@ def _extract_packed(policy: Policy, data_class: DataClass, backup_id: str, area:
     chunks_prefix = format.chunks_prefix(policy.prefix)
     by_key = {b.key: b for b in catalog.latest_packed_blobs(catalog_conn, data_class.name, policy.prefix)
               if b.key.startswith(chunks_prefix)}
-    known = {cid: (by_key[key].content_id, offset) for key, cid, offset in catalog.pack_chunks(catalog_conn, by_key)}
+    known = extract.ChunkIndex((cid, by_key[key].content_id, offset)
+                               for key, cid, offset in catalog.iter_pack_chunks(catalog_conn, by_key))
     packs = {b.content_id: b for b in by_key.values()}
     stager = extract.PackStager(work, policy.zstd_level, key_ring.content_id,
                                 lambda cid: format.chunk_key(policy.prefix, cid), known,
                                 pack_bytes=data_class.dedup_pack_kib << 10,
-                                on_pack=lambda _cid, key, chunks: catalog.record_pack_chunks(catalog_conn, key, chunks))
+                                on_pack=lambda _cid, key, chunks: catalog.record_pack_chunks(catalog_conn, key, chunks),
+                                content_digest=key_ring.content_digest)
     cdc = chunking.chunker(key_ring, data_class.dedup_chunk_kib << 10)
     extraction = extract.extract_tables(connect, policy, data_class, backup_id, work, workers=workers,
                                         chunks=stager, cdc=cdc)

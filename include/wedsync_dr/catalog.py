@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from psycopg.types.json import Jsonb
@@ -304,6 +304,17 @@ def pack_chunks(conn, pack_keys: Iterable[str]) -> list[tuple[str, str, int]]:
     """(pack key, chunk content id, offset in the pack's plaintext) of every chunk in these packs (format 5)."""
     return conn.execute("SELECT key, content_id, pack_offset FROM backup_catalog.pack_chunks WHERE key = ANY(%s)",
                         (list(pack_keys),)).fetchall()
+
+
+def iter_pack_chunks(conn, pack_keys: Iterable[str], batch: int = 20_000) -> Iterator[tuple[str, bytes, int]]:
+    """`pack_chunks` as the extract reads them: content ids as raw bytes, through a server-side cursor a batch
+    at a time (a newest backup of 4 GB has 260,000 chunks: all its rows at once were ~80 MB of the extract's
+    peak)."""
+    with conn.transaction(), conn.cursor(name="wedsync_pack_chunks") as cur:
+        cur.itersize = batch
+        cur.execute("SELECT key, decode(content_id, 'hex'), pack_offset FROM backup_catalog.pack_chunks "
+                    "WHERE key = ANY(%s)", (list(pack_keys),))
+        yield from cur
 
 
 def record_pack_chunks(conn, pack_key: str, chunks: list[list]) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import io
 import json
 import logging
@@ -301,8 +302,9 @@ def read_object(manifest: Manifest, entry: DataObject | ChunkedObject, order: li
         return result
     chunks = manifest.chunks_of(entry)
 
-    def fetch(blob: Blob) -> bytes:
-        data, attempts = with_failover(blob, order, stores, key_ring, _read_all, backup_id=manifest.backup_id)
+    def fetch(blob: Blob) -> bytearray:
+        whole = functools.partial(_read_into, blob.plaintext_size)
+        data, attempts = with_failover(blob, order, stores, key_ring, whole, backup_id=manifest.backup_id)
         _record_attempts(report, blob, attempts)
         report.bytes += blob.ciphertext_size
         return data
@@ -323,8 +325,20 @@ def read_object(manifest: Manifest, entry: DataObject | ChunkedObject, order: li
         return attempt()
 
 
-def _read_all(stream: BinaryIO) -> bytes:
-    return b"".join(iter(lambda: stream.read(1 << 20), b""))
+def _read_into(size: int, stream: BinaryIO) -> bytearray:
+    """The first `size` bytes of `stream` (a blob of that plaintext size) in one buffer allocated once: joining
+    reads held a pack twice at the end (8 MiB of pieces and their join). More or fewer bytes fail the check
+    that follows (`_consume_and_verify` reads the rest and compares the size)."""
+    buffer = bytearray(size)
+    filled = 0
+    with memoryview(buffer) as view:
+        while filled < size:
+            piece = stream.read(min(1 << 20, size - filled))
+            if not piece:
+                break
+            view[filled:filled + len(piece)] = piece
+            filled += len(piece)
+    return buffer
 
 
 PACKS_HELD = 3  # packs a chunked object's reader keeps in memory (8 MiB of plaintext each): see _ChunkedReader
@@ -338,7 +352,7 @@ class _ChunkedReader(io.RawIOBase):
     is spilled to a private scratch file (0600, in a 0700 directory, removed when the reader closes) and read
     from there. Memory stays at `PACKS_HELD` blobs; the disk holds at most the object's packs."""
 
-    def __init__(self, chunks: list[format.ChunkPiece], fetch: Callable[[Blob], bytes]):
+    def __init__(self, chunks: list[format.ChunkPiece], fetch: Callable[[Blob], bytes | bytearray]):
         self._pieces = list(chunks)
         self._next = 0
         self._fetch = fetch

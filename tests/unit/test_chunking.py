@@ -275,3 +275,31 @@ def test_a_chunked_reader_downloads_each_pack_once_however_its_extents_interleav
     assert out == b"".join(packs[p.blob.content_id][p.offset:p.offset + p.size] for p in pieces)
     assert sorted(fetched) == sorted(packs)  # each once
     assert not spilled[0].parent.exists()  # removed with the reader
+
+
+def test_the_chunk_index_finds_each_chunk_where_it_was_recorded():
+    from wedsync_dr.extract import ChunkIndex
+
+    rng = random.Random(3)
+    places = {rng.randbytes(32).hex(): (f"pack{rng.randrange(500)}", rng.randrange(1 << 40)) for _ in range(5000)}
+    index = ChunkIndex.of(places)
+    assert len(index) == len(places)
+    for chunk_id, place in places.items():
+        assert index.get(bytes.fromhex(chunk_id)) == place
+    assert index.get(rng.randbytes(32)) is None
+    first = next(iter(places))
+    index.add(bytes.fromhex(first), "elsewhere", 7, keep=True)  # a place it has is kept
+    assert index.get(bytes.fromhex(first)) == places[first]
+    index.add(first, "elsewhere", 7)
+    assert index.get(bytes.fromhex(first)) == ("elsewhere", 7)
+
+
+def test_content_digest_is_the_content_id_in_raw_bytes():
+    digest = hashlib.sha256(b"a chunk").digest()
+    assert RING.content_digest(digest) == bytes.fromhex(RING.content_id(digest.hex()))
+    without = json.loads(RING.to_json())
+    del without["dedup_key"]
+    with pytest.raises(crypto.KeyUnavailableError, match="dedup_key"):
+        crypto.KeyRing.from_json(without).content_digest(digest)
+    with pytest.raises(ValueError, match="32 bytes"):
+        RING.content_digest(digest[:31])

@@ -181,10 +181,18 @@ class KeyRing:
     def content_id(self, plaintext_sha256: str) -> str:
         """The keyed content id (64 hex digits) of a plaintext whose sha256 is given: HMAC-SHA256 under the
         dedup key of a domain tag and the digest. Fails closed without a dedup key."""
+        return _content_id(self._required_dedup_key(), plaintext_sha256)
+
+    def content_digest(self, sha256_digest: bytes) -> bytes:
+        """`content_id` on raw bytes, both ways: the 32 bytes of the content id of a plaintext whose sha256 digest
+        is given (the extract's per-chunk path: no hex text made or parsed for 65,000 chunks a GB)."""
+        return _content_digest(self._required_dedup_key(), sha256_digest)
+
+    def _required_dedup_key(self) -> DedupKey:
         if self._dedup_key is None:
             raise KeyUnavailableError("the key ring has no dedup_key: content-addressed objects (assets) need "
                                       "one; add \"dedup_key\": <base64 of 32 random bytes> to the key ring")
-        return _content_id(self._dedup_key, plaintext_sha256)
+        return self._dedup_key
 
     def content_id_matches(self, plaintext_sha256: str, content_id: str) -> bool:
         """Whether `content_id` is the content id of that plaintext under the dedup key or a previous one (a
@@ -325,11 +333,14 @@ ParsedKeyRing = tuple[dict[str, KeyEncryptionKey], str, list[str], DedupKey | No
 
 
 def _content_id(key: DedupKey, plaintext_sha256: str) -> str:
-    digest = bytes.fromhex(plaintext_sha256)
+    return _content_digest(key, bytes.fromhex(plaintext_sha256)).hex()
+
+
+def _content_digest(key: DedupKey, digest: bytes) -> bytes:
     if len(digest) != 32:
         raise ValueError("a sha256 digest is 32 bytes")
-    # hmac.digest: OpenSSL's one-shot HMAC, ~1 us against ~6 for an hmac.new object (called once per table chunk)
-    return hmac.digest(key.material(), CONTENT_ID_DOMAIN + digest, "sha256").hex()
+    # hmac.digest: OpenSSL's one-shot HMAC, ~1 us against ~4 for an hmac.new object (called once per table chunk)
+    return hmac.digest(key.material(), CONTENT_ID_DOMAIN + digest, "sha256")
 
 
 def _parse_key_ring(document: str | Mapping[str, Any]) -> ParsedKeyRing | None:
