@@ -8,7 +8,8 @@ Uses the local stack of `make run` (started if needed) with demo data sized so t
 `--gb` GB (40,000 weddings per GB); it CHANGES that database (day 2's changes stay: `make run` reloads the demo).
 Day 1: a full backup. Day 2: 2 % of the weddings see activity -- every row of 1 % of them updated, the guests and
 tasks of 0.5 % deleted, new guests for 0.5 % inserted -- then VACUUM, as a live day would; backed up again.
-Day 3: no change. Each step of a backup runs in its own process, as its Airflow task does (peak RSS = VmHWM).
+Day 3: no change. Each step of a backup runs in its own process, as its Airflow task does: forked from one that
+has Airflow loaded, as Airflow 3's supervisor forks a task (`common.task_step`; peak RSS = VmHWM).
 restic (Debian's package) backs up `pg_dump -Fp` of the same tables on the same days with `--stdin` into a local
 repository. What a day uploads per cloud counts its manifest too (format 5 lists every chunk: ~50,000 at 16 KiB).
 Goals (issue #16): day 2 <= 10 % of day 1 uploaded per cloud and <= 1.2x what restic added, day 3

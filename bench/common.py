@@ -44,15 +44,59 @@ def load(env: dict[str, str], weddings: int) -> None:
         conn.execute("CHECKPOINT")
 
 
-def task_step(name: str, arg: dict, env: dict[str, str]) -> dict:
-    """Run one step in its own process (`bench/task_step.py`); returns its output, seconds and peak RSS."""
-    import json
+# What an Airflow 3 task process has loaded before its task body runs: the supervisor forks it
+# (airflow/sdk/execution_time/supervisor.py, `os.fork()`) from a process that imported Airflow once, so a task
+# never pays Airflow's import (5-8 s on this machine's slower days) -- the steps are forked the same way.
+TASK_PRELOAD = ["airflow.sdk", "airflow.providers.postgres.hooks.postgres"]
+_forkserver = None
 
-    proc = subprocess.run([sys.executable, str(REPO / "bench" / "task_step.py"), name, json.dumps(arg, default=str)],
-                          env=env, capture_output=True, text=True)
-    if proc.returncode:
-        raise SystemExit(f"{name} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+def task_step(name: str, arg: dict, env: dict[str, str]) -> dict:
+    """Run one step (`bench/task_step.py`) in its own process, forked as an Airflow task is from a process that
+    has Airflow loaded; returns its output, seconds and peak RSS (VmHWM: what the task process holds, pages it
+    shares with the process it was forked from included, as an Airflow task's RSS counts them)."""
+    import multiprocessing
+
+    global _forkserver
+    if _forkserver is None:
+        os.environ.update(env)  # the preloaded Airflow reads its configuration from the stack's environment
+        _forkserver = multiprocessing.get_context("forkserver")
+        _forkserver.set_forkserver_preload(TASK_PRELOAD)
+        warm = _forkserver.Process(target=int)  # starts the fork server (and its imports) outside any timing
+        warm.start()
+        warm.join()
+    receive, send = _forkserver.Pipe(duplex=False)
+    process = _forkserver.Process(target=_run_step, args=(name, arg, env, send))
+    process.start()
+    send.close()
+    try:
+        result = receive.recv()
+    except EOFError:
+        result = {"error": f"the {name} step's process died (exit code {process.join() or process.exitcode})"}
+    process.join()
+    if "error" in result:
+        raise SystemExit(f"{name} failed:\n{result['error'][-3000:]}")
+    return result
+
+
+def _run_step(name: str, arg: dict, env: dict[str, str], send) -> None:
+    import contextlib
+    import io
+    import json
+    import traceback
+
+    os.environ.clear()
+    os.environ.update(env)
+    sys.path.insert(0, str(REPO / "bench"))
+    printed = io.StringIO()
+    try:
+        import task_step as step
+
+        with contextlib.redirect_stdout(printed):
+            step.main(name, json.loads(json.dumps(arg, default=str)))
+        send.send(json.loads(printed.getvalue().strip().splitlines()[-1]))
+    except BaseException:  # noqa: BLE001 - reported to the parent, which stops the benchmark
+        send.send({"error": traceback.format_exc()})
 
 
 def clean_slate(prefix: str) -> None:

@@ -1,5 +1,6 @@
 """One step of a backup (client_data unless ARG names `data_class`), or its restore, in its own process, as its
-Airflow task runs it (used by bench_staging.py, bench_dedup.py and bench_bundles.py through `common.task_step`).
+Airflow task runs it (used by bench_staging.py, bench_dedup.py and bench_bundles.py through `common.task_step`, which
+forks it from a process with Airflow loaded, as Airflow 3's supervisor forks a task; run by hand, it imports that).
 
     python bench/task_step.py STEP 'ARG as JSON'
 

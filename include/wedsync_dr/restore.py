@@ -341,7 +341,7 @@ def _read_into(size: int, stream: BinaryIO) -> bytearray:
     return buffer
 
 
-PACKS_HELD = 3  # packs a chunked object's reader keeps in memory (8 MiB of plaintext each): see _ChunkedReader
+PACKS_HELD = 2  # packs a chunked object's reader keeps in memory (8 MiB of plaintext each): see _ChunkedReader
 
 
 class _ChunkedReader(io.RawIOBase):
