@@ -87,7 +87,8 @@ def test_client_data_restores_a_dropped_table_into_a_new_schema(stack, backed_up
 
 
 def test_a_table_split_into_parts_backs_up_and_restores_whole(stack, backed_up, key_ring):
-    """Large tables go out in block ranges (one object each, extracted in parallel); they add up exactly."""
+    """Large tables go out in parts (wedding ranges here, client_data being deduplicated; one object each,
+    extracted in parallel); they add up exactly."""
     data_class = dataclasses.replace(POLICY.data_classes["client_data"], part_size_mb=0.125)
     policy = POLICY.with_overrides(data_classes={**POLICY.data_classes, "client_data": data_class})
     original = _snapshot(stack, data_class.tables)
