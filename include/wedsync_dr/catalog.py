@@ -302,8 +302,7 @@ def forget_blobs_under(conn, prefix: str) -> None:
 
 def pack_chunks(conn, pack_keys: Iterable[str]) -> list[tuple[str, str, int]]:
     """(pack key, chunk content id, offset in the pack's plaintext) of every chunk in these packs (format 5)."""
-    return conn.execute("SELECT key, content_id, pack_offset FROM backup_catalog.pack_chunks WHERE key = ANY(%s)",
-                        (list(pack_keys),)).fetchall()
+    return [(key, content_id.hex(), offset) for key, content_id, offset in iter_pack_chunks(conn, pack_keys)]
 
 
 def iter_pack_chunks(conn, pack_keys: Iterable[str], batch: int = 20_000) -> Iterator[tuple[str, bytes, int]]:

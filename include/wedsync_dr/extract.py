@@ -264,11 +264,6 @@ class _Pack:
         self.sizes: dict[bytes, int] = {}
         self.content_id: str | None = None
 
-    @property
-    def size(self) -> int:
-        return self.sink.size
-
-
 
 class ChunkIndex:
     """Where stored chunks are: chunk content id -> (pack content id, offset in the pack's plaintext).
@@ -316,11 +311,10 @@ class PackStager:
     """Stages the new chunks of one run's chunked tables in packs (format 5), shared by its copy workers.
 
     A chunk in a pack the previous backup references (`known`, a `ChunkIndex`, or content id -> (pack content id,
-    offset)) or in a
-    pack this run closed already is only referenced; a new one is appended to its object's open pack, which is sealed
-    as one blob (its keyed content id from the sha256 of its plaintext, compressed in `SEGMENT_SIZE` frames
-    like a table) once it holds `pack_bytes`, and when its object ends. Each object fills its own packs, so a
-    table's new chunks sit together and in order, which is how a restore reads them.
+    offset)) or in a pack this run closed already is only referenced; a new one is appended to its object's open
+    pack, which is sealed as one blob (its keyed content id from the sha256 of its plaintext, compressed in
+    `SEGMENT_SIZE` frames like a table) once it holds `pack_bytes`, and when its object ends. Each object fills its
+    own packs, so a table's new chunks sit together and in order, which is how a restore reads them.
     """
 
     def __init__(self, staging: Path, level: int, content_id: Callable[[str], str], key: Callable[[str], str],

@@ -33,18 +33,14 @@ def in_parallel(fn: Callable[[Any], Any], items: list[Any], concurrency: int, na
     try:
         futures = [pool.submit(guarded, item) for item in items]
         results = []
-        first_error: BaseException | None = None
         for future in futures:
             try:
                 results.append(future.result())
             except CancelledError:
-                continue  # skipped after another item failed; that failure is what we raise
-            except BaseException as error:  # noqa: BLE001 - re-raised below, the first in item order
-                first_error = first_error or error
+                continue  # skipped after another item failed: that failure, further on, is what is raised
+            except BaseException:
                 failed.set()
-                break
-        if first_error is not None:
-            raise first_error
+                raise
         return results
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
