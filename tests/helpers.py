@@ -16,6 +16,8 @@ import sys
 import termios
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,7 @@ import psycopg
 from rich.console import Console
 from rich.text import Text
 
-from wedsync_dr import backup, catalog, crypto
+from wedsync_dr import backup, catalog, crypto, format
 from wedsync_dr.console import StepBoard, new_progress
 from wedsync_dr.policy import DataClass, Policy
 from wedsync_dr.storage import ObjectStore
@@ -154,6 +156,40 @@ def owner_connection(stack) -> psycopg.Connection:
     return psycopg.connect(stack.role_url(local_stack.OWNER_ROLE, local_stack.SOURCE_DB))
 
 
+@contextmanager
+def a_supplier_changed(stack) -> Iterator[None]:
+    """One supplier's phone number changed while the block runs, then put back: a day's change, so a backup of
+    vendor_data (deduplicated) has a new chunk, and so a pack, to seal and send."""
+    with owner_connection(stack) as conn:
+        supplier_id, phone = conn.execute(
+            "SELECT supplier_id, phone FROM wedsync.suppliers ORDER BY supplier_id LIMIT 1").fetchone()
+        conn.execute("UPDATE wedsync.suppliers SET phone = %s WHERE supplier_id = %s",
+                     (f"{phone or ''} ext. 7", supplier_id))
+    try:
+        yield
+    finally:
+        with owner_connection(stack) as conn:
+            conn.execute("UPDATE wedsync.suppliers SET phone = %s WHERE supplier_id = %s", (phone, supplier_id))
+
+
+def stored_copies(manifest: format.Manifest | dict, source: str | None = None) -> list[format.StoredObject]:
+    """What a backup's data is stored as in each cloud, in the order a restore reads it: a full copy's own
+    objects, or the packs its deduplicated tables' extents lie in (format 4: chunk blobs). With `source`, only
+    those holding that table's rows. What a test damages to play rot, or deletes to play a lost copy."""
+    if isinstance(manifest, dict):
+        manifest = format.Manifest.from_json(manifest)
+    objects = [o for o in manifest.objects if source is None or o.source == source]
+    blobs = {b.content_id: b for b in manifest.blobs}
+    found: dict[str, format.StoredObject] = {}
+    for entry in objects:
+        if isinstance(entry, format.ChunkedObject):
+            for content_id in [*entry.packs, *(c.content_id for c in entry.chunks)]:
+                found.setdefault(blobs[content_id].key, blobs[content_id])
+        else:
+            found[entry.key] = entry
+    return list(found.values())
+
+
 def fresh_copy(conn, sql: str) -> bytes:
     buffer = io.BytesIO()
     with conn.cursor() as cur, cur.copy(sql) as copy:
@@ -212,19 +248,22 @@ def run_worked_example(directory: Path, label: str, extra_env: dict[str, str] | 
                           text=True, timeout=120)
 
 
-def start_killable_backup(data_class: str, marker: Path, *, run_id: str, upload_to: tuple[str, ...] = ()
-                          ) -> subprocess.Popen:
+def start_killable_backup(data_class: str, marker: Path, *, run_id: str, upload_to: tuple[str, ...] = (),
+                          full_copy: bool = False) -> subprocess.Popen:
     """Start, in a subprocess that leads its own process group, a backup of `data_class` through the library
     steps its DAG's tasks call, recorded as run `run_id` of `backup_<class>`: extract, then (when `upload_to`
     names clouds) encrypt and upload to those clouds only. The child then writes its summary to `marker` and
-    sleeps until it is killed; its output goes to `marker` + `.log`."""
+    sleeps until it is killed; its output goes to `marker` + `.log`. `full_copy`: the class with deduplication
+    off (one object per table, under the backup's own prefix)."""
     code = "import sys; from tests.helpers import _killable_backup; _killable_backup(*sys.argv[1:])"
     with open(marker.with_name(marker.name + ".log"), "wb") as output:
-        return subprocess.Popen([sys.executable, "-c", code, data_class, str(marker), run_id, ",".join(upload_to)],
+        return subprocess.Popen([sys.executable, "-c", code, data_class, str(marker), run_id, ",".join(upload_to),
+                                 "full" if full_copy else "as-policy"],
                                 cwd=REPO, start_new_session=True, stdout=output, stderr=subprocess.STDOUT)
 
 
-def _killable_backup(name: str, marker: str, run_id: str, clouds: str) -> None:
+def _killable_backup(name: str, marker: str, run_id: str, clouds: str, layout: str) -> None:
+    import dataclasses
     import json
     import time
 
@@ -232,6 +271,9 @@ def _killable_backup(name: str, marker: str, run_id: str, clouds: str) -> None:
 
     policy = load_policy()
     data_class = policy.data_classes[name]
+    if layout == "full":
+        data_class = dataclasses.replace(data_class, dedup_chunk_kib=0)
+        policy = policy.with_overrides(data_classes={name: data_class})
     key_ring = crypto.KeyRing.from_connection(policy.key_ring_conn_id)
     with catalog.connect() as conn:
         summary = backup.run_extract(policy, data_class, connect=catalog.db_connector("wedsync_db"),

@@ -35,11 +35,11 @@ def _cloud_keys(stack, prefix: str) -> dict[str, list[str]]:
             "gcp": sorted(b.name for b in local_stack.sdk_gcs_bucket(stack).list_blobs(prefix=prefix))}
 
 
-def _killed_backup(tmp_path: Path, name: str, upload_to: tuple[str, ...]) -> dict:
+def _killed_backup(tmp_path: Path, name: str, upload_to: tuple[str, ...], full_copy: bool = False) -> dict:
     """Run a backup in its own process group until it reports where it is, then SIGKILL the group."""
     marker = tmp_path / f"{name}-killed.json"
     run_id = f"manual__killed_{secrets.token_hex(4)}"  # a run Airflow never had
-    child = start_killable_backup(name, marker, run_id=run_id, upload_to=upload_to)
+    child = start_killable_backup(name, marker, run_id=run_id, upload_to=upload_to, full_copy=full_copy)
     try:
         deadline = time.monotonic() + 300
         while not marker.exists():
@@ -79,11 +79,13 @@ def catalog_conn(stack, demo_data, airflow_db):
         yield conn
 
 
+# killed after one upload: a full copy (deduplication off), whose objects lie under the backup's own prefix; a
+# deduplicated backup's packs are shared blobs, which retention's blob sweep collects once unreferenced
 @pytest.mark.parametrize(("name", "upload_to"), [("client_data", ()), ("vendor_data", ("aws",))],
                          ids=["killed-after-extract", "killed-after-one-upload"])
 def test_the_next_backup_removes_what_a_killed_backup_left(stack, catalog_conn, tmp_path, monkeypatch, name,
                                                           upload_to):
-    killed = _killed_backup(tmp_path, name, upload_to)
+    killed = _killed_backup(tmp_path, name, upload_to, full_copy=bool(upload_to))
     staging = Path(killed["staging_dir"])
     assert staging == backup.staging_dir(POLICY, killed["backup_id"])
     if upload_to:  # encrypt deleted the plaintext; one cloud holds the objects, no manifest

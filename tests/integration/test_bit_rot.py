@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from tests.helpers import run_backup_steps
+from tests.helpers import run_backup_steps, stored_copies
 from wedsync_dr import backup, catalog, crypto, format, repair, verification
 from wedsync_dr.policy import load_policy
 from wedsync_dr_dev import local_stack
@@ -42,7 +42,7 @@ def _tampered(data: bytes) -> bytes:
 
 def test_a_copy_re_put_with_our_metadata_is_caught_by_the_clouds_own_checksum_and_repaired(stack, committed):
     record, _ = committed
-    entry = next(o for o in format.Manifest.from_json(record["manifest"]).objects if o.source == "reviews")
+    entry = stored_copies(record["manifest"], "reviews")[0]  # a pack of its rows
     s3 = local_stack.sdk_s3(stack)
     original = s3.get_object(Bucket=local_stack.BUCKET, Key=entry.key)["Body"].read()
     metadata = s3.head_object(Bucket=local_stack.BUCKET, Key=entry.key)["Metadata"]
@@ -62,7 +62,7 @@ def test_a_copy_re_put_with_our_metadata_is_caught_by_the_clouds_own_checksum_an
 
 def test_rot_a_head_cannot_see_is_found_by_verify_and_repaired_by_a_named_repair(stack, committed):
     record, key_ring = committed
-    entry = next(o for o in format.Manifest.from_json(record["manifest"]).objects if o.source == "suppliers")
+    entry = stored_copies(record["manifest"], "suppliers")[0]  # a pack of its rows
     container = local_stack.sdk_azure_container(stack)
     blob = container.get_blob_client(entry.key)
     properties = blob.get_blob_properties()

@@ -16,6 +16,7 @@ import time
 
 import pytest
 
+from tests.helpers import a_supplier_changed
 from wedsync_dr import backup, catalog, crypto, format
 from wedsync_dr.policy import load_policy
 
@@ -28,7 +29,8 @@ def _backup_with_parallel_uploads(key_ring, *, hang: int | None = None) -> dict:
     """extract + encrypt, then one thread per cloud (upload, prove, commit); returns timings and outcome."""
     data_class = HUNG.data_classes["vendor_data"]
     with catalog.connect() as conn:
-        summary = backup.run_extract(HUNG, data_class, connect=catalog.db_connector("wedsync_db"), catalog_conn=conn)
+        summary = backup.run_extract(HUNG, data_class, connect=catalog.db_connector("wedsync_db"), catalog_conn=conn,
+                                     key_ring=key_ring)
     summary = backup.run_encrypt(HUNG, summary, key_ring)
     results: dict[str, dict | None] = {}
 
@@ -86,7 +88,8 @@ def test_a_hung_cloud_does_not_hold_back_the_commit(stack, key_ring):
     healthy = _backup_with_parallel_uploads(key_ring)
     assert healthy["validated"]["status"] == "validated"
 
-    hung = _backup_with_parallel_uploads(key_ring, hang=stack.services["azure"].pid)
+    with a_supplier_changed(stack):  # a new pack for the hung cloud to wait on
+        hung = _backup_with_parallel_uploads(key_ring, hang=stack.services["azure"].pid)
     print(f"healthy: committed after {healthy['committed_at']:.1f}s, done after {healthy['finished_at']:.1f}s; "
           f"azure hung: committed after {hung['committed_at']:.1f}s (still waiting: {hung['still_running']}), "
           f"the hung upload gave up after {hung['finished_at']:.1f}s; read timeout 5s")

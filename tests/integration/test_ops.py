@@ -11,7 +11,7 @@ import urllib.request
 
 import pytest
 
-from tests.helpers import http_json, run_dag, sdk_get, sdk_put
+from tests.helpers import http_json, run_dag, sdk_get, sdk_put, stored_copies
 from wedsync_dr import alerts, backup, catalog, crypto, drill, health, repair, retention
 from wedsync_dr.policy import load_policy
 from wedsync_dr.wiring.backup_chain import build_backup_dag
@@ -93,7 +93,7 @@ def test_a_drill_over_a_corrupted_copy_reports_failure(stack, ops):
     key_ring = crypto.KeyRing.from_connection(POLICY.key_ring_conn_id)
     manifest, cloud = drill.choose(ops, POLICY, "vendor_data")  # what the next drill will read, and where
     originals = {}
-    for entry in manifest.objects:
+    for entry in stored_copies(manifest):
         originals[entry.key] = sdk_get(stack, cloud, entry.key)
         data = bytearray(originals[entry.key])
         data[-1] ^= 0x01
@@ -127,21 +127,21 @@ def test_retention_deletes_manifest_first_and_keeps_the_last_good_backup(stack, 
 
 def test_repair_heals_a_missing_and_a_corrupted_copy(stack, ops):
     record = _newest(ops, "vendor_data")
-    first, second = record["manifest"]["objects"][:2]
+    first, second = stored_copies(record["manifest"])[:2]
     stores = backup.stores(POLICY)
-    stores["gcp"].delete(first["key"])
+    stores["gcp"].delete(first.key)
     stores["gcp"].delete(f"{record['prefix']}/manifest.json")
-    corrupted = bytearray(sdk_get(stack, "azure", second["key"]))
+    corrupted = bytearray(sdk_get(stack, "azure", second.key))
     corrupted[10] ^= 0xFF
-    sdk_put(stack, "azure", second["key"], bytes(corrupted))
+    sdk_put(stack, "azure", second.key, bytes(corrupted))
     ops.execute("UPDATE backup_catalog.backups SET status = 'degraded' WHERE backup_id = %s", (record["backup_id"],))
     results = repair.run(POLICY, ops, stores, only_degraded=True)
     healed = next(r for r in results if r.backup_id == record["backup_id"])
-    assert sorted((k, t) for k, _, t in healed.copied) == sorted([(first["key"], "gcp"), (second["key"], "azure")])
+    assert sorted((k, t) for k, _, t in healed.copied) == sorted([(first.key, "gcp"), (second.key, "azure")])
     assert not healed.unrepairable
     assert catalog.backup(ops, record["backup_id"])["status"] == "validated"
     assert stores["gcp"].head(f"{record['prefix']}/manifest.json") is not None
-    assert sdk_get(stack, "azure", second["key"]) == sdk_get(stack, "aws", second["key"])
+    assert sdk_get(stack, "azure", second.key) == sdk_get(stack, "aws", second.key)
 
 
 # ----------------------------------------------------------------------------- status plugin

@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from tests.helpers import owner_connection
-from wedsync_dr import backup, catalog, crypto, staging
+from tests.helpers import a_supplier_changed, owner_connection
+from wedsync_dr import backup, catalog, crypto, format, staging
 from wedsync_dr.policy import load_policy
 from wedsync_dr.requests import check_request
 from wedsync_dr.restore import run_restore
@@ -50,21 +50,23 @@ def test_every_step_on_another_host_hands_off_only_ciphertext_through_the_bucket
     store_map = backup.stores(POLICY)
     with catalog.connect() as conn:
         extract_host = hosts("extract")
-        summary = backup.run_extract(POLICY, dc, connect=catalog.db_connector("wedsync_db"), catalog_conn=conn,
-                                     key_ring=key_ring, store_map=store_map)
+        with a_supplier_changed(stack):  # a new pack to stage (deduplicated vendor_data stores only change)
+            summary = backup.run_extract(POLICY, dc, connect=catalog.db_connector("wedsync_db"), catalog_conn=conn,
+                                         key_ring=key_ring, store_map=store_map)
         backup_id = summary["backup_id"]
         try:
             assert summary["staging"] == local_stack.staging_url(stack) and "staging_dir" not in summary
             assert _files(extract_host) == []  # nothing of the run stays on the host that read the data
             staged = _staged(stack, backup_id)
-            sealed = json.loads(staged.pop("sealed.json"))
+            # a table in packs is sealed as its packs: those are the stored objects
+            sealed_objects = backup._stored([format.entry_from_json(e) for e in json.loads(staged.pop("sealed.json"))])
             documents = {n for n in staged if n.endswith(".json")}
             assert documents <= {"tables.json", "referenced-blobs.json"}
             # every other staged file is exactly a sealed object: no compressed plaintext, no list of paths
+            assert sealed_objects
             assert {n: hashlib.sha256(b).hexdigest() for n, b in staged.items() if n not in documents} == {
-                backup._ciphertext_name(e): e.ciphertext_sha256 for e in backup._read_entries(
-                    staging.for_policy(POLICY), backup_id, "sealed.json")}
-            assert len(sealed) == len(staged) - len(documents)
+                backup._ciphertext_name(e): e.ciphertext_sha256 for e in sealed_objects}
+            assert len(sealed_objects) == len(staged) - len(documents)
 
             hosts("encrypt")
             summary = backup.run_encrypt(POLICY, summary, key_ring)  # proves each sealed object
@@ -86,8 +88,10 @@ def test_a_tampered_staged_object_is_refused_before_any_cloud_sees_it(stack, dem
     key_ring = crypto.KeyRing.from_connection(POLICY.key_ring_conn_id)
     with catalog.connect() as conn:
         hosts("extract")
-        summary = backup.run_extract(POLICY, POLICY.data_classes["vendor_data"],
-                                     connect=catalog.db_connector("wedsync_db"), catalog_conn=conn, key_ring=key_ring)
+        with a_supplier_changed(stack):
+            summary = backup.run_extract(POLICY, POLICY.data_classes["vendor_data"],
+                                         connect=catalog.db_connector("wedsync_db"), catalog_conn=conn,
+                                         key_ring=key_ring)
     try:
         s3 = local_stack.sdk_s3(stack)
         key = next(k for k in (o["Key"] for o in s3.list_objects_v2(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.helpers import run_dag, sdk_get, sdk_put
+from tests.helpers import run_dag, sdk_get, sdk_put, stored_copies
 from wedsync_dr import alerts, catalog, status, verification
 from wedsync_dr.policy import load_policy
 from wedsync_dr.wiring.backup_chain import build_backup_dag
@@ -70,16 +70,16 @@ def test_a_sample_in_one_cloud_reads_a_fraction_and_skips_the_others(conn, recor
 
 
 def test_a_corrupt_copy_fails_alerts_and_clears_once_it_verifies(stack, conn, record):
-    entry = record["manifest"]["objects"][0]
-    original = sdk_get(stack, "azure", entry["key"])
+    entry = stored_copies(record["manifest"])[0]
+    original = sdk_get(stack, "azure", entry.key)
     damaged = bytearray(original)
     damaged[len(damaged) // 2] ^= 0x01
-    sdk_put(stack, "azure", entry["key"], bytes(damaged))
+    sdk_put(stack, "azure", entry.key, bytes(damaged))
     conf = {"data_class": "vendor_data", "backup_id": record["backup_id"], "cloud": "azure", "sample": 1.0}
     try:
         run, states = _verify(conf)
     finally:
-        sdk_put(stack, "azure", entry["key"], original)
+        sdk_put(stack, "azure", entry.key, original)
     assert run.state == "failed" and states["verify_in_azure"] == "failed"
     [verdict] = catalog.verifications(conn, run_id=run.run_id)
     assert not verdict["ok"] and verdict["problem_count"] >= 1 and verdict["problems"]
