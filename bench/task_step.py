@@ -7,12 +7,13 @@ forks it from a process with Airflow loaded, as Airflow 3's supervisor forks a t
 STEP: extract, encrypt, upload, validate, restore or cleanup. ARG holds what the step needs (`summary`,
 `cloud`, `uploads`, `backup_id`, `started_at` for extract) and may change the policy: `data_class`, `prefix`,
 `chunk_kib` (the class's `dedup_chunk_kib`) and `dedup_bundles`. Prints one JSON line: the step's output, its
-seconds, its peak RSS (VmHWM).
+seconds, its peak RSS (VmHWM), its CPU seconds (user + system).
 """
 
 import dataclasses
 import datetime as dt
 import json
+import resource
 import sys
 import time
 from pathlib import Path
@@ -67,7 +68,9 @@ def main(step: str, arg: dict) -> None:
     else:
         out = backup.cleanup(policy, arg["summary"]["backup_id"])
     seconds = time.perf_counter() - t0
-    print(json.dumps({"out": out, "seconds": seconds, "rss_mb": _peak_rss_mb()}, default=str))
+    usage = resource.getrusage(resource.RUSAGE_SELF)  # CPU-s of this process: on 2 cores, what competes
+    print(json.dumps({"out": out, "seconds": seconds, "rss_mb": _peak_rss_mb(),
+                      "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 2)}, default=str))
 
 
 def _peak_rss_mb() -> float:

@@ -320,10 +320,14 @@ def record_pack_chunks(conn, pack_key: str, chunks: list[list]) -> None:
     """The chunks a new pack holds ([chunk id, offset, size], ...), as the extract closes it. Recorded here only:
     a failed backup's rows name a pack no good backup lists (never looked up; retention's sweep forgets them),
     and a lost catalog loses only deduplication against what is stored (the next backup stores it once more)."""
-    with conn.cursor() as cur:
-        cur.executemany(
-            "INSERT INTO backup_catalog.pack_chunks (key, content_id, pack_offset, size) VALUES (%s, %s, %s, %s) "
-            "ON CONFLICT (key, content_id) DO NOTHING", [(pack_key, cid, offset, size) for cid, offset, size in chunks])
+    # one statement of three arrays, not a row each: a pack holds ~500 chunks, and the extract's workers wait on
+    # this while it runs (executemany took 8 % of the extract's time on the 1 GB benchmark)
+    ids, offsets, sizes = zip(*chunks, strict=True) if chunks else ((), (), ())
+    conn.execute(
+        "INSERT INTO backup_catalog.pack_chunks (key, content_id, pack_offset, size) "
+        "SELECT %s, c.content_id, c.pack_offset, c.size FROM unnest(%s::text[], %s::bigint[], %s::bigint[]) "
+        "AS c(content_id, pack_offset, size) ON CONFLICT (key, content_id) DO NOTHING",
+        (pack_key, list(ids), list(offsets), list(sizes)))
 
 
 def recorded_locks(conn, cloud: str, keys: Iterable[str]) -> dict[str, tuple[dt.datetime, dt.datetime]]:

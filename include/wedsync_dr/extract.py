@@ -364,12 +364,12 @@ class PackStager:
                               plaintext_sha256=sha, plaintext_size=size, compressed_size=compressed,
                               extra={"blob": True, "chunk": True, "content_id": cid, "key": self._key(cid)})
         chunks = [[c.hex(), o, pack.sizes[c]] for c, o in pack.offsets.items()]
+        if self._on_pack is not None:  # outside the lock: the other workers go on looking chunks up meanwhile
+            self._on_pack(cid, staged.extra["key"], chunks)
         with self._lock:
             self.new.append(staged)
             self.new_chunks += len(chunks)
-            if self._on_pack is not None:
-                self._on_pack(cid, staged.extra["key"], chunks)
-            else:
+            if self._on_pack is None:
                 self.pack_chunks[cid] = chunks
             for chunk_id, offset in pack.offsets.items():
                 self._stored.add(chunk_id, cid, offset, keep=True)
