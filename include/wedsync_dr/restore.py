@@ -23,7 +23,6 @@ import io
 import json
 import logging
 import os
-import shutil
 import tempfile
 import time
 from collections import OrderedDict
@@ -349,8 +348,10 @@ class _ChunkedReader(io.RawIOBase):
     the reader first reaches it, then sliced. A later backup's object interleaves extents of many packs (each
     day's new chunks of it sit in that day's packs), so a blob is downloaded once per object whatever the order:
     the last `PACKS_HELD` blobs read are held in memory, and one pushed out while a later extent still needs it
-    is spilled to a private scratch file (0600, in a 0700 directory, removed when the reader closes) and read
-    from there. Memory stays at `PACKS_HELD` blobs; the disk holds at most the object's packs."""
+    is spilled to a scratch file and read from there. Memory stays at `PACKS_HELD` blobs; the disk holds at most
+    the object's packs. The scratch file is anonymous (`tempfile.TemporaryFile`: O_TMPFILE, 0600, never linked
+    into a directory), so its plaintext goes with the process however it ends -- SIGKILL and OOM included --
+    where a named file would stay behind in the temp directory."""
 
     def __init__(self, chunks: list[format.ChunkPiece], fetch: Callable[[Blob], bytes | bytearray]):
         self._pieces = list(chunks)
@@ -358,8 +359,8 @@ class _ChunkedReader(io.RawIOBase):
         self._fetch = fetch
         self._last_use = {piece.blob.key: i for i, piece in enumerate(self._pieces)}
         self._held: OrderedDict[str, memoryview] = OrderedDict()
-        self._spilled: dict[str, Path] = {}
-        self._scratch: Path | None = None
+        self._spilled: dict[str, int] = {}  # blob key -> where its plaintext starts in the scratch file
+        self._scratch: BinaryIO | None = None
         self._current = memoryview(b"")
 
     def readable(self) -> bool:
@@ -368,9 +369,7 @@ class _ChunkedReader(io.RawIOBase):
     def _slice(self, piece: format.ChunkPiece, index: int) -> memoryview:
         key = piece.blob.key
         if key in self._spilled:
-            with open(self._spilled[key], "rb") as f:
-                f.seek(piece.offset)
-                return memoryview(f.read(piece.size))
+            return memoryview(os.pread(self._scratch.fileno(), piece.size, self._spilled[key] + piece.offset))
         held = self._held.pop(key, None)
         if held is None:
             held = memoryview(self._fetch(piece.blob))
@@ -383,16 +382,15 @@ class _ChunkedReader(io.RawIOBase):
 
     def _spill(self, key: str, data: memoryview) -> None:
         if self._scratch is None:
-            self._scratch = Path(tempfile.mkdtemp(prefix="wedsync-restore-"))  # 0700
-        path = self._scratch / f"blob-{len(self._spilled):06d}"
-        with extract.private_file(path) as out:
-            out.write(data)
-        self._spilled[key] = path
+            self._scratch = tempfile.TemporaryFile(prefix="wedsync-restore-")
+        self._spilled[key] = self._scratch.seek(0, os.SEEK_END)
+        self._scratch.write(data)
+        self._scratch.flush()  # read back with pread, past the buffer
 
     def close(self) -> None:
         self._held.clear()
         if self._scratch is not None:
-            shutil.rmtree(self._scratch, ignore_errors=True)
+            self._scratch.close()
             self._scratch = None
         super().close()
 

@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import os
 import random
 
 import pytest
@@ -250,7 +251,8 @@ def test_a_format_5_manifest_lists_packs_and_extents_and_counts_what_it_stored()
 
 def test_a_chunked_reader_downloads_each_pack_once_however_its_extents_interleave(monkeypatch):
     """A backup after many days interleaves extents of many days' packs: each pack is fetched once, held in
-    memory while among the last read, spilled to a private scratch file while a later extent still needs it."""
+    memory while among the last read, spilled to an anonymous scratch file while a later extent still needs it
+    (no name in any directory: a SIGKILLed restore leaves no plaintext behind)."""
     from wedsync_dr import restore
 
     packs = {f"{i:064x}": random.randbytes(50_000) for i in range(6)}
@@ -263,18 +265,24 @@ def test_a_chunked_reader_downloads_each_pack_once_however_its_extents_interleav
         fetched.append(blob.content_id)
         return packs[blob.content_id]
 
-    spilled = []
+    spilled = []  # (the scratch file's descriptor, its mode, where /proc says it is) at each spill
     real_spill = restore._ChunkedReader._spill
-    monkeypatch.setattr(restore._ChunkedReader, "_spill",
-                        lambda self, key, data: (real_spill(self, key, data), spilled.append(self._spilled[key]))[0])
+
+    def spill(self, key, data):
+        real_spill(self, key, data)
+        fd = self._scratch.fileno()
+        spilled.append((fd, os.fstat(fd).st_mode & 0o777, os.readlink(f"/proc/self/fd/{fd}")))
+
+    monkeypatch.setattr(restore._ChunkedReader, "_spill", spill)
     with restore._ChunkedReader(pieces, fetch) as reader:
         buffered = io.BufferedReader(reader)  # (a BufferedReader closes its raw reader when it goes away)
         out = buffered.read()
-        assert spilled and all(p.stat().st_mode & 0o777 == 0o600 for p in spilled)
-        assert spilled[0].parent.stat().st_mode & 0o777 == 0o700
     assert out == b"".join(packs[p.blob.content_id][p.offset:p.offset + p.size] for p in pieces)
     assert sorted(fetched) == sorted(packs)  # each once
-    assert not spilled[0].parent.exists()  # removed with the reader
+    assert len(spilled) >= 2 and len({fd for fd, _, _ in spilled}) == 1  # one scratch file for the object
+    assert all(mode == 0o600 and where.endswith("(deleted)") for _, mode, where in spilled), spilled
+    with pytest.raises(OSError):  # closed with the reader
+        os.fstat(spilled[0][0])
 
 
 def test_the_chunk_index_finds_each_chunk_where_it_was_recorded():
