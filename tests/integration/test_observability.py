@@ -13,7 +13,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.browser import Chromium, chromium_binary
-from tests.helpers import REPO, http_json, run_dag
+from tests.helpers import REPO, a_supplier_changed, http_json, run_dag
 from wedsync_dr import backup, catalog, crypto, drill, health
 from wedsync_dr.policy import load_policy
 from wedsync_dr.wiring.backup_chain import build_backup_dag
@@ -48,9 +48,10 @@ def _value(samples: dict, name: str, **labels: str) -> float:
 
 
 @pytest.fixture(scope="module")
-def observed(airflow_api):
-    """Scrapes before and after one vendor_data backup (its DAG, with Airflow's stats recorded), a restore
-    drill and a round of canaries; and the catalog's own record of them."""
+def observed(airflow_api, stack):
+    """Scrapes before and after one vendor_data backup (its DAG, with Airflow's stats recorded; a supplier changed,
+    so it has a new pack to send), a restore drill and a round of canaries; the catalog's own record of them, and
+    what each upload task reported sending."""
     from airflow.sdk.observability import stats
 
     url, token = airflow_api
@@ -60,8 +61,11 @@ def observed(airflow_api):
         for kind in ("incr", "gauge", "timing"):
             patch.setattr(stats, kind, lambda stat, value, *args, _kind=kind, tags=None, **kwargs: sent.append(
                 (_kind, stat, value, tags)))
-        run = run_dag(build_backup_dag(POLICY, POLICY.data_classes["vendor_data"], doc_md="test"))
+        with a_supplier_changed(stack):
+            run = run_dag(build_backup_dag(POLICY, POLICY.data_classes["vendor_data"], doc_md="test"))
     assert run.state == "success"
+    uploads = {ti.task_id.removeprefix("upload_to_"): ti.xcom_pull(task_ids=ti.task_id)
+               for ti in run.get_task_instances() if ti.task_id.startswith("upload_to_")}
     with catalog.connect() as conn:
         newest = conn.execute(
             "SELECT backup_id, status, started_at, finished_at, object_count, ciphertext_bytes "
@@ -75,7 +79,7 @@ def observed(airflow_api):
     scraped_at = time.time()
     after = _scrape(url, token)
     return {"before": before, "after": after, "newest": newest, "drill": drilled, "clouds": clouds,
-            "scraped_at": scraped_at, "sent": sent}
+            "scraped_at": scraped_at, "sent": sent, "uploads": uploads}
 
 
 def test_the_metrics_endpoint_is_refused_without_credentials_like_every_other_route(airflow_api):
@@ -103,16 +107,18 @@ def test_last_success_and_age_follow_from_the_backup_just_taken(observed):
 
 def test_counters_grow_by_what_the_backup_did(observed):
     before, after = observed["before"], observed["after"]
-    _backup_id, _status, _started, _finished, objects, ciphertext_bytes = observed["newest"]
+    uploads = observed["uploads"]
 
     def grew(name: str, **labels: str) -> float:
         return _value(after, name, **labels) - _value(before, name, **labels)
 
     assert grew("wedsync_dr_backups_total", data_class="vendor_data", status="validated") == 1
     assert grew("wedsync_dr_backups_total", data_class="vendor_data", status="failed") == 0
-    for cloud in POLICY.cloud_names:  # a table class: every object is sent to every cloud
-        assert grew("wedsync_dr_uploaded_bytes_total", data_class="vendor_data", cloud=cloud) == ciphertext_bytes
-        assert grew("wedsync_dr_uploaded_objects_total", data_class="vendor_data", cloud=cloud) == objects
+    for cloud in POLICY.cloud_names:  # what the upload task sent: the day's new pack(s), not the whole class
+        assert uploads[cloud]["objects"] >= 1 and uploads[cloud]["bytes"] > 0, uploads
+        assert grew("wedsync_dr_uploaded_bytes_total", data_class="vendor_data", cloud=cloud) == uploads[cloud]["bytes"]
+        assert grew("wedsync_dr_uploaded_objects_total", data_class="vendor_data", cloud=cloud) == \
+            uploads[cloud]["objects"]
         assert grew("wedsync_dr_upload_duration_seconds_count", data_class="vendor_data", cloud=cloud) == 1
         assert _value(after, "wedsync_dr_last_upload_duration_seconds", data_class="vendor_data", cloud=cloud) > 0
     for step in ("extract", "encrypt", "validate"):
@@ -138,11 +144,11 @@ def test_drill_and_canaries_are_exposed_as_the_catalog_recorded_them(observed):
 
 def test_the_backup_tasks_sent_the_same_through_airflows_stats(observed):
     sent = {(kind, stat, tuple(sorted((tags or {}).items()))): value for kind, stat, value, tags in observed["sent"]}
-    _backup_id, _status, _started, _finished, objects, ciphertext_bytes = observed["newest"]
+    uploads = observed["uploads"]
     for cloud in POLICY.cloud_names:
         tags = (("cloud", cloud), ("data_class", "vendor_data"))
-        assert sent["incr", "wedsync_dr.backup.upload.bytes", tags] == ciphertext_bytes
-        assert sent["incr", "wedsync_dr.backup.upload.objects", tags] == objects
+        assert sent["incr", "wedsync_dr.backup.upload.bytes", tags] == uploads[cloud]["bytes"] > 0
+        assert sent["incr", "wedsync_dr.backup.upload.objects", tags] == uploads[cloud]["objects"] >= 1
         assert sent["timing", "wedsync_dr.backup.upload.duration", tags].total_seconds() > 0
     vendor = (("data_class", "vendor_data"),)
     assert sent["incr", "wedsync_dr.backup.validated", vendor] == 1
