@@ -40,7 +40,7 @@ def main(step: str, arg: dict) -> None:
     if "prefix" in arg:
         policy = policy.with_overrides(prefix=arg["prefix"])
     key_ring = crypto.KeyRing.from_connection(policy.key_ring_conn_id)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), _cpu_seconds()
     if step == "extract":
         started = dt.datetime.fromisoformat(arg["started_at"]) if arg.get("started_at") else None
         with catalog.connect() as conn:
@@ -68,9 +68,14 @@ def main(step: str, arg: dict) -> None:
     else:
         out = backup.cleanup(policy, arg["summary"]["backup_id"])
     seconds = time.perf_counter() - t0
-    usage = resource.getrusage(resource.RUSAGE_SELF)  # CPU-s of this process: on 2 cores, what competes
     print(json.dumps({"out": out, "seconds": seconds, "rss_mb": _peak_rss_mb(),
-                      "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 2)}, default=str))
+                      "cpu_seconds": round(_cpu_seconds() - cpu0, 2)}, default=str))
+
+
+def _cpu_seconds() -> float:
+    """This process's user + system CPU: on 2 cores, what its step takes from the database's share."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _peak_rss_mb() -> float:

@@ -158,18 +158,22 @@ def owner_connection(stack) -> psycopg.Connection:
 
 @contextmanager
 def a_supplier_changed(stack) -> Iterator[None]:
-    """One supplier's phone number changed while the block runs, then put back: a day's change, so a backup of
-    vendor_data (deduplicated) has a new chunk, and so a pack, to seal and send."""
+    """One supplier's phone number changed while the block runs, then put back as it was (its `updated_at` too,
+    past the trigger that touches it): a day's change, so a backup of vendor_data (deduplicated) has a new chunk,
+    and so a pack, to seal and send; afterwards the row is byte for byte what it was."""
     with owner_connection(stack) as conn:
-        supplier_id, phone = conn.execute(
-            "SELECT supplier_id, phone FROM wedsync.suppliers ORDER BY supplier_id LIMIT 1").fetchone()
+        supplier_id, phone, updated_at = conn.execute(
+            "SELECT supplier_id, phone, updated_at FROM wedsync.suppliers ORDER BY supplier_id LIMIT 1").fetchone()
         conn.execute("UPDATE wedsync.suppliers SET phone = %s WHERE supplier_id = %s",
                      (f"{phone or ''} ext. 7", supplier_id))
     try:
         yield
     finally:
-        with owner_connection(stack) as conn:
-            conn.execute("UPDATE wedsync.suppliers SET phone = %s WHERE supplier_id = %s", (phone, supplier_id))
+        with owner_connection(stack) as conn:  # one transaction: no other session sees the trigger off
+            conn.execute("ALTER TABLE wedsync.suppliers DISABLE TRIGGER touch_updated_at")
+            conn.execute("UPDATE wedsync.suppliers SET phone = %s, updated_at = %s WHERE supplier_id = %s",
+                         (phone, updated_at, supplier_id))
+            conn.execute("ALTER TABLE wedsync.suppliers ENABLE TRIGGER touch_updated_at")
 
 
 def stored_copies(manifest: format.Manifest | dict, source: str | None = None) -> list[format.StoredObject]:
@@ -273,7 +277,7 @@ def _killable_backup(name: str, marker: str, run_id: str, clouds: str, layout: s
     data_class = policy.data_classes[name]
     if layout == "full":
         data_class = dataclasses.replace(data_class, dedup_chunk_kib=0)
-        policy = policy.with_overrides(data_classes={name: data_class})
+        policy = policy.with_overrides(data_classes={**policy.data_classes, name: data_class})
     key_ring = crypto.KeyRing.from_connection(policy.key_ring_conn_id)
     with catalog.connect() as conn:
         summary = backup.run_extract(policy, data_class, connect=catalog.db_connector("wedsync_db"),

@@ -350,8 +350,8 @@ class _ChunkedReader(io.RawIOBase):
     the last `PACKS_HELD` blobs read are held in memory, and one pushed out while a later extent still needs it
     is spilled to a scratch file and read from there. Memory stays at `PACKS_HELD` blobs; the disk holds at most
     the object's packs. The scratch file is anonymous (`tempfile.TemporaryFile`: O_TMPFILE, 0600, never linked
-    into a directory), so its plaintext goes with the process however it ends -- SIGKILL and OOM included --
-    where a named file would stay behind in the temp directory."""
+    into a directory; where a filesystem lacks O_TMPFILE, unlinked as soon as it is created), so its plaintext
+    goes with the process however it ends -- SIGKILL and OOM included -- where a named file would stay behind."""
 
     def __init__(self, chunks: list[format.ChunkPiece], fetch: Callable[[Blob], bytes | bytearray]):
         self._pieces = list(chunks)
@@ -383,9 +383,10 @@ class _ChunkedReader(io.RawIOBase):
     def _spill(self, key: str, data: memoryview) -> None:
         if self._scratch is None:
             self._scratch = tempfile.TemporaryFile(prefix="wedsync-restore-")
-        self._spilled[key] = self._scratch.seek(0, os.SEEK_END)
+        start = self._scratch.seek(0, os.SEEK_END)
         self._scratch.write(data)
         self._scratch.flush()  # read back with pread, past the buffer
+        self._spilled[key] = start
 
     def close(self) -> None:
         self._held.clear()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import run_backup_steps, run_dag, start_killable_backup
+from tests.helpers import a_supplier_changed, run_backup_steps, run_dag, start_killable_backup
 from wedsync_dr import backup, catalog, crypto, format
 from wedsync_dr.policy import load_policy
 from wedsync_dr.wiring import ops
@@ -110,6 +110,27 @@ def test_the_next_backup_removes_what_a_killed_backup_left(stack, catalog_conn, 
     new = catalog.backup_for_run(catalog_conn, f"backup_{name}", run.run_id)
     assert new["backup_id"] != killed["backup_id"] and new["status"] == "validated"
     assert all(_cloud_keys(stack, format.manifest_key(new["prefix"])).values())
+
+
+def test_a_killed_deduplicated_backup_leaves_packs_that_no_backup_names(stack, catalog_conn, tmp_path):
+    """vendor_data as shipped (deduplicated), killed after its upload to aws: its new pack is in aws, under the
+    shared chunks prefix, and in no manifest. The next backup marks it abandoned, names none of its packs (the
+    catalog looks chunks up only in good backups' packs) and stores the same change in a pack of its own; the
+    orphan is retention's blob sweep's, once its lock ends."""
+    with a_supplier_changed(stack):
+        killed = _killed_backup(tmp_path, "vendor_data", ("aws",))
+        sealed = json.loads((Path(killed["staging_dir"]) / "encrypt.json").read_text())  # what encrypt sealed
+        orphans = {e["key"] for e in sealed if e.get("content_id")}
+        assert orphans, sealed  # the changed supplier's chunk, packed
+        shared = _cloud_keys(stack, format.chunks_prefix(POLICY.prefix))
+        assert orphans <= set(shared["aws"]) and not orphans & set(shared["azure"] + shared["gcp"])
+        run = run_dag(build_backup_dag(FAST_POLICY, FAST_POLICY.data_classes["vendor_data"], doc_md="test"))
+    assert run.state == "success"
+    assert catalog.backup(catalog_conn, killed["backup_id"])["status"] == "abandoned"
+    new = catalog.backup_for_run(catalog_conn, "backup_vendor_data", run.run_id)
+    manifest = format.Manifest.from_json(new["manifest"])
+    assert new["status"] == "validated" and manifest.totals["packs_stored"] >= 1
+    assert not orphans & {b.key for b in manifest.blobs}
 
 
 def test_a_backup_that_committed_before_its_catalog_update_was_lost_is_recorded_not_deleted(stack, catalog_conn):

@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.browser import Chromium, chromium_binary
 from tests.helpers import REPO, a_supplier_changed, http_json, run_dag
-from wedsync_dr import backup, catalog, crypto, drill, health
+from wedsync_dr import backup, catalog, crypto, drill, format, health
 from wedsync_dr.policy import load_policy
 from wedsync_dr.wiring.backup_chain import build_backup_dag
 
@@ -71,6 +71,8 @@ def observed(airflow_api, stack):
             "SELECT backup_id, status, started_at, finished_at, object_count, ciphertext_bytes "
             "FROM backup_catalog.backups WHERE data_class = 'vendor_data' AND status IN ('validated', 'degraded') "
             "ORDER BY finished_at DESC LIMIT 1").fetchone()
+        # what the backup stored itself (sent to each cloud): its new packs, as its manifest counts them
+        stored = format.Manifest.from_json(catalog.backup(conn, newest[0])["manifest"]).totals
         drilled = drill.drill_class(POLICY, "vendor_data", conn, backup.stores(POLICY),
                                     crypto.KeyRing.from_connection(POLICY.key_ring_conn_id),
                                     catalog.db_connector("wedsync_db_owner"))
@@ -79,7 +81,7 @@ def observed(airflow_api, stack):
     scraped_at = time.time()
     after = _scrape(url, token)
     return {"before": before, "after": after, "newest": newest, "drill": drilled, "clouds": clouds,
-            "scraped_at": scraped_at, "sent": sent, "uploads": uploads}
+            "scraped_at": scraped_at, "sent": sent, "uploads": uploads, "stored": stored}
 
 
 def test_the_metrics_endpoint_is_refused_without_credentials_like_every_other_route(airflow_api):
@@ -107,18 +109,21 @@ def test_last_success_and_age_follow_from_the_backup_just_taken(observed):
 
 def test_counters_grow_by_what_the_backup_did(observed):
     before, after = observed["before"], observed["after"]
-    uploads = observed["uploads"]
+    uploads, stored = observed["uploads"], observed["stored"]
 
     def grew(name: str, **labels: str) -> float:
         return _value(after, name, **labels) - _value(before, name, **labels)
 
     assert grew("wedsync_dr_backups_total", data_class="vendor_data", status="validated") == 1
     assert grew("wedsync_dr_backups_total", data_class="vendor_data", status="failed") == 0
-    for cloud in POLICY.cloud_names:  # what the upload task sent: the day's new pack(s), not the whole class
-        assert uploads[cloud]["objects"] >= 1 and uploads[cloud]["bytes"] > 0, uploads
-        assert grew("wedsync_dr_uploaded_bytes_total", data_class="vendor_data", cloud=cloud) == uploads[cloud]["bytes"]
+    assert stored["stored_objects"] >= 1 and stored["ciphertext_bytes"] > 0, stored  # the changed supplier's pack
+    for cloud in POLICY.cloud_names:  # each cloud was sent what the backup stored: the day's new pack(s)
+        assert (uploads[cloud]["objects"], uploads[cloud]["bytes"]) == (stored["stored_objects"],
+                                                                        stored["ciphertext_bytes"]), uploads
+        assert grew("wedsync_dr_uploaded_bytes_total", data_class="vendor_data", cloud=cloud) == \
+            stored["ciphertext_bytes"]
         assert grew("wedsync_dr_uploaded_objects_total", data_class="vendor_data", cloud=cloud) == \
-            uploads[cloud]["objects"]
+            stored["stored_objects"]
         assert grew("wedsync_dr_upload_duration_seconds_count", data_class="vendor_data", cloud=cloud) == 1
         assert _value(after, "wedsync_dr_last_upload_duration_seconds", data_class="vendor_data", cloud=cloud) > 0
     for step in ("extract", "encrypt", "validate"):
@@ -144,11 +149,11 @@ def test_drill_and_canaries_are_exposed_as_the_catalog_recorded_them(observed):
 
 def test_the_backup_tasks_sent_the_same_through_airflows_stats(observed):
     sent = {(kind, stat, tuple(sorted((tags or {}).items()))): value for kind, stat, value, tags in observed["sent"]}
-    uploads = observed["uploads"]
+    stored = observed["stored"]
     for cloud in POLICY.cloud_names:
         tags = (("cloud", cloud), ("data_class", "vendor_data"))
-        assert sent["incr", "wedsync_dr.backup.upload.bytes", tags] == uploads[cloud]["bytes"] > 0
-        assert sent["incr", "wedsync_dr.backup.upload.objects", tags] == uploads[cloud]["objects"] >= 1
+        assert sent["incr", "wedsync_dr.backup.upload.bytes", tags] == stored["ciphertext_bytes"] > 0
+        assert sent["incr", "wedsync_dr.backup.upload.objects", tags] == stored["stored_objects"] >= 1
         assert sent["timing", "wedsync_dr.backup.upload.duration", tags].total_seconds() > 0
     vendor = (("data_class", "vendor_data"),)
     assert sent["incr", "wedsync_dr.backup.validated", vendor] == 1

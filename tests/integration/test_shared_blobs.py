@@ -283,7 +283,7 @@ def test_the_restore_dag_prefers_healthy_clouds(stack, two_backups, key_ring):
         with catalog.connect() as conn:
             conn.execute("DELETE FROM backup_catalog.cloud_health WHERE cloud = 'aws'")
     # auto: healthy clouds first (azure, then gcp), the unhealthy one only as a last resort
-    assert report["sources"] == {"azure": done["totals"]["objects"]}
+    assert set(report["sources"]) == {"azure"} and report["sources"]["azure"] >= 1  # (pack downloads)
 
 
 def test_a_wedding_bundle_carries_the_weddings_reviews(stack, two_backups, key_ring):
