@@ -32,8 +32,11 @@ from wedsync_dr.wiring.backup_chain import build_backup_dag
 from wedsync_dr_dev import local_stack
 
 POLICY = load_policy()
-# Tests do not wait for Airflow's retry delays: an unreachable cloud fails its upload task at once.
-FAST_POLICY = POLICY.with_overrides(upload_retries=0, upload_retry_delay_seconds=1)
+# Tests do not wait for Airflow's retry delays: an unreachable cloud fails its upload task at once; and the GCS
+# client gives a stopped emulator up after 3 s of retrying, not the shipped 15 (its upload, then validate's cleanup)
+FAST_POLICY = POLICY.with_overrides(upload_retries=0, upload_retry_delay_seconds=1, clouds=tuple(
+    dataclasses.replace(c, options={**c.options, "retry_deadline": 3}) if c.kind == "gcs" else c
+    for c in POLICY.clouds))
 
 
 # ----------------------------------------------------------------------------- plain-SDK readers
