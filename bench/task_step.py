@@ -6,7 +6,7 @@ forks it from a process with Airflow loaded, as Airflow 3's supervisor forks a t
 
 STEP: extract, encrypt, upload, validate, restore or cleanup. ARG holds what the step needs (`summary`,
 `cloud`, `uploads`, `backup_id`, `started_at` for extract) and may change the policy: `data_class`, `prefix`,
-`chunk_kib` (the class's `dedup_chunk_kib`) and `dedup_bundles`. Prints one JSON line: the step's output, its
+`chunk_kib` (the class's `dedup_chunk_kib`) and `dedup_bundles`; a restore may name its `source_cloud`. Prints one JSON line: the step's output, its
 seconds, its peak RSS (VmHWM), its CPU seconds (user + system).
 """
 
@@ -61,10 +61,12 @@ def main(step: str, arg: dict) -> None:
             out = backup.run_validate(policy, arg["summary"], arg["uploads"], key_ring, conn)
     elif step == "restore":
         report = restore.run_restore(policy, check_request(policy, {"data_class": data_class.name,
-                                                                    "backup_id": arg["backup_id"]}),
+                                                                    "backup_id": arg["backup_id"],
+                                                                    **({"source_cloud": arg["source_cloud"]}
+                                                                       if "source_cloud" in arg else {})}),
                                      stores=backup.stores(policy), key_ring=key_ring,
                                      db_connect=catalog.db_connector("wedsync_db_owner"))
-        out = {"target": report.target}
+        out = {"target": report.target, "sources": report.sources}
     else:
         out = backup.cleanup(policy, arg["summary"]["backup_id"])
     seconds = time.perf_counter() - t0
