@@ -6,8 +6,8 @@ forks it from a process with Airflow loaded, as Airflow 3's supervisor forks a t
 
 STEP: extract, encrypt, upload, validate, restore or cleanup. ARG holds what the step needs (`summary`,
 `cloud`, `uploads`, `backup_id`, `started_at` for extract) and may change the policy: `data_class`, `prefix`,
-`chunk_kib` (the class's `dedup_chunk_kib`) and `dedup_bundles`; a restore may name its `source_cloud`. Prints one JSON line: the step's output, its
-seconds, its peak RSS (VmHWM), its CPU seconds (user + system).
+`chunk_kib` (the class's `dedup_chunk_kib`) and `dedup_bundles`; a restore may name its `source_cloud`. Prints one
+JSON line: the step's output, its seconds, its peak RSS (VmHWM), its CPU seconds (user + system).
 """
 
 import dataclasses
