@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from wedsync_dr import alerts, catalog, chunking, crypto, extract, format, staging
+from wedsync_dr import alerts, catalog, chunking, crypto, extract, format, memory, staging
 from wedsync_dr.format import BLOB_AD_SCOPE, Blob, ChunkedObject, DataObject, Entry
 from wedsync_dr.parallel import in_parallel
 from wedsync_dr.policy import DataClass, Policy
@@ -117,6 +117,7 @@ def run_extract(policy: Policy, data_class: DataClass, *, connect: Callable[[], 
     it, with its final data key and associated data, and only the ciphertext leaves this host (`sealed.json`
     describes it; `run_encrypt` proves it). That needs `key_ring` for every class: fail closed, nothing is read.
     """
+    memory.bound_heap()
     started_at = started_at or dt.datetime.now(dt.UTC)
     backup_id = backup_id or new_backup_id(data_class.name, started_at)
     area = staging.for_policy(policy)
@@ -429,6 +430,7 @@ def run_encrypt(policy: Policy, summary: dict[str, Any], key_ring: crypto.KeyRin
     `workers` objects at a time: the checksums (MD5 most of all) and AES-GCM release the GIL on each
     segment, so two threads use two cores.
     """
+    memory.bound_heap()
     backup_id = summary["backup_id"]
     area = staging.for_policy(policy)
     t0 = time.perf_counter()
@@ -558,6 +560,7 @@ def run_upload(policy: Policy, cloud: str, summary: dict[str, Any], store: Objec
     its bandwidth) go `policy.upload_concurrency` at a time; large ones one after another, each a multipart
     or block upload with its own parallel parts. Either way at most a few MiB are in memory.
     """
+    memory.bound_heap()
     store = store or stores(policy, [cloud])[cloud]
     area = staging.for_policy(policy)
     encrypted = _stored(_read_entries(area, summary["backup_id"], "encrypt.json"))
@@ -860,6 +863,7 @@ def _asset_files(policy: Policy, backup_id: str, run: _Run, key_ring: crypto.Key
 def check_and_commit(policy: Policy, cloud: str, summary: dict[str, Any], key_ring: crypto.KeyRing, catalog_conn,
                      store: ObjectStore | None = None) -> dict[str, Any]:
     """An upload task's last step: prove its cloud's copy, and commit the backup if that makes the quorum."""
+    memory.return_free_memory()  # what sending freed, before a commit may load the other clouds' SDKs
     run = _Run.load(policy, summary)
     store_map = stores(policy)
     if store is not None:
@@ -875,6 +879,7 @@ def run_validate(policy: Policy, summary: dict[str, Any], upload_results: dict[s
                  retain_until: dt.datetime | None = None) -> dict[str, Any]:
     """After every upload has finished or given up: prove the copies no upload task has proven yet, commit
     (or find committed) the backup, or roll it back when fewer than the quorum hold a validated copy."""
+    memory.bound_heap()
     store_map = store_map or stores(policy)
     run = _Run.load(policy, summary, retain_until)
     backup_id = summary["backup_id"]

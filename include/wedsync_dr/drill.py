@@ -15,7 +15,7 @@ import random
 import time
 from typing import Any
 
-from wedsync_dr import crypto
+from wedsync_dr import crypto, memory
 from wedsync_dr.format import Manifest
 from wedsync_dr.policy import Policy
 from wedsync_dr.storage import ObjectStore
@@ -46,6 +46,7 @@ def drill_class(policy: Policy, data_class: str, catalog_conn, stores: dict[str,
     from wedsync_dr.requests import RestoreError
     from wedsync_dr.restore import restore_tables, verify_backup
 
+    memory.bound_heap()
     manifest, cloud = choose(catalog_conn, policy, data_class)
     if manifest is None:
         return {"data_class": data_class, "ok": None, "detail": "no backup to drill yet"}

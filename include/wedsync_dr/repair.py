@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from wedsync_dr import format
+from wedsync_dr import format, memory
 from wedsync_dr.format import Blob, Entry, Manifest
 from wedsync_dr.parallel import in_parallel
 from wedsync_dr.storage import ObjectInfo, ObjectStore, StorageError
@@ -161,6 +161,7 @@ def run(policy, catalog_conn, stores: dict[str, ObjectStore], *, only_degraded: 
 
     Newest first: a blob several backups need is re-copied (or re-locked) with the newest backup's lock.
     """
+    memory.bound_heap()
     from wedsync_dr import catalog
 
     manifests = catalog.backups_to_repair(catalog_conn, policy.prefix, only_degraded=only_degraded,

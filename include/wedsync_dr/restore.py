@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
-from wedsync_dr import crypto, extract, format
+from wedsync_dr import crypto, extract, format, memory
 from wedsync_dr.format import Blob, ChunkedObject, DataObject, Entry, Manifest
 from wedsync_dr.policy import Policy
 from wedsync_dr.requests import _BACKUP_TS, InvalidRequest, RestoreError, RestoreRequest, default_target
@@ -236,13 +236,16 @@ def recreate_live_table(conn, schema: str, table: str, definition: dict[str, Any
         conn.execute(index)
 
 
+COPY_BLOCK = 256 << 10  # what a restore passes to COPY FROM at a time: each buffer on the way holds one of these
+
+
 def copy_into(conn, schema: str, table: str, columns: list[str], stream: BinaryIO, copy_format: str = "text") -> int:
     """COPY FROM a plaintext stream (`copy_format` "text" or "binary"); returns the rows loaded."""
     column_list = ", ".join(_quote(c) for c in columns)
     options = " (FORMAT binary)" if copy_format == "binary" else ""
     with conn.cursor() as cur:
         with cur.copy(f"COPY {_quote(schema)}.{_quote(table)} ({column_list}) FROM STDIN{options}") as copy:
-            while chunk := stream.read(1 << 20):
+            while chunk := stream.read(COPY_BLOCK):
                 copy.write(chunk)
         return cur.rowcount
 
@@ -310,7 +313,7 @@ def read_object(manifest: Manifest, entry: DataObject | ChunkedObject, order: li
 
     def attempt() -> Any:
         with _ChunkedReader(chunks, fetch) as reader:  # closing removes what it spilled
-            checked = HashingReader(io.BufferedReader(reader, buffer_size=1 << 20))
+            checked = HashingReader(io.BufferedReader(reader, buffer_size=COPY_BLOCK))
             result = consume(checked)
             while checked.read(1 << 20):  # anything the consumer left unread still has to be verified
                 pass
@@ -331,12 +334,11 @@ def _read_into(size: int, stream: BinaryIO) -> bytearray:
     buffer = bytearray(size)
     filled = 0
     with memoryview(buffer) as view:
-        while filled < size:
-            piece = stream.read(min(1 << 20, size - filled))
-            if not piece:
+        while filled < size:  # straight into the buffer: no piece is allocated, nor copied twice
+            count = stream.readinto(view[filled:])
+            if not count:
                 break
-            view[filled:filled + len(piece)] = piece
-            filled += len(piece)
+            filled += count
     return buffer
 
 
@@ -347,11 +349,13 @@ class _ChunkedReader(io.RawIOBase):
     """The plaintext of a chunked object: each blob (a pack, or a format-4 chunk) fetched and verified whole when
     the reader first reaches it, then sliced. A later backup's object interleaves extents of many packs (each
     day's new chunks of it sit in that day's packs), so a blob is downloaded once per object whatever the order:
-    the last `PACKS_HELD` blobs read are held in memory, and one pushed out while a later extent still needs it
-    is spilled to a scratch file and read from there. Memory stays at `PACKS_HELD` blobs; the disk holds at most
-    the object's packs. The scratch file is anonymous (`tempfile.TemporaryFile`: O_TMPFILE, 0600, never linked
-    into a directory; where a filesystem lacks O_TMPFILE, unlinked as soon as it is created), so its plaintext
-    goes with the process however it ends -- SIGKILL and OOM included -- where a named file would stay behind."""
+    of the blobs a later extent still reads, the last `PACKS_HELD` read are held in memory (one no later extent
+    reads is let go at once), and one pushed out while a later extent still needs it is spilled to a scratch
+    file and read from there. Memory stays at `PACKS_HELD` blobs, a fetch included (room is made before it);
+    the disk holds at most the object's packs. The scratch file is anonymous (`tempfile.TemporaryFile`:
+    O_TMPFILE, 0600, never linked into a directory; where a filesystem lacks O_TMPFILE, unlinked as soon as it
+    is created), so its plaintext goes with the process however it ends -- SIGKILL and OOM included -- where a
+    named file would stay behind."""
 
     def __init__(self, chunks: list[format.ChunkPiece], fetch: Callable[[Blob], bytes | bytearray]):
         self._pieces = list(chunks)
@@ -372,13 +376,22 @@ class _ChunkedReader(io.RawIOBase):
             return memoryview(os.pread(self._scratch.fileno(), piece.size, self._spilled[key] + piece.offset))
         held = self._held.pop(key, None)
         if held is None:
+            self._make_room(index, PACKS_HELD - 1)  # before the fetch: never PACKS_HELD + 1 blobs at once
             held = memoryview(self._fetch(piece.blob))
-        self._held[key] = held
-        while len(self._held) > PACKS_HELD:
+        piece_view = held[piece.offset:piece.offset + piece.size]
+        if self._last_use[key] > index:
+            self._held[key] = held  # the most recently read: the last to go
+        else:
+            held.release()  # no later extent reads it: gone once this piece is read, not when pushed out
+        return piece_view
+
+    def _make_room(self, index: int, keep: int) -> None:
+        """Hold at most `keep` blobs: the least recently read go, to the scratch file if a later extent needs them."""
+        while len(self._held) > keep:
             evicted, data = self._held.popitem(last=False)
             if self._last_use[evicted] > index:
                 self._spill(evicted, data)
-        return held[piece.offset:piece.offset + piece.size]
+            data.release()
 
     def _spill(self, key: str, data: memoryview) -> None:
         if self._scratch is None:
@@ -399,6 +412,7 @@ class _ChunkedReader(io.RawIOBase):
         while not self._current:
             if self._next == len(self._pieces):
                 return 0
+            self._current.release()  # an empty slice still pins its blob, which _slice may be evicting
             self._current = self._slice(self._pieces[self._next], self._next)
             self._next += 1
         n = min(len(buffer), len(self._current))
@@ -649,9 +663,13 @@ def run_restore(policy: Policy, request: RestoreRequest, *, stores: dict[str, Ob
                 catalog_connect: Callable[[], Any] | None = None, healthy: Iterable[str] = (),
                 asset_root: Path | None = None) -> RestoreReport:
     """Resolve and restore what `request` asks for; returns the report (the caller shows it: printed, logged)."""
-    manifest = resolve(policy, stores, request.data_class, backup_id=request.backup_id,
-                       point_in_time=request.point_in_time, catalog_connect=catalog_connect)
+    memory.bound_heap()
     order = cloud_order(stores, request.source_cloud, healthy)
+    # without the catalog, the manifest comes from the clouds in the same order as the data: a restore from
+    # one cloud loads that cloud's SDK alone (each is 15-60 MB of a task's memory)
+    manifest = resolve(policy, {cloud: stores[cloud] for cloud in order}, request.data_class,
+                       backup_id=request.backup_id, point_in_time=request.point_in_time,
+                       catalog_connect=catalog_connect)
     log.info("restoring %s backup %s (taken %s); clouds in order: %s", request.data_class, manifest.backup_id,
              manifest.snapshot_at, ", ".join(order))
     if policy.data_classes[request.data_class].kind == "assets":

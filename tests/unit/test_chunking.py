@@ -284,6 +284,42 @@ def test_a_chunked_reader_downloads_each_pack_once_however_its_extents_interleav
     assert spilled[0][0].closed  # with the reader
 
 
+class _Pack(bytearray):
+    """A fetched pack that can be watched (a bytearray takes no weak reference, nor goes in a set)."""
+
+    __hash__ = object.__hash__
+
+
+@pytest.mark.parametrize("layout", ["interleaved", "in order"])
+def test_a_chunked_reader_never_holds_more_than_its_packs_a_fetch_included(layout):
+    """Memory is the bound the issue sets: when a pack is fetched, at most PACKS_HELD - 1 others are alive (room
+    is made first), and a pack no later extent reads is let go at once -- read in order, none is alive."""
+    import gc
+    import weakref
+
+    from wedsync_dr import restore
+
+    packs = {f"{i:064x}": random.randbytes(20_000) for i in range(5)}
+    blobs = {cid: _blob(cid, len(data)) for cid, data in packs.items()}
+    order = list(packs) * 3 if layout == "interleaved" else [cid for cid in packs for _ in range(3)]
+    pieces = [format.ChunkPiece(blobs[cid], 500 * n, 400) for n, cid in enumerate(order)]
+    alive = weakref.WeakSet()
+    alive_at_fetch = []
+
+    def fetch(blob):
+        gc.collect()
+        alive_at_fetch.append(len(alive))
+        pack = _Pack(packs[blob.content_id])
+        alive.add(pack)
+        return pack
+
+    with restore._ChunkedReader(pieces, fetch) as reader:
+        out = io.BufferedReader(reader, buffer_size=256).read()
+    assert out == b"".join(packs[p.blob.content_id][p.offset:p.offset + p.size] for p in pieces)
+    assert len(alive_at_fetch) == len(packs)  # each pack fetched once
+    assert max(alive_at_fetch) == (restore.PACKS_HELD - 1 if layout == "interleaved" else 0), alive_at_fetch
+
+
 def test_the_chunk_index_finds_each_chunk_where_it_was_recorded():
     from wedsync_dr.extract import ChunkIndex
 
