@@ -364,7 +364,15 @@ class Manifest:
         }
 
     def body(self) -> bytes:
-        return json.dumps(self.to_json(), indent=2, sort_keys=True).encode()
+        """The manifest as stored: the same bytes in every cloud, so encoded once."""
+        return self._body
+
+    @cached_property
+    def _body(self) -> bytes:
+        # compact, keys sorted: json's C encoder. Indented, the dump ran in the pure-Python encoder, which held a
+        # string per token -- a 4 GB day 2's 80,000 extents took ~30 MB and 2 s of an upload task that commits,
+        # and 3.6x the bytes (every day uploads its manifest to every cloud: it is all a day without change sends)
+        return json.dumps(self.to_json(), sort_keys=True, separators=(",", ":")).encode()
 
     @property
     def key(self) -> str:
