@@ -138,8 +138,7 @@ def run_extract(policy: Policy, data_class: DataClass, *, connect: Callable[[], 
                                                  "content ids (the key ring's dedup key), and nothing is read "
                                                  "without it")
             extraction = _extract_deduplicated(policy, data_class, backup_id, area, work, connect, catalog_conn,
-                                               key_ring, store_map or stores(policy),
-                                               workers or data_class.extract_workers, wedding_ids)
+                                               key_ring, workers or data_class.extract_workers, wedding_ids)
         elif data_class.kind == "tables":
             extraction = extract.extract_tables(connect, policy, data_class, backup_id, work,
                                                 workers=workers or data_class.extract_workers)
@@ -191,41 +190,10 @@ def _instant(value: str | None) -> dt.datetime | None:
 
 
 def _extract_deduplicated(policy: Policy, data_class: DataClass, backup_id: str, area: staging.Staging, work: Path,
-                          connect, catalog_conn, key_ring: crypto.KeyRing, store_map: dict[str, ObjectStore],
-                          workers: int, wedding_ids: list[int] | None) -> extract.Extraction:
-    """The class's tables cut into content-defined chunks in packs (`_extract_packed`), or its wedding bundles
-    each one chunk (format 4): only chunks no earlier backup stored are staged. Which bundles are stored: the
-    catalog first, then the clouds (a bundle a failed or concurrent run stored, or one the catalog forgot, is
-    adopted once it is proven to decrypt to it); every bundle the backup reuses is described in full in
-    `referenced-blobs.json`, and validate proves each in every cloud."""
-    if data_class.kind == "tables":
-        return _extract_packed(policy, data_class, backup_id, area, work, connect, catalog_conn, key_ring, workers)
-    known = {cid: entry for cid, entry in catalog.known_blobs(catalog_conn, policy.prefix).items()
-             if entry.key.startswith(format.chunks_prefix(policy.prefix))}
-    stager = extract.ChunkStager(work, policy.zstd_level, key_ring.content_id,
-                                 lambda cid: format.chunk_key(policy.prefix, cid), known)
-    extraction = extract.extract_wedding_bundles(connect, policy, data_class, backup_id, work, wedding_ids,
-                                                 chunks=stager)
-    extraction.notes["chunks"] = len(extraction.objects)
-    candidates = {s.extra["content_id"]: _Candidate(s.extra["key"], s.plaintext_size, s.plaintext_sha256, "zstd")
-                  for s in stager.new}
-    asked = time.perf_counter()
-    adopted = _adopt_stored_blobs(policy, store_map, key_ring, candidates, stored_estimate=len(known))
-    # (on a fresh worker mostly the clouds' SDKs loading: 1-2 s each, whatever the size of the backup)
-    extraction.notes["clouds_asked_seconds"] = round(time.perf_counter() - asked, 3) if candidates else 0
-    stager.forget(adopted)
-    referenced = {**{cid: known[cid] for cid in stager.reused if cid in known}, **adopted}
-    _write_entries(area, backup_id, "referenced-blobs.json", sorted(referenced.values(), key=lambda b: b.key))
-    extraction.objects += stager.new
-    extraction.notes["new_chunks"] = len(stager.new)
-    log.info("%s: %d chunks, %d new to store, %d stored by earlier backups", data_class.name,
-             extraction.notes["chunks"], len(stager.new), len(referenced))
-    return extraction
-
-
-def _extract_packed(policy: Policy, data_class: DataClass, backup_id: str, area: staging.Staging, work: Path,
-                    connect, catalog_conn, key_ring: crypto.KeyRing, workers: int) -> extract.Extraction:
-    """The class's tables cut into content-defined chunks, the new ones stored in packs (format 5).
+                          connect, catalog_conn, key_ring: crypto.KeyRing, workers: int,
+                          wedding_ids: list[int] | None) -> extract.Extraction:
+    """The class's tables cut into content-defined chunks, or its wedding bundles each one chunk; the new chunks
+    stored in packs (format 5).
 
     Which chunks are stored already: those in the packs of the class's newest good packed backup (its `blobs`),
     looked up in the catalog's `pack_chunks` (chunk -> pack and offset), where each pack's chunks are recorded as
@@ -246,9 +214,19 @@ def _extract_packed(policy: Policy, data_class: DataClass, backup_id: str, area:
                                 pack_bytes=data_class.dedup_pack_kib << 10,
                                 on_pack=lambda _cid, key, chunks: catalog.record_pack_chunks(catalog_conn, key, chunks),
                                 content_digest=key_ring.content_digest)
-    cdc = chunking.chunker(key_ring, data_class.dedup_chunk_kib << 10)
-    extraction = extract.extract_tables(connect, policy, data_class, backup_id, work, workers=workers,
-                                        chunks=stager, cdc=cdc)
+    if data_class.kind == "tables":
+        cdc = chunking.chunker(key_ring, data_class.dedup_chunk_kib << 10)
+        extraction = extract.extract_tables(connect, policy, data_class, backup_id, work, workers=workers,
+                                            chunks=stager, cdc=cdc)
+    else:
+        bundles = extract.BundlePacker(stager)
+        try:
+            extraction = extract.extract_wedding_bundles(connect, policy, data_class, backup_id, work, wedding_ids,
+                                                         packs=bundles)
+        except BaseException:
+            bundles.abort()
+            raise
+        extraction.notes["chunks"] = bundles.chunk_count
     _write_entries(area, backup_id, "referenced-blobs.json",
                    sorted((packs[cid] for cid in stager.reused), key=lambda b: b.key))
     extraction.objects += stager.new
@@ -490,7 +468,7 @@ def _seal(policy: Policy, backup_id: str, prefix: str, objects: list[extract.Sta
 
 def _chunk_layout(extra: dict[str, Any]) -> dict[str, Any]:
     """A chunked object's layout as extract staged it: extents of packs (format 5), or (content id, size) of each
-    chunk blob (format 4: wedding bundles)."""
+    chunk blob (format 4: wedding bundles as an earlier release staged them, in a run this one finishes)."""
     if "extents" in extra:
         return {"extents": tuple(format.Extent(*e) for e in extra["extents"]), "chunk_count": extra["chunk_count"]}
     return {"chunks": tuple(format.ChunkRef(content_id=cid, size=size) for cid, size in extra["chunks"])}

@@ -707,12 +707,15 @@ def latest_good_manifest(conn, data_class: str, point_in_time: dt.datetime | Non
 
 
 def latest_packed_blobs(conn, data_class: str, prefix: str) -> list[Blob]:
-    """The blobs (packs among them) of the class's newest good backup under `prefix` that stored table chunks in
-    packs (format 5): what a deduplicated extract references. A full backup in between (deduplication off for a
-    while) does not make the next deduplicated one store everything again. Only `blobs` is read."""
+    """The blobs (packs among them) of the class's newest good backup under `prefix` that stored table chunks or
+    wedding bundles in packs (format 5): what a deduplicated extract references. A full backup in between
+    (deduplication off for a while) does not make the next deduplicated one store everything again; nor does an
+    emergency run of a few weddings (a backup with a `scope`), which references only their bundles' packs.
+    Only `blobs` is read."""
     row = conn.execute(
         "SELECT manifest->'blobs' FROM backup_catalog.backups WHERE data_class = %s AND starts_with(prefix, %s) "
-        "AND status IN ('validated', 'degraded') AND manifest->'objects' @> '[{\"extents\": []}]'::jsonb "
+        "AND status IN ('validated', 'degraded') AND scope IS NULL "
+        "AND manifest->'objects' @> '[{\"extents\": []}]'::jsonb "
         "ORDER BY started_at DESC LIMIT 1", (data_class, f"{prefix}/")).fetchone()
     return [entry_from_json(b) for b in row[0]] if row else []
 

@@ -95,14 +95,12 @@ def test_backup_dag_copies_decrypt_to_the_source(stack, backup_env, key_ring, na
                 assert hashlib.sha256(plaintext).hexdigest() == entry["plaintext_sha256"]
                 _assert_matches_source(stack, name, entry, plaintext)
         for entry in stored_manifest["objects"]:
-            if "extents" in entry:  # format 5: its extents of packs' plaintexts, in order
-                packs = [by_content_id[pack] for pack in entry["packs"]]
-                plaintext = b"".join(packs[i][offset:offset + length] for i, offset, length in entry["extents"])
-            elif "chunks" in entry:  # format 4 (deduplicated wedding bundles): its chunks' plaintexts in order
-                plaintext = b"".join(by_content_id[cid] for cid, _size in entry["chunks"])
-                assert [len(by_content_id[cid]) for cid, _ in entry["chunks"]] == [s for _, s in entry["chunks"]]
-            else:
+            assert "chunks" not in entry  # format 4 is read, no longer written: bundles are in packs too
+            if "extents" not in entry:
                 continue
+            # format 5 (deduplicated tables and wedding bundles): its extents of packs' plaintexts, in order
+            packs = [by_content_id[pack] for pack in entry["packs"]]
+            plaintext = b"".join(packs[i][offset:offset + length] for i, offset, length in entry["extents"])
             assert hashlib.sha256(plaintext).hexdigest() == entry["plaintext_sha256"]
             _assert_matches_source(stack, name, entry, plaintext)
     if name == "assets":  # every file of the source is in a blob this one manifest describes

@@ -429,9 +429,12 @@ def test_an_unchanged_wedding_bundle_is_not_sent_again(backups, key_ring):  # `b
         first, same, changed = runs
         assert first["format_version"] == 5 and len(first["objects"]) > 3
         assert first["totals"]["chunks_stored"] == len(first["objects"])  # one content-addressed chunk a bundle
+        assert first["totals"]["stored_objects"] == first["totals"]["packs_stored"] == 1  # all in one pack
+        assert all(len(o["extents"]) == 1 and o["chunk_count"] == 1 for o in first["objects"])
         assert same["totals"]["chunks_stored"] == 0 and same["totals"]["ciphertext_bytes"] == 0
-        assert changed["totals"]["chunks_stored"] == 1
-        by_wedding = {m["backup_id"]: {o["wedding_id"]: o["chunks"] for o in m["objects"]} for m in runs}
+        assert changed["totals"]["chunks_stored"] == 1 and changed["totals"]["stored_objects"] == 1
+        by_wedding = {m["backup_id"]: {o["wedding_id"]: (o["packs"], o["extents"]) for o in m["objects"]}
+                      for m in runs}
         differs = [w for w, c in by_wedding[changed["backup_id"]].items() if c != by_wedding[same["backup_id"]][w]]
         assert differs == [wedding_id]
         report = run_restore(HOT_POLICY, check_request(HOT_POLICY, {"data_class": "hot", "wedding_id": wedding_id,

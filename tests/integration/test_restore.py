@@ -198,12 +198,12 @@ def test_every_copy_corrupt_fails_clearly_and_leaves_the_live_data(stack, backed
 
 def test_checksums_in_the_manifest_match_the_catalog(backed_up):
     with catalog.connect() as conn:
-        for record in (backed_up["vendor_data"], backed_up["critical_weddings"]):  # tables in packs; bundles
+        for record in (backed_up["vendor_data"], backed_up["critical_weddings"]):  # tables and bundles in packs
             rows = conn.execute("SELECT name, plaintext_sha256, ciphertext_sha256 FROM backup_catalog.backup_objects "
                                 "WHERE backup_id = %s", (record["backup_id"],)).fetchall()
             assert {n: (p, c) for n, p, c in rows} == {o["name"]: (o["plaintext_sha256"], o.get("ciphertext_sha256"))
                                                        for o in record["manifest"]["objects"]}
-            # what is stored of them: the packs (tables) and chunk blobs (bundles), each as the catalog recorded it
+            # what is stored of them: the packs (of table chunks, of bundles), each as the catalog recorded it
             blobs = {b["key"]: b["ciphertext_sha256"] for b in record["manifest"]["blobs"]}
             recorded = dict(conn.execute("SELECT key, entry->>'ciphertext_sha256' FROM backup_catalog.blobs "
                                          "WHERE key = ANY(%s)", (list(blobs),)).fetchall())

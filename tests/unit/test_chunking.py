@@ -222,6 +222,44 @@ def test_a_chunk_repeated_within_a_run_is_packed_once(tmp_path):
     assert _reassemble(packs, first.extents) == block * 3 and _reassemble(packs, second.extents) == block
 
 
+def _bundles_packed(tmp_path, known: dict[str, tuple[str, int]], bodies: list[bytes], pack_bytes: int):
+    """Place `bodies` as one run's wedding bundles do: one shared packer; returns the stager and each (sha, extents)."""
+    from wedsync_dr.extract import BundlePacker
+
+    stager = PackStager(tmp_path, 3, RING.content_id, lambda cid: format.chunk_key("p", cid), known, pack_bytes)
+    packer = BundlePacker(stager)
+    placed = [packer.add(body) for body in bodies]
+    packer.close()
+    return stager, placed
+
+
+def test_wedding_bundles_share_packs_and_an_unchanged_one_is_only_referenced(tmp_path):
+    """Bundles are kilobytes: many to a pack (not an object each), each bundle one chunk in one extent; a second
+    run stores only the bundles that changed, and a bundle repeated within a run once."""
+    rng = random.Random(5)
+    bodies = [rng.randbytes(rng.randint(2_000, 9_000)) for _ in range(60)]
+    stager, placed = _bundles_packed(tmp_path / "r1", {}, [*bodies, bodies[7]], pack_bytes=64 << 10)
+    packs = {s.extra["content_id"]: _read_pack(s) for s in stager.new}
+    assert 3 <= len(packs) <= 12  # ~330 KB of bundles in 64 KiB packs
+    for body, (sha, extents) in zip([*bodies, bodies[7]], placed, strict=True):
+        assert sha == hashlib.sha256(body).hexdigest() and len(extents) == 1
+        assert isinstance(extents[0][0], str) and _reassemble(packs, extents) == body  # resolved once sealed
+    assert placed[-1][1] == placed[7][1]  # the repeat is referenced, not packed twice
+    assert stager.new_chunks == len(bodies) == sum(len(c) for c in stager.pack_chunks.values())
+    for cid, chunks in stager.pack_chunks.items():
+        for chunk_id, offset, size in chunks:
+            assert chunk_id == RING.content_id(hashlib.sha256(packs[cid][offset:offset + size]).hexdigest())
+
+    known = {cid: (pack, offset) for pack, chunks in stager.pack_chunks.items() for cid, offset, _size in chunks}
+    changed = [*bodies[:20], bodies[20] + b"one more guest", *bodies[21:]]
+    stager2, placed2 = _bundles_packed(tmp_path / "r2", known, changed, pack_bytes=64 << 10)
+    (new,) = stager2.new
+    assert stager2.new_chunks == 1 and len(stager2.reused) == len(packs)
+    assert [p for i, p in enumerate(placed2) if p != placed[i]] == [placed2[20]]
+    packs[new.extra["content_id"]] = _read_pack(new)
+    assert _reassemble(packs, placed2[20][1]) == changed[20]
+
+
 def test_a_format_5_manifest_lists_packs_and_extents_and_counts_what_it_stored():
     a, b = "a" * 64, "b" * 64
     extents = (format.Extent(a, 0, 10), format.Extent(b, 5, 20), format.Extent(a, 0, 10))
