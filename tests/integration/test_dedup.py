@@ -455,6 +455,33 @@ def test_an_unchanged_wedding_bundle_is_not_sent_again(backups, key_ring):  # `b
             conn.execute("DELETE FROM backup_catalog.backups WHERE data_class = 'hot'")
 
 
+def test_an_emergency_run_of_a_few_weddings_does_not_make_the_next_run_store_every_bundle_again(backups, key_ring):
+    """A run scoped to some weddings (an emergency run) references only their bundles' packs: the next full run
+    looks its stored bundles up in the newest *full* backup's packs, so with nothing changed it stores none."""
+    hot = dataclasses.replace(HOT, dedup_pack_kib=16)  # a bundle or two a pack: a scoped run references few
+    policy = POLICY.with_overrides(prefix=PREFIX, data_classes={"hot": hot})
+    store_map = backup.stores(policy)
+    t0 = dt.datetime.now(dt.UTC)
+    try:
+        with catalog.connect() as conn:
+            runs = []
+            for minutes, wedding_ids in ((0, None), (5, "two"), (15, None)):
+                if wedding_ids == "two":
+                    wedding_ids = sorted(o["wedding_id"] for o in runs[0]["objects"])[:2]
+                done = run_backup_steps(policy, hot, catalog_conn=conn, key_ring=key_ring, wedding_ids=wedding_ids,
+                                        started_at=t0 + dt.timedelta(minutes=minutes), store_map=store_map)
+                runs.append(catalog.backup(conn, done["backup_id"])["manifest"])
+        first, emergency, second = runs
+        assert len(first["objects"]) > 3 and len(first["blobs"]) > 3  # packs of a bundle or two
+        assert len(emergency["objects"]) == 2 and emergency["totals"]["chunks_stored"] == 0
+        assert len(emergency["blobs"]) <= 2 < len(first["blobs"])
+        assert second["totals"]["chunks_stored"] == 0 and second["totals"]["stored_objects"] == 0
+        assert {b["key"] for b in second["blobs"]} == {b["key"] for b in first["blobs"]}
+    finally:
+        with catalog.connect() as conn:
+            conn.execute("DELETE FROM backup_catalog.backups WHERE data_class = 'hot'")
+
+
 def test_a_new_dedup_key_stores_every_chunk_anew_and_every_older_backup_still_restores(backups, key_ring):
     """Replacing the dedup key (`with_new_dedup_key`) gives new content ids and new chunk boundaries: the next
     backup stores every chunk again. The older backups' chunks carry ids only the old key computes, and restore
