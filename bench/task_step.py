@@ -6,8 +6,9 @@ forks it from a process with Airflow loaded, as Airflow 3's supervisor forks a t
 
 STEP: extract, encrypt, upload, validate, restore or cleanup. ARG holds what the step needs (`summary`,
 `cloud`, `uploads`, `backup_id`, `started_at` for extract) and may change the policy: `data_class`, `prefix`,
-`chunk_kib` (the class's `dedup_chunk_kib`) and `dedup_bundles`; a restore may name its `source_cloud`. Prints one
-JSON line: the step's output, its seconds, its peak RSS (VmHWM), its CPU seconds (user + system).
+`chunk_kib` (the class's `dedup_chunk_kib`) and `dedup_bundles`; a restore may name its `source_cloud` and one
+`wedding_id`. Prints one JSON line: the step's output, its seconds, its peak RSS (VmHWM), its CPU seconds (user +
+system).
 """
 
 import dataclasses
@@ -62,11 +63,12 @@ def main(step: str, arg: dict) -> None:
     elif step == "restore":
         report = restore.run_restore(policy, check_request(policy, {"data_class": data_class.name,
                                                                     "backup_id": arg["backup_id"],
-                                                                    **({"source_cloud": arg["source_cloud"]}
-                                                                       if "source_cloud" in arg else {})}),
+                                                                    **{k: arg[k] for k in ("source_cloud",
+                                                                                           "wedding_id")
+                                                                       if k in arg}}),
                                      stores=backup.stores(policy), key_ring=key_ring,
                                      db_connect=catalog.db_connector("wedsync_db_owner"))
-        out = {"target": report.target, "sources": report.sources}
+        out = {"target": report.target, "sources": report.sources, "rows": sum(report.rows.values())}
     else:
         out = backup.cleanup(policy, arg["summary"]["backup_id"])
     seconds = time.perf_counter() - t0

@@ -799,7 +799,10 @@ def commit_copy(policy: Policy, summary: dict[str, Any], check: CopyCheck, catal
         committed = catalog.is_committed(catalog_conn, backup_id)
         if not committed and len(good) < policy.quorum:
             return False
-        for cloud in good if not committed else [check.cloud] if check.status == "validated" else []:
+        writing = good if not committed else [check.cloud] if check.status == "validated" else []
+        if set(writing) - {check.cloud}:
+            memory.return_free_memory()  # what the proof freed, before the other clouds' SDKs load
+        for cloud in writing:
             try:
                 format.write_manifest(store_map[cloud], manifest)  # the same bytes in every cloud
             except StorageError as err:
