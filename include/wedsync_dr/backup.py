@@ -313,8 +313,8 @@ class _Candidate:
 def _adopt_stored_blobs(policy: Policy, store_map: dict[str, ObjectStore], key_ring: crypto.KeyRing,
                         candidates: dict[str, _Candidate], stored_estimate: int = 0) -> dict[str, Blob]:
     """Blobs the catalog does not know but a cloud holds (a failed or concurrent run stored them, or the catalog
-    was rebuilt or lost), described from the stored object itself once it is proven to decrypt to the file
-    (or chunk). Re-encrypting them instead would write a second ciphertext under the same key.
+    was rebuilt or lost), described from the stored object itself once it is proven to decrypt to the file.
+    Re-encrypting them instead would write a second ciphertext under the same key.
 
     Each cloud is asked by one listing of the blobs' prefix when that takes fewer requests than a HEAD per
     candidate (`stored_estimate`: how many objects the catalog knows there); only a listed key is then looked at
@@ -804,7 +804,7 @@ def commit_copy(policy: Policy, summary: dict[str, Any], check: CopyCheck, catal
             memory.return_free_memory()  # what the proof freed, before the other clouds' SDKs load
         for cloud in writing:
             try:
-                format.write_manifest(store_map[cloud], manifest)  # the same bytes in every cloud
+                format.write_manifest(store_map[cloud], manifest)  # the same bytes in every cloud (encoded once)
             except StorageError as err:
                 catalog.record_copy(catalog_conn, backup_id, cloud, "failed", f"manifest write failed: {err}")
                 good.remove(cloud)
@@ -813,7 +813,7 @@ def commit_copy(policy: Policy, summary: dict[str, Any], check: CopyCheck, catal
         copies = catalog.copies(catalog_conn, backup_id)
         status = "validated" if len(good) == len(store_map) else "degraded"
         if not committed:
-            # the blobs (asset files, table chunks) it stored, and those it adopted from a cloud (known ones
+            # the blobs (asset files, packs) it stored, and those an assets run adopted from a cloud (known ones
             # are already there: no-ops)
             catalog.record_blobs(catalog_conn, [o for o in run.encrypted if isinstance(o, Blob)]
                                  + run.shared, backup_id)

@@ -167,7 +167,9 @@ class _HashingCompressor:
 
 
 class ChunkStager:
-    """Stages the new chunks of one run's chunked tables (shared by its copy workers).
+    """Stages the new chunks of one run's chunked tables (shared by its copy workers): format 4, each chunk a
+    blob of its own. No backup writes format 4 any more (tables and bundles are packed, `PackStager`); it stays
+    as the reference writer of what format-4 backups hold, which the tests of its reader build their objects with.
 
     Each chunk is named by its keyed content id; one that an earlier backup stored (`known`) or another object
     of this run already staged is only referenced. A new one is zstd-compressed in one call into its own
@@ -308,13 +310,15 @@ class ChunkIndex:
 
 
 class PackStager:
-    """Stages the new chunks of one run's chunked tables in packs (format 5), shared by its copy workers.
+    """Stages the new chunks of one run's chunked tables, or its new wedding bundles, in packs (format 5), shared
+    by its copy workers.
 
     A chunk in a pack the previous backup references (`known`, a `ChunkIndex`, or content id -> (pack content id,
     offset)) or in a pack this run closed already is only referenced; a new one is appended to its object's open
     pack, which is sealed as one blob (its keyed content id from the sha256 of its plaintext, compressed in
-    `SEGMENT_SIZE` frames like a table) once it holds `pack_bytes`, and when its object ends. Each object fills its
-    own packs, so a table's new chunks sit together and in order, which is how a restore reads them.
+    `SEGMENT_SIZE` frames like a table) once it holds `pack_bytes`, and when its object ends. Each table object
+    fills its own packs, so a table's new chunks sit together and in order, which is how a restore reads them;
+    a run's wedding bundles share theirs (`BundlePacker`: a bundle is kilobytes).
     """
 
     def __init__(self, staging: Path, level: int, content_id: Callable[[str], str], key: Callable[[str], str],
@@ -427,7 +431,7 @@ class BundlePacker:
                 extent[0] = extent[0].content_id
 
     def abort(self) -> None:
-        if self._pack is not None:
+        if self._pack is not None and self._pack.sink is not None:  # (sealed already if its catalog write failed)
             self._pack.sink.abort()
 
 
@@ -509,7 +513,7 @@ class _PackedSink:
         return self._sha.hexdigest(), self._writer.size, 0  # its packs are staged (and counted) on their own
 
     def abort(self) -> None:
-        if self._pack is not None:
+        if self._pack is not None and self._pack.sink is not None:  # (sealed already if its catalog write failed)
             self._pack.sink.abort()
 
 

@@ -321,8 +321,9 @@ class Manifest:
     referenced_blob_hashes: tuple[str, ...] = ()  # format 2 only
     tables: dict[str, Any] = field(default_factory=dict)  # table definitions (columns, constraints, indexes)
     totals: dict[str, int] = field(default_factory=dict)
-    # The JSON a stored manifest was read from: written back as it was (a repaired cloud gets the same bytes
-    # as the others; an older format is never rewritten into the current one).
+    # The JSON a stored manifest was read from: written back as it was (an older format is never rewritten into
+    # the current one; a repaired cloud gets the same content as the others -- as compact JSON: manifests
+    # stored before 2026-12-07 are indented, and nothing compares manifests byte for byte).
     stored_json: dict[str, Any] | None = field(default=None, compare=False, repr=False)
 
     @classmethod

@@ -212,12 +212,13 @@ class DataClass:
     # ... and how much chunk plaintext one stored pack gathers (format 5): fewer, larger objects per backup;
     # a restore holds a few packs in memory, and a pack is kept while any backup needs one of its chunks
     dedup_pack_kib: int = 8192
-    # wedding_bundles classes: each bundle content-addressed (format 4): an unchanged wedding is not sent again
+    # wedding_bundles classes: each bundle content-addressed, new ones packed together (format 5): an unchanged
+    # wedding is not sent again
     dedup_bundles: bool = False
 
     @property
     def deduplicated(self) -> bool:
-        """Whether the class's backups store content-addressed chunks (format 4) instead of full copies."""
+        """Whether the class's backups store content-addressed chunks in packs (format 5) instead of full copies."""
         return (self.kind == "tables" and self.dedup_chunk_kib > 0) or (
             self.kind == "wedding_bundles" and self.dedup_bundles)
 

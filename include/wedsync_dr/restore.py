@@ -81,7 +81,9 @@ def list_manifest_keys(store: ObjectStore, policy: Policy, data_class: str) -> l
 
 def resolve_from_clouds(stores: dict[str, ObjectStore], policy: Policy, data_class: str, backup_id: str = "latest",
                         point_in_time: dt.datetime | None = None) -> Manifest:
-    """Find the manifest in the clouds themselves (catalog lost), trying each cloud in turn."""
+    """Find the manifest in the clouds themselves (catalog lost), trying each cloud in turn (in `stores`' order:
+    a restore passes its own cloud order). A cloud that lacks the newest backup (one committed without it, not
+    repaired yet) answers "latest" with the newest it holds; name the backup id to be sure of one."""
     errors = []
     for cloud, store in stores.items():
         try:
@@ -287,15 +289,27 @@ def _record_attempts(report: RestoreReport, entry: Entry, attempts: list[Attempt
             report.failovers.append({"key": entry.key, "cloud": attempt.cloud, "reason": attempt.reason})
 
 
+class LastBlob:
+    """The blob (a pack) the previous object's reader fetched, verified, kept for the next object: a restore of a
+    class of wedding bundles reads hundreds of one-extent objects out of each pack, and with its objects in pack
+    order (`restore_tables` sorts them so) fetches each pack once, not once per bundle. One blob, let go before
+    the next is fetched: with a reader's own, memory stays at `PACKS_HELD` packs."""
+
+    def __init__(self) -> None:
+        self.key: str | None = None
+        self.data: bytearray | None = None
+
+
 def read_object(manifest: Manifest, entry: DataObject | ChunkedObject, order: list[str],
                 stores: dict[str, ObjectStore], key_ring: crypto.KeyRing, consume: Callable[[BinaryIO], Any],
-                report: RestoreReport, savepoint=None) -> Any:
+                report: RestoreReport, savepoint=None, last_blob: LastBlob | None = None) -> Any:
     """Stream one data object's verified plaintext into `consume` (see `with_failover`), and count what was read.
 
     A chunked object (format 4, 5) is read chunk by chunk, each from the first cloud that delivers a valid copy
     of the blob that holds it (its own, or its pack): a blob is verified whole (tags, ciphertext sha256, content
     id) before any of its bytes move on, and the object's own sha256 and size once every chunk is in. A chunk no
-    cloud delivers fails the object (the savepoint rolls back what it loaded)."""
+    cloud delivers fails the object (the savepoint rolls back what it loaded). `last_blob`, shared by the
+    objects of one restore, spares a blob the previous object fetched a second download."""
     if isinstance(entry, DataObject):
         result, attempts = with_failover(entry, order, stores, key_ring, consume, backup_id=manifest.backup_id,
                                          savepoint=savepoint)
@@ -305,10 +319,16 @@ def read_object(manifest: Manifest, entry: DataObject | ChunkedObject, order: li
     chunks = manifest.chunks_of(entry)
 
     def fetch(blob: Blob) -> bytearray:
+        if last_blob is not None:
+            if last_blob.key == blob.key:
+                return last_blob.data
+            last_blob.key = last_blob.data = None  # before the download, not after it
         whole = functools.partial(_read_into, blob.plaintext_size)
         data, attempts = with_failover(blob, order, stores, key_ring, whole, backup_id=manifest.backup_id)
         _record_attempts(report, blob, attempts)
         report.bytes += blob.ciphertext_size
+        if last_blob is not None:
+            last_blob.key, last_blob.data = blob.key, data
         return data
 
     def attempt() -> Any:
@@ -436,6 +456,9 @@ def restore_tables(conn, manifest: Manifest, stores: dict[str, ObjectStore], key
         # one wedding out of whole tables: its row of `weddings` first, so an id the backup's snapshot does not
         # hold fails after one object, before the rest is read (the scratch schema is rolled back with it)
         entries.sort(key=lambda o: o.source != "weddings")
+    if bundles:  # bundles in packs (format 5), many to a pack: in pack order, each pack is downloaded once
+        entries.sort(key=_first_extent)
+    last_blob = LastBlob()
     definitions = manifest.tables
     conn.autocommit = False
     try:
@@ -445,10 +468,11 @@ def restore_tables(conn, manifest: Manifest, stores: dict[str, ObjectStore], key
                 create_scratch_table(conn, target_schema, table, definition)
         for entry in entries:
             if dry_run:
-                read_object(manifest, entry, order, stores, key_ring, lambda s: None, report)
+                read_object(manifest, entry, order, stores, key_ring, lambda s: None, report, last_blob=last_blob)
             elif bundles:
                 loaded = read_object(manifest, entry, order, stores, key_ring,
-                                     lambda s: _load_bundle(conn, target_schema, s), report, conn.transaction)
+                                     lambda s: _load_bundle(conn, target_schema, s), report, conn.transaction,
+                                     last_blob)
                 for table, n in loaded.items():
                     report.rows[table] = report.rows.get(table, 0) + n
             else:
@@ -475,6 +499,13 @@ def restore_tables(conn, manifest: Manifest, stores: dict[str, ObjectStore], key
         raise
     report.seconds = time.monotonic() - started
     return report
+
+
+def _first_extent(entry: DataObject | ChunkedObject) -> tuple[str, int]:
+    """Where an object's plaintext begins: its first extent's pack and offset (an object of its own: first)."""
+    if isinstance(entry, ChunkedObject) and entry.extents:
+        return entry.extents[0].pack, entry.extents[0].offset
+    return "", 0
 
 
 def _load_table(conn, schema: str, entry: DataObject, stream: BinaryIO, wedding_id: int | None) -> int:

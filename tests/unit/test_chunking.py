@@ -358,6 +358,54 @@ def test_a_chunked_reader_never_holds_more_than_its_packs_a_fetch_included(layou
     assert max(alive_at_fetch) == (restore.PACKS_HELD - 1 if layout == "interleaved" else 0), alive_at_fetch
 
 
+class _NoDatabase:
+    """A dry run's connection: the restore commits or rolls back, and touches nothing else."""
+
+    autocommit = True
+
+    def commit(self) -> None:
+        pass
+
+    def rollback(self) -> None:
+        pass
+
+
+def test_a_whole_class_of_bundles_is_restored_downloading_each_pack_once(monkeypatch):
+    """Bundles are many to a pack: a restore of the class reads them in pack order and keeps the last pack for
+    the next bundle, so each pack is downloaded once -- not once per bundle (~200 to an 8 MiB pack)."""
+    from wedsync_dr import restore
+
+    rng = random.Random(11)
+    packs, objects = {}, []
+    for p in range(3):
+        bodies = [rng.randbytes(rng.randint(100, 900)) for _ in range(12)]
+        cid = f"{p:064x}"
+        packs[cid] = b"N" * 16 + b"".join(bodies)
+        offset = 16
+        for body in bodies:
+            objects.append(format.ChunkedObject(
+                name=f"wedding-{len(objects)}.bundle", source=f"wedding:{len(objects)}", wedding_id=len(objects),
+                plaintext_sha256=hashlib.sha256(body).hexdigest(), plaintext_size=len(body), chunk_count=1,
+                extents=(format.Extent(cid, offset, len(body)),)))
+            offset += len(body)
+    rng.shuffle(objects)  # the manifest lists bundles by wedding, not by pack
+    manifest = format.build_manifest(backup_id="b1", data_class="critical_weddings",
+                                     created_at="2026-01-01T00:00:00+00:00", snapshot_at=None, source_schema="wedsync",
+                                     labels=(), reason=None, prefix="p/x", lock_until=None, retain_until=None,
+                                     objects=objects, blobs=[_blob(c, len(d)) for c, d in packs.items()], tables={})
+    downloads = []
+
+    def download(entry, order, stores, key_ring, consume, *, backup_id, savepoint=None):
+        downloads.append(entry.content_id)
+        return consume(io.BytesIO(packs[entry.content_id])), []
+
+    monkeypatch.setattr(restore, "with_failover", download)
+    report = restore.restore_tables(_NoDatabase(), manifest, {}, None, order=["aws"], target_schema="s",
+                                    dry_run=True)
+    assert report.objects == len(objects)  # every bundle read, and its sha256 checked
+    assert sorted(downloads) == sorted(packs)
+
+
 def test_the_chunk_index_finds_each_chunk_where_it_was_recorded():
     from wedsync_dr.extract import ChunkIndex
 

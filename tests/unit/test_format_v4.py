@@ -99,7 +99,7 @@ def test_chunk_keys_associated_data_and_compression_are_as_documented(tmp_path):
     dedup_key = base64.b64decode(json.loads(ring.to_json())["dedup_key"])
     assert cid == hmac.new(dedup_key, b"wedsync-dr content id v1\x00" + hashlib.sha256(chunk).digest(),
                            hashlib.sha256).hexdigest()
-    # a chunk of its own (format 4; a deduplicated bundle) is staged as exactly one zstd frame
+    # a chunk of its own (format 4, still read: a table chunk, or a bundle of an earlier release) is one zstd frame
     stager = ChunkStager(tmp_path, 3, ring.content_id, lambda c: format.chunk_key("wedsync", c))
     assert stager.add(memoryview(chunk)) == (cid, len(chunk))
     (staged,) = stager.new
