@@ -349,6 +349,12 @@ class PackStager:
             self._sequence += 1
             return _Pack(self._staging / f"pack-{self._sequence:06d}.zst", self._level)
 
+    def locate(self, cid: bytes, pack: _Pack | None) -> tuple[_Pack | str, int] | None:
+        """Where a chunk is already: in the caller's open `pack` (repeated within it), else `lookup`'s answer."""
+        if pack is not None and cid in pack.offsets:
+            return pack, pack.offsets[cid]
+        return self.lookup(cid)
+
     def lookup(self, cid: bytes) -> tuple[str, int] | None:
         """Where a chunk (its content id's raw bytes) is stored already (pack content id, offset), or None."""
         with self._lock:
@@ -402,10 +408,7 @@ class BundlePacker:
         cid = self._stager.content_digest(digest)
         self.chunk_count += 1
         pack = self._pack
-        if pack is not None and cid in pack.offsets:
-            where = (pack, pack.offsets[cid])
-        else:
-            where = self._stager.lookup(cid)
+        where = self._stager.locate(cid, pack)
         if where is None:
             if pack is None:
                 pack = self._pack = self._stager.open()
@@ -473,10 +476,7 @@ class _PackedSink:
         self.chunk_count += len(cuts)
         for offset, length in cuts:
             cid = content_digest(sha256(view[offset:offset + length]).digest())
-            if pack is not None and cid in pack.offsets:  # repeated within the open pack
-                where = (pack, pack.offsets[cid])
-            else:
-                where = stager.lookup(cid)
+            where = stager.locate(cid, pack)
             if where is not None:
                 if run >= 0:
                     pack.sink.write(view[run:run_end])

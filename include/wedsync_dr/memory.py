@@ -17,6 +17,7 @@ time did not change beyond run-to-run noise. Elsewhere than glibc (musl, macOS) 
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 
 log = logging.getLogger(__name__)
@@ -38,9 +39,8 @@ def bound_heap() -> bool:
     global _bounded
     if _bounded:
         return True
-    try:
-        mallopt = ctypes.CDLL(None).mallopt  # the C library the interpreter runs on
-    except (OSError, AttributeError):
+    mallopt = getattr(_libc(), "mallopt", None)
+    if mallopt is None:
         return False
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     mallopt.restype = ctypes.c_int
@@ -54,7 +54,16 @@ def bound_heap() -> bool:
 def return_free_memory() -> None:
     """Give the heap's free pages back to the system now (glibc `malloc_trim`): between a step's phases, so
     what the next one loads (another cloud's SDK for a commit) starts from what is held, not from what was."""
+    trim = getattr(_libc(), "malloc_trim", None)
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    """The C library the interpreter runs on (its symbols are the process's own), or None where it cannot be
+    opened."""
     try:
-        ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+        return ctypes.CDLL(None)
+    except OSError:
+        return None
