@@ -46,3 +46,29 @@ def test_buffers_a_step_frees_go_back_to_the_system_once_the_heap_is_bounded():
 
     assert retained(False) >= 48  # what the tuning is for: glibc left alone keeps the 64 MiB resident
     assert retained(True) <= 8
+
+
+_FROZEN_BEFORE_THE_STEP = textwrap.dedent("""
+    import gc, sys
+    sys.path.insert(0, {include!r})
+    from wedsync_dr import memory
+    loaded = [[i] for i in range(200_000)]  # what a task process imported before its step: long-lived containers
+    memory.bound_heap()
+    frozen = gc.get_freeze_count()
+    memory.bound_heap()  # a second step of the same process freezes nothing more
+    class Cycle:
+        pass
+    cycle = Cycle()
+    cycle.me = cycle
+    del cycle
+    print(frozen, gc.get_freeze_count() - frozen, gc.collect())
+""")
+
+
+def test_what_was_loaded_before_the_first_step_leaves_the_collectors_sweeps_and_later_garbage_is_still_collected():
+    script = _FROZEN_BEFORE_THE_STEP.format(include=str(INCLUDE))
+    frozen, more, collected = map(int, subprocess.run([sys.executable, "-c", script], check=True,
+                                                      capture_output=True, text=True).stdout.split())
+    assert frozen >= 200_000
+    assert more == 0
+    assert collected >= 1  # the cycle made after the freeze is found and freed
