@@ -6,9 +6,10 @@ teardown and never reaches `validate`: its compressed plaintext stays in staging
 backups and, for each one:
 
 1. removes its staging directory (the plaintext first: that guarantee matters most);
-2. looks for its manifest in every cloud. One there means the backup committed and only the catalog update
-   was lost: it is recorded from the manifest (degraded, until repair has checked every cloud) and nothing
-   is deleted;
+2. looks for its manifest in every cloud. One there means that cloud's copy was proven whole (its upload task
+   writes it then): the backup committed and only the catalog update was lost, or its run died before the
+   quorum's copies were in. Either way it is restorable from there: it is recorded from the manifest
+   (degraded, until repair has checked every cloud and copied it where it is missing) and nothing is deleted;
 3. otherwise (no manifest: not a backup) deletes every object under its prefix in every cloud -- never a
    shared asset blob, which other backups need and retention's mark-and-sweep owns -- and marks the row
    `abandoned`. Nothing is deleted before every cloud has answered that it holds no manifest; a cloud that

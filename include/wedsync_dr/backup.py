@@ -784,33 +784,35 @@ def commit_copy(policy: Policy, summary: dict[str, Any], check: CopyCheck, catal
     """Record one cloud's checked copy, and commit the backup as soon as `quorum` copies are validated.
 
     Each upload task calls this when its own copy is proven, so the backup exists once the quorum's uploads are
-    done -- a hung or slow cloud is not waited for: its copy is added (manifest last) when its upload finishes,
-    or by repair. Commit = the manifest written to every validated cloud, then the catalog row. Serialised per
-    backup by an advisory lock. Returns whether the backup is committed.
+    done -- a hung or slow cloud is not waited for: its copy is added when its upload finishes, or by repair.
+    A proven copy gets its manifest (the same bytes in every cloud) before the catalog counts it as validated,
+    so when the quorum's last copy is recorded, every validated cloud already holds its manifest, and the commit
+    is the catalog row alone. Serialised per backup by an advisory lock. Returns whether the backup is committed.
+
+    Why each cloud's manifest is written by the task that proved that copy, not all of them by the committing
+    one: writing another cloud's manifest loads that cloud's SDK into the committing task beside its own (the
+    google provider alone is 57 MB over a task's 116), which took it to 201-204 MB, over the issue's 200 MB per
+    task. A manifest in a cloud says that cloud holds a proven, complete copy; the backup exists (for restore,
+    retention and repair) once the catalog commits it. A run that misses the quorum deletes its manifests first
+    (`_roll_back`); one killed before it is recorded from such a manifest by the abandoned-backup sweep.
     """
     run = run or _Run.load(policy, summary)
     backup_id = summary["backup_id"]
     manifest = build_manifest(policy, summary, run.encrypted, run.shared, run.retain_until)
     with catalog_conn.transaction():
         catalog.lock_backup(catalog_conn, backup_id)
-        catalog.record_copy(catalog_conn, backup_id, check.cloud, check.status, check.detail)
+        copy_status, detail = check.status, check.detail
+        if copy_status == "validated":
+            try:
+                format.write_manifest(store_map[check.cloud], manifest)
+            except StorageError as err:
+                copy_status, detail = "failed", f"manifest write failed: {err}"
+        catalog.record_copy(catalog_conn, backup_id, check.cloud, copy_status, detail)
         copies = catalog.copies(catalog_conn, backup_id)
         good = sorted(c for c, (status, _detail) in copies.items() if status == "validated")
         committed = catalog.is_committed(catalog_conn, backup_id)
         if not committed and len(good) < policy.quorum:
             return False
-        writing = good if not committed else [check.cloud] if check.status == "validated" else []
-        if set(writing) - {check.cloud}:
-            memory.return_free_memory()  # what the proof freed, before the other clouds' SDKs load
-        for cloud in writing:
-            try:
-                format.write_manifest(store_map[cloud], manifest)  # the same bytes in every cloud (encoded once)
-            except StorageError as err:
-                catalog.record_copy(catalog_conn, backup_id, cloud, "failed", f"manifest write failed: {err}")
-                good.remove(cloud)
-        if not committed and len(good) < policy.quorum:
-            return False
-        copies = catalog.copies(catalog_conn, backup_id)
         status = "validated" if len(good) == len(store_map) else "degraded"
         if not committed:
             # the blobs (asset files, packs) it stored, and those an assets run adopted from a cloud (known ones
@@ -844,7 +846,7 @@ def _asset_files(policy: Policy, backup_id: str, run: _Run, key_ring: crypto.Key
 def check_and_commit(policy: Policy, cloud: str, summary: dict[str, Any], key_ring: crypto.KeyRing, catalog_conn,
                      store: ObjectStore | None = None) -> dict[str, Any]:
     """An upload task's last step: prove its cloud's copy, and commit the backup if that makes the quorum."""
-    memory.return_free_memory()  # what sending freed, before a commit may load the other clouds' SDKs
+    memory.return_free_memory()  # what sending freed, before the proof reads listings and writes the manifest
     run = _Run.load(policy, summary)
     store_map = stores(policy)
     if store is not None:
@@ -911,9 +913,11 @@ def run_validate(policy: Policy, summary: dict[str, Any], upload_results: dict[s
 
 
 def _roll_back(summary: dict[str, Any], encrypted: list[Entry], store_map: dict[str, ObjectStore]) -> None:
-    """Delete what this run put in the clouds (never shared blobs, which older backups may reference)."""
+    """Delete what this run put in the clouds (never shared blobs, which older backups may reference): a cloud's
+    manifest first, so no manifest is ever left describing objects that are gone."""
     for cloud, store in store_map.items():
         try:
+            store.delete(format.manifest_key(summary["prefix"]))
             store.delete_prefix(f"{summary['prefix']}/")
         except StorageError as err:
             log.warning("could not remove the objects of the failed backup from %s: %s", cloud, err)

@@ -9,6 +9,7 @@ The three uploads run at once in threads, as an executor runs the three upload t
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import signal
 import threading
@@ -101,3 +102,76 @@ def test_a_hung_cloud_does_not_hold_back_the_commit(stack, key_ring):
     stores = backup.stores(HUNG)
     for cloud in result["clouds_ok"]:
         assert stores[cloud].head(format.manifest_key(hung["summary"]["prefix"])) is not None, cloud
+
+
+class _AnotherCloud:
+    """A cloud an upload task must not touch while it proves and commits its own copy (loading another cloud's
+    SDK is what took the committing task over 200 MB)."""
+
+    def __init__(self, cloud: str, task: str):
+        self.cloud, self.task = cloud, task
+
+    def __getattr__(self, name: str):
+        raise AssertionError(f"the upload task of {self.task} used {self.cloud}'s store ({name})")
+
+
+def _prove_and_commit_alone(monkeypatch, cloud: str, summary: dict, key_ring, store) -> dict:
+    """As an upload task: send, then prove and commit with every other cloud's store forbidden."""
+    backup.run_upload(HUNG, cloud, summary, store)
+    with monkeypatch.context() as patched:
+        patched.setattr(backup, "stores", lambda policy, names=None: {
+            c: _AnotherCloud(c, cloud) for c in policy.cloud_names if c != cloud and (names is None or c in names)})
+        with catalog.connect() as conn:
+            return backup.check_and_commit(HUNG, cloud, summary, key_ring, conn, store)
+
+
+def _staged(key_ring) -> dict:
+    with catalog.connect() as conn:
+        summary = backup.run_extract(HUNG, HUNG.data_classes["vendor_data"], connect=catalog.db_connector("wedsync_db"),
+                                     catalog_conn=conn, key_ring=key_ring)
+    return backup.run_encrypt(HUNG, summary, key_ring)
+
+
+def test_each_upload_task_writes_its_own_clouds_manifest_and_the_quorums_last_commits_touching_no_other(
+        stack, key_ring, monkeypatch):
+    stores = backup.stores(HUNG)
+    summary = _staged(key_ring)
+    manifest = format.manifest_key(summary["prefix"])
+    try:
+        first = _prove_and_commit_alone(monkeypatch, "aws", summary, key_ring, stores["aws"])
+        assert first["copy"] == "validated" and not first["committed"]  # one copy: below the quorum of two
+        assert stores["aws"].head(manifest) is not None  # its proven copy has its manifest already
+        with catalog.connect() as conn:
+            assert not catalog.is_committed(conn, summary["backup_id"])
+        second = _prove_and_commit_alone(monkeypatch, "gcp", summary, key_ring, stores["gcp"])
+        assert second["copy"] == "validated" and second["committed"]
+        assert stores["gcp"].head(manifest) is not None and stores["azure"].head(manifest) is None
+        with catalog.connect() as conn:
+            result = backup.run_validate(HUNG, summary, {"aws": first, "gcp": second, "azure": None}, key_ring, conn)
+            recorded = catalog.backup(conn, summary["backup_id"])
+        assert result["status"] == "degraded" and result["clouds_ok"] == ["aws", "gcp"]
+        assert recorded["manifest"] == json.loads(stores["aws"].read_bytes(manifest))  # the same bytes everywhere
+        assert stores["aws"].read_bytes(manifest) == stores["gcp"].read_bytes(manifest)
+        late = _prove_and_commit_alone(monkeypatch, "azure", summary, key_ring, stores["azure"])  # its copy, late
+        assert late["copy"] == "validated" and late["committed"]
+        assert stores["azure"].read_bytes(manifest) == stores["aws"].read_bytes(manifest)
+        with catalog.connect() as conn:
+            assert catalog.backup(conn, summary["backup_id"])["status"] == "validated"
+    finally:
+        backup.cleanup(HUNG, summary["backup_id"])
+
+
+def test_a_run_below_the_quorum_deletes_the_manifest_its_one_proven_copy_wrote(stack, key_ring, monkeypatch):
+    stores = backup.stores(HUNG)
+    summary = _staged(key_ring)
+    manifest = format.manifest_key(summary["prefix"])
+    try:
+        alone = _prove_and_commit_alone(monkeypatch, "azure", summary, key_ring, stores["azure"])
+        assert alone["copy"] == "validated" and not alone["committed"]
+        assert stores["azure"].head(manifest) is not None
+        with catalog.connect() as conn, pytest.raises(backup.QuorumNotMet):
+            backup.run_validate(HUNG, summary, {"aws": None, "gcp": None, "azure": alone}, key_ring, conn)
+        assert stores["azure"].head(manifest) is None
+        assert not list(stores["azure"].list(f"{summary['prefix']}/"))
+    finally:
+        backup.cleanup(HUNG, summary["backup_id"])
