@@ -8,7 +8,9 @@ Uses the local stack of `make run` (started if needed) with demo data sized so t
 `--gb` GB (40,000 weddings per GB); it CHANGES that database (day 2's changes stay: `make run` reloads the demo).
 Day 1: a full backup. Day 2: 2 % of the weddings see activity -- every row of 1 % of them updated, the guests and
 tasks of 0.5 % deleted, new guests for 0.5 % inserted -- then VACUUM, as a live day would; backed up again.
-Day 3: no change. Each step of a backup runs in its own process, as its Airflow task does: forked from one that
+Day 3: no change. Every timed side (ours, restic, the anchors) starts on an idle machine (`common.settle`:
+what the last step left running -- an emulator persisting an upload, the checkpointer -- is not charged to the
+next). Each step of a backup runs in its own process, as its Airflow task does: forked from one that
 has Airflow loaded, as Airflow 3's supervisor forks a task (`common.task_step`; peak RSS = VmHWM).
 restic (Debian's package) backs up `pg_dump -Fp` of the same tables on the same days with `--stdin` into a local
 repository. What a day uploads per cloud counts its manifest too (format 5 lists every chunk: ~50,000 at 16 KiB).
@@ -38,7 +40,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import REPO, WEDDINGS_PER_GB, clean_slate, local_stack, stack_with_data, task_step
+from common import REPO, WEDDINGS_PER_GB, clean_slate, local_stack, settle, stack_with_data, task_step
 
 PREFIX = "wedsync-dr-bench-dedup"  # + "-<chunk KiB>"
 def step(name: str, arg: dict, env: dict[str, str]) -> dict:
@@ -49,6 +51,7 @@ def step(name: str, arg: dict, env: dict[str, str]) -> dict:
 def backup_once(env: dict[str, str], chunk_kib: int, day: int) -> dict:
     started = f"2026-01-0{day + 1}T02:00:00+00:00"
     rss: dict[str, float] = {}
+    settle()
     t0 = time.perf_counter()
     extracted = step("extract", {"chunk_kib": chunk_kib, "started_at": started}, env)
     encrypted = step("encrypt", {"chunk_kib": chunk_kib, "summary": extracted["out"]}, env)
@@ -96,6 +99,7 @@ def pg_args(state) -> list[str]:
 
 
 def pg_dump_zstd_seconds(state) -> float:
+    settle()
     t0 = time.perf_counter()
     subprocess.run(f"pg_dump -Fp {' '.join(pg_args(state))} | zstd -3 -q > /dev/null", shell=True, check=True)
     return time.perf_counter() - t0
@@ -109,6 +113,7 @@ def restic_backup(state, repo: Path, env: dict[str, str]) -> tuple[float, int, i
     """`pg_dump -Fp | restic backup --stdin`: (seconds, bytes the repository grew on disk -- compressed and
     encrypted, what restic would upload --, `data_added` -- new data before compression)."""
     before = _tree_bytes(repo)
+    settle()
     t0 = time.perf_counter()
     dump = subprocess.Popen(["pg_dump", "-Fp", *pg_args(state)], stdout=subprocess.PIPE)
     out = subprocess.run(["restic", "-r", str(repo), "backup", "--stdin", "--stdin-filename", "client_data.sql",
@@ -146,6 +151,7 @@ def change_two_percent(state) -> None:
 def restore_comparison(state, env: dict[str, str], chunk_kib: int, backup_id: str) -> dict:
     import psycopg
 
+    settle()
     restored = step("restore", {"chunk_kib": chunk_kib, "backup_id": backup_id}, env)
     with tempfile.TemporaryDirectory(prefix="bench-dedup-dump-") as tmp:
         dump = Path(tmp) / "client_data.dump"
@@ -155,6 +161,7 @@ def restore_comparison(state, env: dict[str, str], chunk_kib: int, backup_id: st
             conn.execute("CREATE DATABASE bench_dedup_restore")
         with psycopg.connect(state.admin_url("bench_dedup_restore"), autocommit=True) as conn:
             conn.execute("CREATE SCHEMA wedsync")  # `pg_dump -t` dumps the tables, not their schema
+        settle()
         t0 = time.perf_counter()
         subprocess.run(["pg_restore", "-j1", "--no-owner", "-d", state.admin_url("bench_dedup_restore"), str(dump)],
                        check=False, capture_output=True)  # FKs to other classes' tables fail by design

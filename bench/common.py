@@ -109,3 +109,27 @@ def clean_slate(prefix: str) -> None:
         catalog.forget_blobs_under(conn, prefix)
     for store in backup.stores(load_policy().with_overrides(prefix=prefix)).values():
         store.delete_prefix(f"{prefix}/")
+
+
+def settle(timeout: float = 30.0, idle_share: float = 0.85, window: float = 0.5) -> float:
+    """Wait (at most `timeout` s) until the machine is idle -- `idle_share` of both cores over `window` s --
+    before a timed step, and return how long that took. What a step leaves running (an emulator persisting what
+    an upload sent, the checkpointer, autovacuum after a change) would otherwise land on whichever side of a
+    comparison runs next."""
+    import time
+
+    def busy_idle() -> tuple[int, int]:
+        with open("/proc/stat") as stat:
+            fields = [int(v) for v in stat.readline().split()[1:]]
+        idle = fields[3] + fields[4]  # idle + iowait
+        return sum(fields) - idle, idle
+
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        busy0, idle0 = busy_idle()
+        time.sleep(window)
+        busy1, idle1 = busy_idle()
+        total = (busy1 - busy0) + (idle1 - idle0)
+        if total and (idle1 - idle0) / total >= idle_share:
+            break
+    return time.monotonic() - started
