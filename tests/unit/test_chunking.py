@@ -406,6 +406,61 @@ def test_a_whole_class_of_bundles_is_restored_downloading_each_pack_once(monkeyp
     assert sorted(downloads) == sorted(packs)
 
 
+def test_a_format_4_bundle_backup_still_restores_whole_and_one_wedding_at_a_time(monkeypatch):
+    """Until format 5 put bundles in packs, each wedding's bundle was a chunk blob of its own under its keyed content
+    id (a format-4 manifest: `chunks` `[[content_id, size]]`, no extents). Such a backup, read back from its
+    manifest's JSON, restores: the whole class (every bundle's blob downloaded once, its sections parsed, its
+    sha256 checked) and one wedding alone (only its blob)."""
+    from wedsync_dr import extract, restore
+
+    rng = random.Random(4)
+    bodies, written_sections, objects, blobs = {}, {}, [], []
+    for wedding_id in range(1, 9):
+        guests = b"".join(b"guest %d of %d\n" % (g, wedding_id) for g in range(rng.randint(1, 30)))
+        events = b"".join(b"event %d\n" % e for e in range(rng.randint(0, 5)))
+        body = (extract._section_header("guests", ["line"], guests.count(b"\n"), len(guests)) + guests
+                + extract._section_header("timeline_events", ["line"], events.count(b"\n"), len(events)) + events)
+        cid = hashlib.sha256(body).hexdigest()  # (a keyed content id in a real backup: any 64 hex digits here)
+        bodies[cid] = body
+        written_sections[cid] = [("guests", guests.count(b"\n"), guests),
+                                 ("timeline_events", events.count(b"\n"), events)]
+        blobs.append(_blob(cid, len(body)))
+        objects.append(format.ChunkedObject(
+            name=f"wedding-{wedding_id}.bundle", source=f"wedding:{wedding_id}", wedding_id=wedding_id,
+            plaintext_sha256=hashlib.sha256(body).hexdigest(), plaintext_size=len(body),
+            chunks=(format.ChunkRef(content_id=cid, size=len(body)),)))
+    written = format.build_manifest(backup_id="b4", data_class="critical_weddings",
+                                    created_at="2026-01-01T00:00:00+00:00", snapshot_at=None, source_schema="wedsync",
+                                    labels=(), reason=None, prefix="p/x", lock_until=None, retain_until=None,
+                                    objects=objects, blobs=blobs, tables={})
+    raw = {**json.loads(written.body()), "format_version": 4}
+    assert all("chunks" in o and "extents" not in o for o in raw["objects"])  # format 4's layout
+    manifest = format.Manifest.from_json(raw)
+    downloads = []
+
+    def download(entry, order, stores, key_ring, consume, *, backup_id, savepoint=None):
+        downloads.append(entry.content_id)
+        return consume(io.BytesIO(bodies[entry.content_id])), []
+
+    monkeypatch.setattr(restore, "with_failover", download)
+    report = restore.restore_tables(_NoDatabase(), manifest, {}, None, order=["aws"], target_schema="s",
+                                    dry_run=True)
+    assert report.objects == len(objects) and sorted(downloads) == sorted(bodies)
+    for entry in manifest.objects:  # what a restore loads from each: its sections, as the bundle was written
+        sections = restore.read_object(manifest, entry, ["aws"], {}, None,
+                                       lambda s: [(h["table"], h["rows"], part.read())
+                                                  for h, part in extract.read_bundle(s)],
+                                       restore.RestoreReport("b4", "critical_weddings", "s", True, None))
+        assert sections == written_sections[entry.chunks[0].content_id]
+    downloads.clear()
+    one = restore.restore_tables(_NoDatabase(), manifest, {}, None, order=["aws"], target_schema="s",
+                                 wedding_id=5, dry_run=True)
+    assert one.objects == 1 and downloads == [objects[4].chunks[0].content_id]
+    with pytest.raises(restore.RestoreError, match="no bundle for wedding 99"):
+        restore.restore_tables(_NoDatabase(), manifest, {}, None, order=["aws"], target_schema="s", wedding_id=99,
+                               dry_run=True)
+
+
 def test_the_chunk_index_finds_each_chunk_where_it_was_recorded():
     from wedsync_dr.extract import ChunkIndex
 
