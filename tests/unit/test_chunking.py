@@ -370,6 +370,21 @@ class _NoDatabase:
         pass
 
 
+def _serve_blobs(monkeypatch, plaintexts: dict[str, bytes]) -> list[str]:
+    """Every cloud download of a restore served from `plaintexts` (by content id); returns the list of what was
+    downloaded, in order."""
+    from wedsync_dr import restore
+
+    downloads = []
+
+    def download(entry, order, stores, key_ring, consume, *, backup_id, savepoint=None):
+        downloads.append(entry.content_id)
+        return consume(io.BytesIO(plaintexts[entry.content_id])), []
+
+    monkeypatch.setattr(restore, "with_failover", download)
+    return downloads
+
+
 def test_a_whole_class_of_bundles_is_restored_downloading_each_pack_once(monkeypatch):
     """Bundles are many to a pack: a restore of the class reads them in pack order and keeps the last pack for
     the next bundle, so each pack is downloaded once -- not once per bundle (~200 to an 8 MiB pack)."""
@@ -393,13 +408,7 @@ def test_a_whole_class_of_bundles_is_restored_downloading_each_pack_once(monkeyp
                                      created_at="2026-01-01T00:00:00+00:00", snapshot_at=None, source_schema="wedsync",
                                      labels=(), reason=None, prefix="p/x", lock_until=None, retain_until=None,
                                      objects=objects, blobs=[_blob(c, len(d)) for c, d in packs.items()], tables={})
-    downloads = []
-
-    def download(entry, order, stores, key_ring, consume, *, backup_id, savepoint=None):
-        downloads.append(entry.content_id)
-        return consume(io.BytesIO(packs[entry.content_id])), []
-
-    monkeypatch.setattr(restore, "with_failover", download)
+    downloads = _serve_blobs(monkeypatch, packs)
     report = restore.restore_tables(_NoDatabase(), manifest, {}, None, order=["aws"], target_schema="s",
                                     dry_run=True)
     assert report.objects == len(objects)  # every bundle read, and its sha256 checked
@@ -436,13 +445,7 @@ def test_a_format_4_bundle_backup_still_restores_whole_and_one_wedding_at_a_time
     raw = {**json.loads(written.body()), "format_version": 4}
     assert all("chunks" in o and "extents" not in o for o in raw["objects"])  # format 4's layout
     manifest = format.Manifest.from_json(raw)
-    downloads = []
-
-    def download(entry, order, stores, key_ring, consume, *, backup_id, savepoint=None):
-        downloads.append(entry.content_id)
-        return consume(io.BytesIO(bodies[entry.content_id])), []
-
-    monkeypatch.setattr(restore, "with_failover", download)
+    downloads = _serve_blobs(monkeypatch, bodies)
     report = restore.restore_tables(_NoDatabase(), manifest, {}, None, order=["aws"], target_schema="s",
                                     dry_run=True)
     assert report.objects == len(objects) and sorted(downloads) == sorted(bodies)
