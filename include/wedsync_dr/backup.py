@@ -26,7 +26,7 @@ import os
 import secrets
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -202,10 +202,15 @@ def _extract_deduplicated(policy: Policy, data_class: DataClass, backup_id: str,
     referenced pack in its cloud (one listing where it carries checksums) and validate copies one a cloud lacks
     from a cloud whose copy checks out, so the catalog is never trusted alone. A new chunk cannot be looked up
     in a cloud (its id names no object there), so the extract loads no cloud SDK and asks no cloud; a chunk the
-    catalog does not know (a rebuilt catalog knows none) is stored again, once, in a new pack."""
+    catalog does not know (a rebuilt catalog knows none) is stored again, once, in a new pack.
+
+    Packs the newest backup uses little of (`sparse_packs`) are left out: their live chunks are stored again,
+    in this run's new packs, and the old pack is referenced by no later backup."""
     chunks_prefix = format.chunks_prefix(policy.prefix)
-    by_key = {b.key: b for b in catalog.latest_packed_blobs(catalog_conn, data_class.name, policy.prefix)
-              if b.key.startswith(chunks_prefix)}
+    blobs, used = catalog.latest_packed_blobs(catalog_conn, data_class.name, policy.prefix)
+    by_key = {b.key: b for b in blobs if b.key.startswith(chunks_prefix)}
+    sparse = sparse_packs(by_key.values(), used, data_class.dedup_repack_below_percent)
+    by_key = {key: b for key, b in by_key.items() if b.content_id not in sparse}
     known = extract.ChunkIndex((cid, by_key[key].content_id, offset)
                                for key, cid, offset in catalog.iter_pack_chunks(catalog_conn, by_key))
     packs = {b.content_id: b for b in by_key.values()}
@@ -231,9 +236,28 @@ def _extract_deduplicated(policy: Policy, data_class: DataClass, backup_id: str,
                    sorted((packs[cid] for cid in stager.reused), key=lambda b: b.key))
     extraction.objects += stager.new
     extraction.notes |= {"new_packs": len(stager.new), "clouds_asked_seconds": 0, "new_chunks": stager.new_chunks}
-    log.info("%s: %d chunks, %d new in %d packs, %d packs of earlier backups referenced", data_class.name,
-             extraction.notes["chunks"], extraction.notes["new_chunks"], len(stager.new), len(stager.reused))
+    extraction.notes["repacked_packs"] = len(sparse)
+    log.info("%s: %d chunks, %d new in %d packs, %d packs of earlier backups referenced, %d too sparse to be",
+             data_class.name, extraction.notes["chunks"], extraction.notes["new_chunks"], len(stager.new),
+             len(stager.reused), len(sparse))
     return extraction
+
+
+def sparse_packs(packs: Iterable[Blob], used: Mapping[str, int], below_percent: int) -> set[str]:
+    """The packs (content ids) of which the newest backup uses less than `below_percent` % of the plaintext: a
+    deduplicated extract does not reference them, and stores their live chunks again.
+
+    Why: a manifest locates chunks by pack and offset and is locked, so a pack cannot be rewritten while a kept
+    backup names it, and a pack stays as long as any backup does -- one live chunk kept a pack of dead ones
+    forever, and with activity spread over the weddings (2 % a day re-stores ~9 % of chunks) nearly every pack
+    keeps one: stored bytes grew by a day's change every day, whatever the retention. Re-storing the few live
+    chunks of a sparse pack lets it go when the backups that name it expire (restic's prune repacks instead; its
+    index is not in its snapshots). The price is upload: at the default 25 %, a pack's last quarter is sent
+    once more -- by a simple model (each pack decays alone), a third more than the churn itself once packs age.
+    The first backups after a change are not affected: a day of 2 % activity leaves packs ~90 % used."""
+    if below_percent <= 0:
+        return set()
+    return {p.content_id for p in packs if used.get(p.content_id, 0) * 100 < below_percent * p.plaintext_size}
 
 
 def _extract_assets(policy: Policy, data_class: DataClass, backup_id: str, area: staging.Staging, work: Path,

@@ -706,18 +706,26 @@ def latest_good_manifest(conn, data_class: str, point_in_time: dt.datetime | Non
     return Manifest.from_json(row[0]) if row else None
 
 
-def latest_packed_blobs(conn, data_class: str, prefix: str) -> list[Blob]:
+def latest_packed_blobs(conn, data_class: str, prefix: str) -> tuple[list[Blob], dict[str, int]]:
     """The blobs (packs among them) of the class's newest good backup under `prefix` that stored table chunks or
-    wedding bundles in packs (format 5): what a deduplicated extract references. A full backup in between
-    (deduplication off for a while) does not make the next deduplicated one store everything again; nor does an
-    emergency run of a few weddings (a backup with a `scope`), which references only their bundles' packs.
-    Only `blobs` is read."""
+    wedding bundles in packs (format 5): what a deduplicated extract references; and how many plaintext bytes
+    of each pack that backup's objects use (the sum of their extents in it: a chunk an object repeats counts
+    each time). A full backup in between (deduplication off for a while) does not make the next deduplicated
+    one store everything again; nor does an emergency run of a few weddings (a backup with a `scope`), which
+    references only their bundles' packs. Only `blobs` and the objects' `packs` and `extents` are read, and
+    the use is summed by the server."""
     row = conn.execute(
-        "SELECT manifest->'blobs' FROM backup_catalog.backups WHERE data_class = %s AND starts_with(prefix, %s) "
-        "AND status IN ('validated', 'degraded') AND scope IS NULL "
-        "AND manifest->'objects' @> '[{\"extents\": []}]'::jsonb "
-        "ORDER BY started_at DESC LIMIT 1", (data_class, f"{prefix}/")).fetchone()
-    return [entry_from_json(b) for b in row[0]] if row else []
+        "WITH newest AS (SELECT manifest FROM backup_catalog.backups WHERE data_class = %s "
+        "AND starts_with(prefix, %s) AND status IN ('validated', 'degraded') AND scope IS NULL "
+        "AND manifest->'objects' @> '[{\"extents\": []}]'::jsonb ORDER BY started_at DESC LIMIT 1) "
+        "SELECT n.manifest->'blobs', (SELECT coalesce(jsonb_object_agg(pack, used), '{}'::jsonb) FROM ("
+        "  SELECT o->'packs'->>((e->>0)::int) AS pack, sum((e->>2)::bigint) AS used "
+        "  FROM jsonb_array_elements(n.manifest->'objects') o, "
+        "  jsonb_array_elements(coalesce(o->'extents', '[]'::jsonb)) e GROUP BY 1) u) FROM newest n",
+        (data_class, f"{prefix}/")).fetchone()
+    if row is None:
+        return [], {}
+    return [entry_from_json(b) for b in row[0]], {pack: int(used) for pack, used in row[1].items()}
 
 
 # ----------------------------------------------------------------------------- retention (wedsync_dr.retention)

@@ -12,7 +12,8 @@ parts) from worker threads. glibc's malloc, left as it starts, keeps such buffer
 the SDKs: about a million) out of the cyclic garbage collector's sweeps (`gc.freeze`). A step that keeps tens
 of thousands of small containers (a day-1 extract's chunk places, a restore's extents) sets off full
 collections, and each one walked the whole import graph: 2.5-3.5 % of both cores during a 1 GB extract
-(perf; the extract process used 0.3-0.6 CPU-s less without them, of ~10). Objects created later are collected as before; what is frozen was live anyway.
+(perf; the extract process used 0.3-0.6 CPU-s less without them, of ~10). Objects created later are
+collected as before; what is frozen was live anyway.
 
 It fixes the mmap threshold (a buffer of 256 KiB or more is mapped on its own and unmapped when
 freed), trims a heap whose free top exceeds 256 KiB, and caps the arenas at two. Measured on one 1 GB day-1

@@ -145,6 +145,7 @@ POLICY_SCHEMA: dict[str, Any] = {
                     "extract_workers": {"type": "integer", "minimum": 1, "maximum": 32},
                     "dedup_chunk_kib": {"anyOf": [{"const": 0}, {"type": "integer", "minimum": 16, "maximum": 4096}]},
                     "dedup_pack_kib": {"type": "integer", "minimum": 16, "maximum": 262144},
+                    "dedup_repack_below_percent": {"type": "integer", "minimum": 0, "maximum": 100},
                     "dedup_bundles": {"type": "boolean"},
                     "bundle_tables": {
                         "type": "object", "minProperties": 1, "propertyNames": {"pattern": _IDENT},
@@ -212,6 +213,10 @@ class DataClass:
     # ... and how much chunk plaintext one stored pack gathers (format 5): fewer, larger objects per backup;
     # a restore holds a few packs in memory, and a pack is kept while any backup needs one of its chunks
     dedup_pack_kib: int = 8192
+    # ... and when a pack stops being referenced: a pack the newest backup uses less of than this share of its
+    # bytes is not referenced again -- its live chunks are stored anew, so the pack goes once the backups that
+    # name it expire (0: every stored chunk is referenced wherever it lies; see backup._extract_deduplicated)
+    dedup_repack_below_percent: int = 25
     # wedding_bundles classes: each bundle content-addressed, new ones packed together (format 5): an unchanged
     # wedding is not sent again
     dedup_bundles: bool = False

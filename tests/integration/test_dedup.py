@@ -27,9 +27,10 @@ POLICY = load_policy()
 PREFIX = "wedsync-dr-dedup"
 SCHEMA = "dedup_src"
 TABLES = ("clients", "weddings", "guests")
-# packs of ~2 chunks: a test table is a few MB, and a change must leave some packs of day 1 needed by no later day
+# packs of ~2 chunks: a test table is a few MB, and a change must leave some packs of day 1 needed by no later day;
+# no repacking (a pack of two chunks is half dead after one change): its own test turns it on
 LEDGER = dataclasses.replace(POLICY.data_classes["client_data"], name="ledger", tables=TABLES, dedup_chunk_kib=16,
-                             dedup_pack_kib=32, part_size_mb=0)
+                             dedup_pack_kib=32, part_size_mb=0, dedup_repack_below_percent=0)
 DEDUP = POLICY.with_overrides(prefix=PREFIX, source_schema=SCHEMA, data_classes={"ledger": LEDGER})
 
 
@@ -261,6 +262,65 @@ def test_each_later_backup_restores_on_its_own_after_the_first_is_retired(backup
             assert report.rows["guests"] == len(source["guests"])
         finally:
             _drop(report.target)
+
+
+def test_the_live_chunks_of_a_pack_the_newest_backup_uses_little_of_are_stored_again(backups, key_ring):
+    """`dedup_repack_below_percent`: a pack the newest backup uses less than that share of is referenced by no
+    later backup -- its live chunks go into the new backup's own packs -- so it can go once the backups that name
+    it expire; every other pack is referenced as before, and the backup restores byte-identical. (Day 2's change
+    left day 1's two-chunk packs around it half used; day 2's own packs are whole.)"""
+    store_map = backups["stores"]
+    day3, source = backups["days"][2], backups["sources"][2]
+    sizes = {b["content_id"]: b["plaintext_size"] for b in day3["manifest"]["blobs"]}
+    used: dict[str, int] = {}
+    for obj in day3["manifest"]["objects"]:
+        for index, _offset, length in obj["extents"]:
+            used[obj["packs"][index]] = used.get(obj["packs"][index], 0) + length
+    sparse = {p for p in used if used[p] * 100 < 90 * sizes[p]}
+    assert sparse and set(used) - sparse  # both kinds, or the test shows nothing
+    keys = {b["content_id"]: b["key"] for b in day3["manifest"]["blobs"]}
+    in_sparse, elsewhere = set(), set()
+    for table in TABLES:
+        for cid, pack in zip(_chunks(day3, table), _chunk_packs(day3, table), strict=True):
+            (in_sparse if pack in sparse else elsewhere).add(cid)
+    repacking = dataclasses.replace(LEDGER, dedup_repack_below_percent=90)
+    policy = DEDUP.with_overrides(data_classes={"ledger": repacking})
+    with catalog.connect() as conn:
+        result = run_backup_steps(policy, repacking, catalog_conn=conn, key_ring=key_ring,
+                                  started_at=backups["t0"] + dt.timedelta(days=3), store_map=store_map)
+        record = catalog.backup(conn, result["backup_id"])
+        catalog.mark_deleted(conn, result["backup_id"])  # day 3 stays the newest for the tests after this one
+    try:
+        manifest = record["manifest"]
+        referenced = {p for o in manifest["objects"] for p in o["packs"]}
+        assert result["status"] == "validated"
+        assert not referenced & sparse  # no chunk is read from a sparse pack any more
+        assert referenced & set(keys) == set(used) - sparse  # every other pack of day 3 still is
+        assert manifest["totals"]["chunks_stored"] == len(in_sparse - elsewhere)  # their live chunks, once each
+        report = _restore(DEDUP, record["backup_id"], store_map, key_ring)
+        try:
+            assert _restored_tables(report.target) == source
+        finally:
+            _drop(report.target)
+    finally:
+        with catalog.connect() as conn:
+            conn.execute("DELETE FROM backup_catalog.backups WHERE backup_id = %s", (result["backup_id"],))
+
+
+def _chunk_packs(record: dict, table: str) -> list[str]:
+    """The pack of each of the table's chunks, in stream order (beside `_chunks`)."""
+    (obj,) = [o for o in record["manifest"]["objects"] if o["source"] == table]
+    keys = {b["content_id"]: b["key"] for b in record["manifest"]["blobs"]}
+    with catalog.connect() as conn:
+        starts = {}
+        for key, offset in conn.execute("SELECT key, pack_offset FROM backup_catalog.pack_chunks WHERE key = ANY(%s)",
+                                        ([keys[p] for p in obj["packs"]],)).fetchall():
+            starts.setdefault(key, []).append(offset)
+    packs = []
+    for index, start, length in obj["extents"]:
+        pack = obj["packs"][index]
+        packs += [pack] * sum(1 for o in starts[keys[pack]] if start <= o < start + length)
+    return packs
 
 
 def test_a_corrupted_pack_fails_over_to_the_next_cloud(backups, key_ring):

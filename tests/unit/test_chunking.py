@@ -490,3 +490,13 @@ def test_content_digest_is_the_content_id_in_raw_bytes():
         crypto.KeyRing.from_json(without).content_digest(digest)
     with pytest.raises(ValueError, match="32 bytes"):
         RING.content_digest(digest[:31])
+
+
+def test_a_pack_is_sparse_below_the_share_of_its_plaintext_the_newest_backup_uses():
+    from wedsync_dr.backup import sparse_packs
+
+    packs = [_blob(f"{i:064x}", 1000) for i in range(4)]
+    used = {packs[0].content_id: 1000, packs[1].content_id: 250, packs[2].content_id: 249}  # packs[3]: unused
+    assert sparse_packs(packs, used, 25) == {packs[2].content_id, packs[3].content_id}
+    assert sparse_packs(packs, used, 100) == {p.content_id for p in packs[1:]}
+    assert sparse_packs(packs, used, 0) == set()  # 0: never repack
