@@ -826,6 +826,10 @@ def commit_copy(policy: Policy, summary: dict[str, Any], check: CopyCheck, catal
     with catalog_conn.transaction():
         catalog.lock_backup(catalog_conn, backup_id)
         copy_status, detail = check.status, check.detail
+        if catalog.backup_statuses(catalog_conn, [backup_id]).get(backup_id) in ("failed", "deleted"):
+            # a late upload (cleared by hand, a zombie) of a run validate rolled back: no manifest, no commit
+            log.warning("copy in %s of backup %s arrived after the run failed: not recorded", check.cloud, backup_id)
+            return False
         if copy_status == "validated":
             try:
                 format.write_manifest(store_map[check.cloud], manifest)

@@ -405,8 +405,12 @@ def upsert_from_manifest(conn, manifest: Manifest, cloud: str) -> None:
     (its lock and keep-until dates) and what later backups need to reference its blobs.
 
     Only the copy in `cloud` is known to exist, so the backup is recorded as degraded until a repair or
-    validation run has checked the other clouds.
+    validation run has checked the other clouds. A backup the catalog holds as failed or deleted stays so: its
+    manifest outlived a roll-back or a retention delete (a cloud's lock refused the delete), and a proven copy
+    of a run that missed the quorum is not a backup.
     """
+    if backup_statuses(conn, [manifest.backup_id]).get(manifest.backup_id) in ("failed", "deleted"):
+        return
     conn.execute(
         "INSERT INTO backup_catalog.backups (backup_id, data_class, status, prefix, started_at, labels, reason) "
         "VALUES (%s, %s, 'degraded', %s, %s, %s, %s) ON CONFLICT (backup_id) DO NOTHING",
@@ -718,7 +722,8 @@ def latest_packed_blobs(conn, data_class: str, prefix: str) -> tuple[list[Blob],
         "WITH newest AS (SELECT manifest FROM backup_catalog.backups WHERE data_class = %s "
         "AND starts_with(prefix, %s) AND status IN ('validated', 'degraded') AND scope IS NULL "
         "AND manifest->'objects' @> '[{\"extents\": []}]'::jsonb ORDER BY started_at DESC LIMIT 1) "
-        "SELECT n.manifest->'blobs', (SELECT coalesce(jsonb_object_agg(pack, used), '{}'::jsonb) FROM ("
+        "SELECT n.manifest->'blobs', (SELECT coalesce(jsonb_object_agg(pack, used) FILTER (WHERE pack IS NOT NULL), "
+        "'{}'::jsonb) FROM ("
         "  SELECT o->'packs'->>((e->>0)::int) AS pack, sum((e->>2)::bigint) AS used "
         "  FROM jsonb_array_elements(n.manifest->'objects') o, "
         "  jsonb_array_elements(coalesce(o->'extents', '[]'::jsonb)) e GROUP BY 1) u) FROM newest n",

@@ -551,7 +551,8 @@ def snapshot_copy_connection(connect, snapshot: Snapshot):
         conn.set_session(isolation_level="REPEATABLE READ", readonly=True)
         with conn.cursor() as cur:  # the first statement of the transaction psycopg2 opens
             cur.execute("SET TRANSACTION SNAPSHOT %s", (snapshot.snapshot_id,))
-            cur.execute(INDEX_ORDER)
+            for setting in INDEX_ORDER:
+                cur.execute(setting)
         yield conn
     finally:
         conn.rollback()
@@ -653,8 +654,9 @@ CLUSTER_COLUMN = "wedding_id"  # what a deduplicated table's rows are ordered by
 
 
 # Run on a connection before a clustered COPY (`clustered_order`): an ORDER BY that an index provides is read from
-# that index, never sorted (a sort of rows tied on the order's columns could come out in another order tomorrow)
-INDEX_ORDER = "SET enable_sort = off"
+# that index, never sorted (a sort of rows tied on the order's columns could come out in another order tomorrow),
+# and by one process (a parallel index scan's Gather Merge interleaves the workers' rows of one key)
+INDEX_ORDER = ("SET enable_sort = off", "SET max_parallel_workers_per_gather = 0")
 
 
 def clustered_order(conn, qualified: str, columns: list[str]) -> str:

@@ -157,7 +157,8 @@ def _assert_matches_source(stack, name: str, entry: dict, plaintext: bytes) -> N
             source = f"wedsync.{entry['source']}"
             if "extents" in entry:  # deduplicated: copied in wedding order (`extract.clustered_order`)
                 source = f"(SELECT * FROM {source}{extract.clustered_order(conn, source, entry['columns'])})"
-                conn.execute(extract.INDEX_ORDER)  # read from its index, as extract reads it
+                for setting in extract.INDEX_ORDER:  # read from its index, as extract reads it
+                    conn.execute(setting)
             expected = fresh_copy(conn, f"COPY {source} TO STDOUT (FORMAT binary)")
             assert plaintext == expected, entry["source"]
         elif data_class.kind == "wedding_bundles":

@@ -173,5 +173,9 @@ def test_a_run_below_the_quorum_deletes_the_manifest_its_one_proven_copy_wrote(s
             backup.run_validate(HUNG, summary, {"aws": None, "gcp": None, "azure": alone}, key_ring, conn)
         assert stores["azure"].head(manifest) is None
         assert not list(stores["azure"].list(f"{summary['prefix']}/"))
+        late = _prove_and_commit_alone(monkeypatch, "aws", summary, key_ring, stores["aws"])  # after the failure
+        assert not late["committed"] and stores["aws"].head(manifest) is None  # no manifest for a failed run
+        with catalog.connect() as conn:
+            assert catalog.backup(conn, summary["backup_id"])["status"] == "failed"
     finally:
         backup.cleanup(HUNG, summary["backup_id"])
