@@ -235,8 +235,8 @@ def _extract_deduplicated(policy: Policy, data_class: DataClass, backup_id: str,
     _write_entries(area, backup_id, "referenced-blobs.json",
                    sorted((packs[cid] for cid in stager.reused), key=lambda b: b.key))
     extraction.objects += stager.new
-    extraction.notes |= {"new_packs": len(stager.new), "clouds_asked_seconds": 0, "new_chunks": stager.new_chunks}
-    extraction.notes["repacked_packs"] = len(sparse)
+    extraction.notes |= {"new_packs": len(stager.new), "clouds_asked_seconds": 0, "new_chunks": stager.new_chunks,
+                         "repacked_packs": len(sparse)}
     log.info("%s: %d chunks, %d new in %d packs, %d packs of earlier backups referenced, %d too sparse to be",
              data_class.name, extraction.notes["chunks"], extraction.notes["new_chunks"], len(stager.new),
              len(stager.reused), len(sparse))
@@ -826,7 +826,7 @@ def commit_copy(policy: Policy, summary: dict[str, Any], check: CopyCheck, catal
     with catalog_conn.transaction():
         catalog.lock_backup(catalog_conn, backup_id)
         copy_status, detail = check.status, check.detail
-        if catalog.backup_statuses(catalog_conn, [backup_id]).get(backup_id) in ("failed", "deleted"):
+        if catalog.has_ended_without_it(catalog_conn, backup_id):
             # a late upload (cleared by hand, a zombie) of a run validate rolled back: no manifest, no commit
             log.warning("copy in %s of backup %s arrived after the run failed: not recorded", check.cloud, backup_id)
             return False
@@ -910,7 +910,7 @@ def run_validate(policy: Policy, summary: dict[str, Any], upload_results: dict[s
     copies = catalog.copies(catalog_conn, backup_id)
     good = sorted(c for c, (status, _detail) in copies.items() if status == "validated")
     if not catalog.is_committed(catalog_conn, backup_id):
-        _roll_back(summary, _stored(run.encrypted), store_map)
+        _roll_back(summary, store_map)
         # Blobs the catalog promised and that no cloud, each checked, holds a good copy of: forget them, so the
         # next run stores their content again (a pack under a new key; a missing blob or bundle under its own).
         checked = [c.bad_shared for c in checks.values() if c.status in ("validated", "missing", "corrupt")]
@@ -940,7 +940,7 @@ def run_validate(policy: Policy, summary: dict[str, Any], upload_results: dict[s
             "copies": {c: tuple(v) for c, v in copies.items()}, "totals": manifest["totals"]}
 
 
-def _roll_back(summary: dict[str, Any], encrypted: list[Entry], store_map: dict[str, ObjectStore]) -> None:
+def _roll_back(summary: dict[str, Any], store_map: dict[str, ObjectStore]) -> None:
     """Delete what this run put in the clouds (never shared blobs, which older backups may reference): a cloud's
     manifest first, so no manifest is ever left describing objects that are gone."""
     for cloud, store in store_map.items():

@@ -221,6 +221,12 @@ def backup_statuses(conn, backup_ids: Iterable[str]) -> dict[str, str]:
     return dict(rows)
 
 
+def has_ended_without_it(conn, backup_id: str) -> bool:
+    """Whether the backup is failed or deleted: a copy that turns up later (a late upload, a manifest a cloud's
+    lock kept) makes it neither committed nor recorded again."""
+    return backup_statuses(conn, [backup_id]).get(backup_id) in ("failed", "deleted")
+
+
 def mark_abandoned(conn, backup_id: str, error: str) -> bool:
     """A running backup whose run died is `abandoned` (nothing of it is left); False if it was not running."""
     return conn.execute("UPDATE backup_catalog.backups SET status = 'abandoned', finished_at = now(), error = %s "
@@ -409,7 +415,7 @@ def upsert_from_manifest(conn, manifest: Manifest, cloud: str) -> None:
     manifest outlived a roll-back or a retention delete (a cloud's lock refused the delete), and a proven copy
     of a run that missed the quorum is not a backup.
     """
-    if backup_statuses(conn, [manifest.backup_id]).get(manifest.backup_id) in ("failed", "deleted"):
+    if has_ended_without_it(conn, manifest.backup_id):
         return
     conn.execute(
         "INSERT INTO backup_catalog.backups (backup_id, data_class, status, prefix, started_at, labels, reason) "
